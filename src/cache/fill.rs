@@ -1,0 +1,461 @@
+//! In-flight blob fills: one upstream stream per digest, however many
+//! clients ask for it at once.
+//!
+//! The first request for a missing blob becomes the leader and spawns the
+//! fill task; the task, not the request, owns the upstream stream, so a
+//! client hanging up never cancels a fill others depend on. The task writes
+//! into a temp file while hashing; every reader (the leader's client too)
+//! reads that file with positional reads up to the bytes written so far,
+//! waking on a `watch` channel. Memory stays flat whatever the blob size:
+//! the file is the buffer. Only when the sha256 matches is the file synced
+//! and renamed into the store; on any failure the state becomes `Failed`
+//! and readers end their bodies with an error (an aborted response), never
+//! a clean short one. A [`FillGuard`] marks the fill failed if the task dies.
+
+use std::collections::HashMap;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use bytes::{Bytes, BytesMut};
+use futures_util::{FutureExt, Stream};
+use tokio::sync::watch;
+
+use crate::metrics::{FillResult, Metrics, Source};
+use crate::oci::Digest;
+use crate::upstream;
+
+/// Largest read a fill reader does at once.
+const READ_CHUNK: usize = 256 * 1024;
+/// Frames are batched up to this size per disk write.
+const WRITE_BATCH: usize = 1024 * 1024;
+
+/// Where a fill is.
+#[derive(Debug, Clone)]
+pub enum Progress {
+    /// Waiting for the upstream's headers.
+    Connecting,
+    /// Streaming; `written` bytes are in the temp file.
+    Streaming {
+        /// Size announced by the upstream, if it did.
+        size: Option<u64>,
+        /// Bytes written so far.
+        written: u64,
+    },
+    /// Verified and committed.
+    Done {
+        /// Final size.
+        size: u64,
+    },
+    /// Failed: readers must abort.
+    Failed(FillError),
+}
+
+/// Why a fill failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum FillError {
+    /// The upstream refused or broke off.
+    #[error(transparent)]
+    Upstream(#[from] upstream::Error),
+    /// The bytes did not hash to the digest.
+    #[error("content does not match its digest (got {0})")]
+    Mismatch(Digest),
+    /// Size differs from the announced one.
+    #[error("upstream sent {got} bytes, announced {announced}")]
+    Size {
+        /// Content-Length.
+        announced: u64,
+        /// Bytes received.
+        got: u64,
+    },
+    /// Local disk failure.
+    #[error("disk error: {0}")]
+    Disk(String),
+    /// The fill task went away.
+    #[error("fill abandoned")]
+    Abandoned,
+}
+
+/// One in-progress fill.
+pub struct Fill {
+    digest: Digest,
+    file: OnceLock<Arc<std::fs::File>>,
+    state: watch::Sender<Progress>,
+}
+
+impl Fill {
+    /// The digest being filled.
+    pub fn digest(&self) -> &Digest {
+        &self.digest
+    }
+
+    /// Waits until the upstream answered: `Ok(Some(size))` once streaming
+    /// with a known size (or done), `Ok(None)` when the size is unknown.
+    pub async fn started(&self) -> Result<Option<u64>, FillError> {
+        let mut rx = self.state.subscribe();
+        loop {
+            match &*rx.borrow_and_update() {
+                Progress::Connecting => {}
+                Progress::Streaming { size, .. } => return Ok(*size),
+                Progress::Done { size } => return Ok(Some(*size)),
+                Progress::Failed(e) => return Err(e.clone()),
+            }
+            if rx.changed().await.is_err() {
+                return Err(FillError::Abandoned);
+            }
+        }
+    }
+
+    /// Waits until the fill is committed.
+    pub async fn finished(&self) -> Result<u64, FillError> {
+        let mut rx = self.state.subscribe();
+        loop {
+            match &*rx.borrow_and_update() {
+                Progress::Done { size } => return Ok(*size),
+                Progress::Failed(e) => return Err(e.clone()),
+                _ => {}
+            }
+            if rx.changed().await.is_err() {
+                return Err(FillError::Abandoned);
+            }
+        }
+    }
+
+    /// Streams `start..end` of the blob as it arrives. Ends with an error
+    /// if the fill fails, so the client's response is aborted.
+    pub fn reader(
+        self: Arc<Self>,
+        start: u64,
+        end: u64,
+        metrics: Arc<Metrics>,
+    ) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
+        let rx = self.state.subscribe();
+        futures_util::stream::unfold((self, rx, start), move |(fill, mut rx, pos)| {
+            let metrics = metrics.clone();
+            async move {
+                if pos >= end {
+                    return None;
+                }
+                loop {
+                    let state = rx.borrow_and_update().clone();
+                    let available = match state {
+                        Progress::Connecting => 0,
+                        Progress::Streaming { written, .. } => written,
+                        Progress::Done { size } => size,
+                        Progress::Failed(e) => {
+                            let err =
+                                io::Error::other(format!("fill of {} failed: {e}", fill.digest));
+                            return Some((Err(err), (fill, rx, end)));
+                        }
+                    };
+                    if available > pos {
+                        let want = (available.min(end) - pos).min(READ_CHUNK as u64) as usize;
+                        let Some(file) = fill.file.get().cloned() else {
+                            let err = io::Error::other("fill has data but no file");
+                            return Some((Err(err), (fill, rx, end)));
+                        };
+                        let read = tokio::task::spawn_blocking(move || {
+                            let mut buf = vec![0u8; want];
+                            file.read_exact_at(&mut buf, pos).map(|()| buf)
+                        })
+                        .await
+                        .map_err(io::Error::other)
+                        .and_then(|r| r);
+                        return Some(match read {
+                            Ok(buf) => {
+                                metrics.served(Source::Upstream, buf.len() as u64);
+                                let next = pos + buf.len() as u64;
+                                (Ok(Bytes::from(buf)), (fill, rx, next))
+                            }
+                            Err(e) => (Err(e), (fill, rx, end)),
+                        });
+                    }
+                    if matches!(state, Progress::Done { .. }) {
+                        // Done but short of `end`: the range was past the real size.
+                        let err = io::Error::other("blob is shorter than the requested range");
+                        return Some((Err(err), (fill, rx, end)));
+                    }
+                    if rx.changed().await.is_err() {
+                        let err = io::Error::other("fill abandoned");
+                        return Some((Err(err), (fill, rx, end)));
+                    }
+                }
+            }
+        })
+    }
+}
+
+/// The fills in flight, by digest.
+#[derive(Default)]
+pub struct Fills {
+    /// std mutex: held only to look up or insert, never across an await.
+    map: Mutex<HashMap<Digest, Arc<Fill>>>,
+}
+
+/// The result of asking to fill a digest.
+pub enum Join {
+    /// This caller must run the fill (spawn [`Fills::run`]).
+    Leader(Arc<Fill>, FillGuard),
+    /// Another request is filling it already.
+    Follower(Arc<Fill>),
+}
+
+impl Fills {
+    /// Joins the fill of `digest`, or starts one when none is running.
+    /// `present` is re-checked under the lock so a fill that just committed
+    /// is not started again.
+    pub fn join(
+        &self,
+        digest: &Digest,
+        present: impl Fn() -> bool,
+        tmp: PathBuf,
+        metrics: Arc<Metrics>,
+    ) -> Option<Join> {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(f) = map.get(digest) {
+            return Some(Join::Follower(f.clone()));
+        }
+        if present() {
+            return None;
+        }
+        let (tx, _) = watch::channel(Progress::Connecting);
+        let fill = Arc::new(Fill {
+            digest: digest.clone(),
+            file: OnceLock::new(),
+            state: tx,
+        });
+        map.insert(digest.clone(), fill.clone());
+        metrics.fills_in_flight().inc();
+        let guard = FillGuard {
+            fill: fill.clone(),
+            tmp,
+            metrics,
+            done: false,
+        };
+        Some(Join::Leader(fill, guard))
+    }
+
+    /// Number of fills in flight.
+    pub fn len(&self) -> usize {
+        self.map.lock().map(|m| m.len()).unwrap_or(0)
+    }
+
+    /// Whether no fill is in flight.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn remove(&self, digest: &Digest) {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        map.remove(digest);
+    }
+}
+
+/// Owned by the fill task. Its `Drop` fails the fill, deletes the temp file
+/// and unregisters it, unless the fill was committed: readers never wait
+/// forever on a writer that went away.
+pub struct FillGuard {
+    fill: Arc<Fill>,
+    tmp: PathBuf,
+    metrics: Arc<Metrics>,
+    done: bool,
+}
+
+impl FillGuard {
+    /// The temp file this fill writes.
+    pub fn tmp_path(&self) -> &std::path::Path {
+        &self.tmp
+    }
+
+    fn set(&self, p: Progress) {
+        self.fill.state.send_replace(p);
+    }
+
+    /// Marks the fill failed now (the guard's drop then only unregisters).
+    pub fn fail(&mut self, err: FillError, fills: &Fills) {
+        let result = match &err {
+            FillError::Mismatch(_) | FillError::Size { .. } => FillResult::DigestMismatch,
+            FillError::Disk(_) => FillResult::DiskError,
+            _ => FillResult::UpstreamError,
+        };
+        tracing::warn!(digest = %self.fill.digest, error = %err, "fill failed");
+        self.metrics.fill_done(result);
+        self.set(Progress::Failed(err));
+        self.finish(fills);
+    }
+
+    fn finish(&mut self, fills: &Fills) {
+        if !self.done {
+            self.done = true;
+            fills.remove(&self.fill.digest);
+            self.metrics.fills_in_flight().dec();
+        }
+    }
+}
+
+impl Drop for FillGuard {
+    fn drop(&mut self) {
+        if !self.done {
+            self.metrics.fill_done(FillResult::UpstreamError);
+            self.metrics.fills_in_flight().dec();
+            self.set(Progress::Failed(FillError::Abandoned));
+        }
+        // Committed fills renamed the file away; this only removes leftovers.
+        let _ = std::fs::remove_file(&self.tmp);
+    }
+}
+
+/// What the fill task needs from the cache when the bytes are verified.
+pub trait Committer: Send + Sync {
+    /// Commits the verified, synced temp file under `digest`.
+    fn commit(
+        &self,
+        digest: &Digest,
+        tmp: &std::path::Path,
+        size: u64,
+    ) -> impl std::future::Future<Output = std::io::Result<()>> + Send;
+}
+
+/// Runs a fill: streams `resp` into the temp file, verifies, commits.
+pub async fn run<C: Committer>(
+    mut guard: FillGuard,
+    fills: &Fills,
+    upstream: &upstream::Upstream,
+    resp: Result<http::Response<hyper::body::Incoming>, upstream::Error>,
+    committer: &C,
+) {
+    let digest = guard.fill.digest.clone();
+    let resp = match resp {
+        Ok(r) => r,
+        Err(e) => return guard.fail(e.into(), fills),
+    };
+    let size = upstream::content_length(resp.headers());
+    let tmp = guard.tmp.clone();
+    let file = match tokio::task::spawn_blocking(move || {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+    })
+    .await
+    {
+        Ok(Ok(f)) => Arc::new(f),
+        Ok(Err(e)) => return guard.fail(FillError::Disk(e.to_string()), fills),
+        Err(e) => return guard.fail(FillError::Disk(e.to_string()), fills),
+    };
+    let _ = guard.fill.file.set(file.clone());
+    guard.set(Progress::Streaming { size, written: 0 });
+
+    let mut body = resp.into_body();
+    let mut hasher = crate::oci::Hasher::new();
+    let mut written: u64 = 0;
+    let mut ended = false;
+    while !ended {
+        let batch = match next_batch(upstream, &mut body).await {
+            Ok(Some((b, end))) => {
+                ended = end;
+                b
+            }
+            Ok(None) => break,
+            Err(e) => return guard.fail(e.into(), fills),
+        };
+        let len = batch.len() as u64;
+        if let Some(announced) = size {
+            if written + len > announced {
+                return guard.fail(
+                    FillError::Size {
+                        announced,
+                        got: written + len,
+                    },
+                    fills,
+                );
+            }
+        }
+        let f = file.clone();
+        let offset = written;
+        let result = tokio::task::spawn_blocking(move || {
+            hasher.update(&batch);
+            f.write_all_at(&batch, offset).map(|()| hasher)
+        })
+        .await;
+        hasher = match result {
+            Ok(Ok(h)) => h,
+            Ok(Err(e)) => return guard.fail(FillError::Disk(e.to_string()), fills),
+            Err(e) => return guard.fail(FillError::Disk(e.to_string()), fills),
+        };
+        written += len;
+        guard.set(Progress::Streaming { size, written });
+    }
+    if let Some(announced) = size {
+        if written != announced {
+            return guard.fail(
+                FillError::Size {
+                    announced,
+                    got: written,
+                },
+                fills,
+            );
+        }
+    }
+    let actual = hasher.finish();
+    if actual != digest {
+        return guard.fail(FillError::Mismatch(actual), fills);
+    }
+    let f = file.clone();
+    let synced = tokio::task::spawn_blocking(move || f.sync_all()).await;
+    if let Err(e) = synced.map_err(io::Error::other).and_then(|r| r) {
+        return guard.fail(FillError::Disk(e.to_string()), fills);
+    }
+    if let Err(e) = committer.commit(&digest, &guard.tmp, written).await {
+        return guard.fail(FillError::Disk(e.to_string()), fills);
+    }
+    guard.metrics.fill_done(FillResult::Ok);
+    guard.set(Progress::Done { size: written });
+    guard.finish(fills);
+}
+
+/// Reads the next frames of `body`, batching what is ready up to
+/// [`WRITE_BATCH`] so disk writes are large. `None` at the end; the flag
+/// says the end was seen while batching.
+async fn next_batch(
+    upstream: &upstream::Upstream,
+    body: &mut hyper::body::Incoming,
+) -> Result<Option<(Bytes, bool)>, upstream::Error> {
+    use http_body_util::BodyExt;
+    let first = loop {
+        match upstream.next_frame(body).await? {
+            None => return Ok(None),
+            Some(f) => {
+                if let Ok(d) = f.into_data() {
+                    if !d.is_empty() {
+                        break d;
+                    }
+                }
+            }
+        }
+    };
+    let mut buf: Option<BytesMut> = None;
+    let mut ended = false;
+    while buf.as_ref().map_or(first.len(), |b| b.len()) < WRITE_BATCH {
+        match body.frame().now_or_never() {
+            Some(Some(Ok(f))) => {
+                if let Ok(d) = f.into_data() {
+                    let b = buf.get_or_insert_with(|| BytesMut::from(&first[..]));
+                    b.extend_from_slice(&d);
+                }
+            }
+            Some(Some(Err(e))) => {
+                return Err(upstream::Error::Unreachable(format!("body broke off: {e}")))
+            }
+            Some(None) => {
+                ended = true;
+                break;
+            }
+            // Nothing ready yet: write what we have.
+            None => break,
+        }
+    }
+    Ok(Some((buf.map_or(first, BytesMut::freeze), ended)))
+}

@@ -1,0 +1,338 @@
+//! `mirror.toml` -> validated [`Config`].
+//!
+//! The embedded default (`mirror.toml` at the repository root) documents every
+//! key. Parsing refuses unknown keys; [`Config::validate`] names the key at
+//! fault for bad values, so a typo stops hoard at start, not at 3 a.m.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The default configuration, compiled in.
+pub const DEFAULT_CONFIG: &str = include_str!("../mirror.toml");
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// TOML syntax, unknown key or wrong type (toml names the key).
+    #[error("{0}")]
+    Parse(#[from] toml::de::Error),
+    /// A value that parsed but makes no sense.
+    #[error("config key `{key}`: {msg}")]
+    Invalid {
+        /// Dotted path of the key.
+        key: String,
+        /// What is wrong and what to do.
+        msg: String,
+    },
+    /// A secret file or variable named by the config could not be read.
+    #[error("config key `{key}`: {msg}")]
+    Secret {
+        /// Dotted path of the key.
+        key: String,
+        /// What is wrong.
+        msg: String,
+    },
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// Cache directory.
+    pub cache_dir: PathBuf,
+    /// Upstream used when a request names none.
+    pub default_upstream: String,
+    /// How long tags are served without revalidation.
+    #[serde(with = "humantime_serde")]
+    pub tag_ttl: Duration,
+    /// Log format.
+    #[serde(default)]
+    pub log_format: LogFormat,
+    /// Largest manifest accepted from an upstream.
+    #[serde(default = "default_max_manifest")]
+    pub max_manifest_size: usize,
+    /// Configured upstream registries by name.
+    pub upstreams: BTreeMap<String, UpstreamConfig>,
+}
+
+fn default_max_manifest() -> usize {
+    4 * 1024 * 1024
+}
+
+/// One upstream registry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// Base URL (`https://registry-1.docker.io`).
+    pub url: String,
+    /// Username for the token realm.
+    pub username: Option<String>,
+    /// Password given inline (prefer `password_env` or `password_file`).
+    pub password: Option<String>,
+    /// Environment variable holding the password.
+    pub password_env: Option<String>,
+    /// File holding the password.
+    pub password_file: Option<PathBuf>,
+    /// Environment variable holding a static bearer token.
+    pub token_env: Option<String>,
+    /// File holding a static bearer token.
+    pub token_file: Option<PathBuf>,
+    /// Extra CA certificates (PEM).
+    pub ca_file: Option<PathBuf>,
+    /// Per-upstream tag TTL.
+    #[serde(default, with = "humantime_serde")]
+    pub tag_ttl: Option<Duration>,
+    /// Connect time-out.
+    #[serde(default = "default_connect", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Longest wait for headers or the next body chunk.
+    #[serde(default = "default_read", with = "humantime_serde")]
+    pub read_timeout: Duration,
+}
+
+fn default_connect() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_read() -> Duration {
+    Duration::from_secs(60)
+}
+
+/// Credentials resolved from the config at start.
+#[derive(Clone)]
+pub enum Credentials {
+    /// Anonymous.
+    None,
+    /// Basic credentials sent to the token realm (or the registry itself).
+    Basic {
+        /// User.
+        username: String,
+        /// Password or personal access token.
+        password: String,
+    },
+    /// A static bearer token.
+    Token(String),
+}
+
+impl std::fmt::Debug for Credentials {
+    // Secrets never reach a log line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Credentials::None => f.write_str("None"),
+            Credentials::Basic { username, .. } => write!(f, "Basic({username}, ***)"),
+            Credentials::Token(_) => f.write_str("Token(***)"),
+        }
+    }
+}
+
+impl Config {
+    /// Parses and validates TOML text.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The embedded default configuration.
+    pub fn embedded() -> Result<Config, ConfigError> {
+        Config::from_toml(DEFAULT_CONFIG)
+    }
+
+    /// Checks values that parse but cannot work.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &str, msg: String| ConfigError::Invalid {
+            key: key.to_owned(),
+            msg,
+        };
+        if self.upstreams.is_empty() {
+            return Err(invalid(
+                "upstreams",
+                "at least one upstream is needed".into(),
+            ));
+        }
+        if !self.upstreams.contains_key(&self.default_upstream) {
+            return Err(invalid(
+                "default_upstream",
+                format!(
+                    "{:?} is not a key of [upstreams] (configured: {})",
+                    self.default_upstream,
+                    self.upstreams
+                        .keys()
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ));
+        }
+        if self.cache_dir.as_os_str().is_empty() {
+            return Err(invalid("cache_dir", "must not be empty".into()));
+        }
+        for (name, up) in &self.upstreams {
+            let key = |k: &str| format!("upstreams.\"{name}\".{k}");
+            if !valid_registry_name(name) {
+                return Err(invalid(
+                    &format!("upstreams.\"{name}\""),
+                    "a registry name is a host name with an optional :port, e.g. ghcr.io".into(),
+                ));
+            }
+            let uri: http::Uri = up
+                .url
+                .parse()
+                .map_err(|e| invalid(&key("url"), format!("{e}")))?;
+            match uri.scheme_str() {
+                Some("http") | Some("https") => {}
+                _ => {
+                    return Err(invalid(
+                        &key("url"),
+                        "must start with http:// or https://".into(),
+                    ))
+                }
+            }
+            if uri.host().is_none() {
+                return Err(invalid(&key("url"), "has no host".into()));
+            }
+            let secrets = [
+                up.password.is_some(),
+                up.password_env.is_some(),
+                up.password_file.is_some(),
+            ]
+            .iter()
+            .filter(|x| **x)
+            .count();
+            if secrets > 1 {
+                return Err(invalid(
+                    &key("password"),
+                    "give only one of password, password_env, password_file".into(),
+                ));
+            }
+            if secrets == 1 && up.username.is_none() {
+                return Err(invalid(
+                    &key("username"),
+                    "a password needs a username".into(),
+                ));
+            }
+            if up.token_env.is_some() && up.token_file.is_some() {
+                return Err(invalid(
+                    &key("token_env"),
+                    "give only one of token_env, token_file".into(),
+                ));
+            }
+            if up.connect_timeout.is_zero() {
+                return Err(invalid(
+                    &key("connect_timeout"),
+                    "must be more than 0s".into(),
+                ));
+            }
+            if up.read_timeout.is_zero() {
+                return Err(invalid(&key("read_timeout"), "must be more than 0s".into()));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Registry names are host names with an optional port: they appear as the
+/// first path component and in `ns`, so they must be plain.
+fn valid_registry_name(name: &str) -> bool {
+    let chars_ok = name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-' | b':'));
+    chars_ok && name.len() <= 253 && (name.contains(['.', ':']) || name == "localhost")
+}
+
+impl UpstreamConfig {
+    /// Tag TTL for this upstream.
+    pub fn tag_ttl(&self, global: Duration) -> Duration {
+        self.tag_ttl.unwrap_or(global)
+    }
+
+    /// Reads the credentials named by the config (env vars, files).
+    pub fn credentials(&self, name: &str) -> Result<Credentials, ConfigError> {
+        let key = |k: &str| format!("upstreams.\"{name}\".{k}");
+        let from_env = |k: &str, var: &str| {
+            std::env::var(var).map_err(|_| ConfigError::Secret {
+                key: key(k),
+                msg: format!("environment variable {var} is not set"),
+            })
+        };
+        let from_file = |k: &str, path: &PathBuf| {
+            std::fs::read_to_string(path)
+                .map(|s| s.trim().to_owned())
+                .map_err(|e| ConfigError::Secret {
+                    key: key(k),
+                    msg: format!("cannot read {}: {e}", path.display()),
+                })
+        };
+        if let Some(var) = &self.token_env {
+            return Ok(Credentials::Token(from_env("token_env", var)?));
+        }
+        if let Some(path) = &self.token_file {
+            return Ok(Credentials::Token(from_file("token_file", path)?));
+        }
+        let password = match (&self.password, &self.password_env, &self.password_file) {
+            (Some(p), _, _) => Some(p.clone()),
+            (_, Some(var), _) => Some(from_env("password_env", var)?),
+            (_, _, Some(path)) => Some(from_file("password_file", path)?),
+            _ => None,
+        };
+        Ok(match (&self.username, password) {
+            (Some(username), Some(password)) => Credentials::Basic {
+                username: username.clone(),
+                password,
+            },
+            _ => Credentials::None,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_default_is_valid() {
+        let c = Config::embedded().unwrap();
+        assert_eq!(c.default_upstream, "docker.io");
+        assert!(c.upstreams.contains_key("ghcr.io"));
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let text = format!("{DEFAULT_CONFIG}\nlisten_adress = \"x\"\n");
+        let err = Config::from_toml(&text).unwrap_err().to_string();
+        assert!(err.contains("listen_adress"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let text = DEFAULT_CONFIG.replace(
+            "default_upstream = \"docker.io\"",
+            "default_upstream = \"nope.io\"",
+        );
+        let err = Config::from_toml(&text).unwrap_err().to_string();
+        assert!(err.contains("default_upstream"), "{err}");
+        let text = DEFAULT_CONFIG.replace("tag_ttl = \"5m\"", "tag_ttl = \"5 parsecs\"");
+        let err = Config::from_toml(&text).unwrap_err().to_string();
+        assert!(err.contains("tag_ttl"), "{err}");
+        let text = DEFAULT_CONFIG.replace("url = \"https://ghcr.io\"", "url = \"ftp://ghcr.io\"");
+        let err = Config::from_toml(&text).unwrap_err().to_string();
+        assert!(err.contains("upstreams.\"ghcr.io\".url"), "{err}");
+    }
+}

@@ -1,0 +1,188 @@
+//! The API error: one place that turns any failure into an HTTP status and an
+//! OCI `{"errors":[...]}` body.
+//!
+//! Lower layers have their own error enums (`upstream::Error`,
+//! `cache::Error`); they are converted here, once, so every handler answers
+//! the same cause with the same status and code. Internal detail is logged
+//! where the conversion happens, the client gets a code and a message that
+//! says what to do.
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
+
+use crate::body::{self, Body};
+use crate::cache;
+use crate::oci::{DigestError, NameError};
+use crate::upstream;
+
+/// An error answered to a client.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// OCI error code (`MANIFEST_UNKNOWN`, ...).
+    pub code: &'static str,
+    /// Human-readable message.
+    pub message: String,
+    /// `Content-Range: bytes */size` for 416 answers.
+    pub range_size: Option<u64>,
+}
+
+impl ApiError {
+    /// Builds an error.
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            range_size: None,
+        }
+    }
+
+    /// 404 for an unknown route.
+    pub fn not_found_route() -> ApiError {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "NOT_FOUND",
+            "no such endpoint: hoard serves the OCI distribution API under /v2/, plus /metrics",
+        )
+    }
+
+    /// 405 for a method the route does not take.
+    pub fn method_not_allowed() -> ApiError {
+        ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "UNSUPPORTED",
+            "method not allowed: this mirror is read-only (GET and HEAD)",
+        )
+    }
+
+    /// 404 for a registry that is not configured.
+    pub fn registry_not_configured(registry: &str) -> ApiError {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "NAME_UNKNOWN",
+            format!(
+                "registry {registry:?} is not configured in hoard: add it under [upstreams] in mirror.toml"
+            ),
+        )
+    }
+
+    /// 416 with the size for `Content-Range: bytes */size`.
+    pub fn range(message: impl Into<String>, size: Option<u64>) -> ApiError {
+        ApiError {
+            range_size: size,
+            ..ApiError::new(StatusCode::RANGE_NOT_SATISFIABLE, "RANGE_INVALID", message)
+        }
+    }
+
+    /// 500 for a local failure; the detail is logged, not sent.
+    pub fn internal(context: &str, err: impl std::fmt::Display) -> ApiError {
+        tracing::error!(error = %err, "{context}");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "UNKNOWN",
+            format!("{context}; see hoard's log"),
+        )
+    }
+
+    /// The OCI error body.
+    pub fn body_json(&self) -> String {
+        serde_json::json!({
+            "errors": [{ "code": self.code, "message": self.message, "detail": null }]
+        })
+        .to_string()
+    }
+
+    /// The full HTTP response.
+    pub fn into_response(self, head_only: bool) -> Response<Body> {
+        let json = self.body_json();
+        let len = json.len();
+        let mut resp = Response::new(if head_only {
+            body::empty()
+        } else {
+            body::full(Bytes::from(json))
+        });
+        *resp.status_mut() = self.status;
+        let h = resp.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+        if let Some(size) = self.range_size {
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
+                h.insert(header::CONTENT_RANGE, v);
+            }
+        }
+        if self.status == StatusCode::TOO_MANY_REQUESTS
+            || self.status == StatusCode::SERVICE_UNAVAILABLE
+        {
+            h.insert(header::RETRY_AFTER, HeaderValue::from_static("30"));
+        }
+        resp
+    }
+}
+
+impl From<DigestError> for ApiError {
+    fn from(e: DigestError) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "DIGEST_INVALID", e.to_string())
+    }
+}
+
+impl From<NameError> for ApiError {
+    fn from(e: NameError) -> ApiError {
+        match e {
+            NameError::Digest(d) => d.into(),
+            NameError::Tag => {
+                ApiError::new(StatusCode::BAD_REQUEST, "MANIFEST_INVALID", e.to_string())
+            }
+            NameError::Name(_) => {
+                ApiError::new(StatusCode::BAD_REQUEST, "NAME_INVALID", e.to_string())
+            }
+        }
+    }
+}
+
+impl From<upstream::Error> for ApiError {
+    fn from(e: upstream::Error) -> ApiError {
+        use upstream::Error as U;
+        match &e {
+            U::NotFound => {
+                ApiError::new(StatusCode::NOT_FOUND, "NAME_UNKNOWN", "not found upstream")
+            }
+            U::RateLimited { .. } => ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "TOOMANYREQUESTS",
+                format!("{e}; pull again later, or configure credentials for this upstream"),
+            ),
+            U::Unauthorized(_) => ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "UNAUTHORIZED",
+                format!("{e}; check the upstream's credentials in mirror.toml"),
+            ),
+            U::Denied(_) => ApiError::new(StatusCode::FORBIDDEN, "DENIED", e.to_string()),
+            U::Unreachable(_) | U::Timeout(_) => {
+                tracing::warn!(error = %e, "upstream unreachable");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "UNAVAILABLE",
+                    format!("{e}; the content is not cached, so hoard cannot serve it offline"),
+                )
+            }
+            U::Status { .. } | U::Protocol(_) | U::TooLarge(_) | U::DigestMismatch { .. } => {
+                tracing::warn!(error = %e, "upstream error");
+                ApiError::new(StatusCode::BAD_GATEWAY, "UNAVAILABLE", e.to_string())
+            }
+        }
+    }
+}
+
+impl From<cache::Error> for ApiError {
+    fn from(e: cache::Error) -> ApiError {
+        match e {
+            cache::Error::Upstream(u) => u.into(),
+            other => ApiError::internal("cache failure", other),
+        }
+    }
+}

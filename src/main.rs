@@ -1,0 +1,144 @@
+//! The `hoard` binary: parses arguments, sets up logging, runs the mirror.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use hoard::config::{Config, LogFormat};
+
+#[derive(Parser)]
+#[command(
+    name = "hoard",
+    version,
+    about = "A pull-through caching mirror for container registries"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the mirror (on the embedded default config unless --config is given).
+    Serve {
+        /// Configuration file (TOML); default: the embedded mirror.toml.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Override `listen` from the config.
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+        /// Override `cache_dir` from the config.
+        #[arg(long)]
+        cache_dir: Option<PathBuf>,
+    },
+    /// Print the embedded default configuration.
+    DefaultConfig,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::DefaultConfig => {
+            print!("{}", hoard::config::DEFAULT_CONFIG);
+            ExitCode::SUCCESS
+        }
+        Command::Serve {
+            config,
+            listen,
+            cache_dir,
+        } => {
+            let config = match load(config, listen, cache_dir) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("hoard: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            init_tracing(config.log_format);
+            let runtime = match tokio::runtime::Runtime::new() {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("hoard: cannot start the async runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(serve(config)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e}");
+                    eprintln!("hoard: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn load(
+    path: Option<PathBuf>,
+    listen: Option<std::net::SocketAddr>,
+    cache_dir: Option<PathBuf>,
+) -> Result<Config, String> {
+    let text = match &path {
+        Some(p) => {
+            std::fs::read_to_string(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?
+        }
+        None => hoard::config::DEFAULT_CONFIG.to_owned(),
+    };
+    let origin = path.map_or_else(
+        || "embedded mirror.toml".to_owned(),
+        |p| p.display().to_string(),
+    );
+    let mut config = Config::from_toml(&text).map_err(|e| format!("{origin}: {e}"))?;
+    if let Some(l) = listen {
+        config.listen = l;
+    }
+    if let Some(d) = cache_dir {
+        config.cache_dir = d;
+    }
+    Ok(config)
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+async fn serve(config: Config) -> Result<(), String> {
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e} (is another process using the port? set `listen` or --listen)", config.listen))?;
+    hoard::run(listener, config, shutdown_signal())
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot watch SIGTERM; only Ctrl-C stops hoard");
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

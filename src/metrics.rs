@@ -1,0 +1,287 @@
+//! Prometheus metrics, on hoard's own registry.
+//!
+//! Labels are bounded: request kinds and outcomes come from enums, upstream
+//! labels from the configured upstream names. Never a repository or digest.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
+};
+
+/// What a request was for.
+#[derive(Debug, Clone, Copy)]
+pub enum Kind {
+    /// A manifest by tag or digest.
+    Manifest,
+    /// A blob.
+    Blob,
+}
+
+impl Kind {
+    /// Label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Manifest => "manifest",
+            Kind::Blob => "blob",
+        }
+    }
+}
+
+/// How a request was answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// From the cache.
+    Hit,
+    /// Fetched from the upstream.
+    Miss,
+    /// Joined a fill another request started.
+    Coalesced,
+    /// Served from the cache although the upstream could not confirm it.
+    Stale,
+    /// Answered with an error.
+    Error,
+}
+
+impl Outcome {
+    /// Label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Hit => "hit",
+            Outcome::Miss => "miss",
+            Outcome::Coalesced => "coalesced",
+            Outcome::Stale => "stale",
+            Outcome::Error => "error",
+        }
+    }
+}
+
+/// Where served bytes came from.
+#[derive(Debug, Clone, Copy)]
+pub enum Source {
+    /// A committed cache entry.
+    Cache,
+    /// An upstream stream (directly or through an in-progress fill).
+    Upstream,
+}
+
+/// Why a fill ended.
+#[derive(Debug, Clone, Copy)]
+pub enum FillResult {
+    /// Verified and committed.
+    Ok,
+    /// The bytes did not hash to the digest.
+    DigestMismatch,
+    /// The upstream failed or stalled.
+    UpstreamError,
+    /// The local disk failed.
+    DiskError,
+}
+
+impl FillResult {
+    /// Label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FillResult::Ok => "ok",
+            FillResult::DigestMismatch => "digest_mismatch",
+            FillResult::UpstreamError => "upstream_error",
+            FillResult::DiskError => "disk_error",
+        }
+    }
+}
+
+/// All of hoard's metrics.
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    served_bytes: IntCounterVec,
+    upstream_requests: IntCounterVec,
+    upstream_latency: HistogramVec,
+    token_fetches: IntCounterVec,
+    fills_in_flight: IntGauge,
+    fills: IntCounterVec,
+    cache_size: IntGauge,
+    cache_blobs: IntGauge,
+    stale_tags: IntCounter,
+    request_duration: Histogram,
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels)
+                .expect("static metric definition");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("metric registered once");
+            c
+        };
+        let gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help).expect("static metric definition");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("metric registered once");
+            g
+        };
+        let requests = counter(
+            "hoard_requests_total",
+            "Manifest and blob requests by kind and cache outcome.",
+            &["kind", "outcome"],
+        );
+        let served_bytes = counter(
+            "hoard_served_bytes_total",
+            "Body bytes sent to clients, by where they came from.",
+            &["source"],
+        );
+        let upstream_requests = counter(
+            "hoard_upstream_requests_total",
+            "Requests sent to upstream registries, by upstream and HTTP status (or 'error').",
+            &["upstream", "status"],
+        );
+        let token_fetches = counter(
+            "hoard_upstream_token_fetches_total",
+            "Bearer tokens fetched from upstream token realms.",
+            &["upstream"],
+        );
+        let fills = counter(
+            "hoard_fills_total",
+            "Blob fills from an upstream, by result.",
+            &["result"],
+        );
+        let upstream_latency = HistogramVec::new(
+            HistogramOpts::new(
+                "hoard_upstream_request_duration_seconds",
+                "Time until an upstream answered with headers.",
+            )
+            .buckets(vec![
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            ]),
+            &["upstream"],
+        )
+        .expect("static metric definition");
+        registry
+            .register(Box::new(upstream_latency.clone()))
+            .expect("metric registered once");
+        let request_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "hoard_request_duration_seconds",
+                "Time until hoard answered a client with headers.",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0,
+            ]),
+        )
+        .expect("static metric definition");
+        registry
+            .register(Box::new(request_duration.clone()))
+            .expect("metric registered once");
+        let stale_tags = IntCounter::new(
+            "hoard_stale_tags_served_total",
+            "Tags served from cache because the upstream could not revalidate them.",
+        )
+        .expect("static metric definition");
+        registry
+            .register(Box::new(stale_tags.clone()))
+            .expect("metric registered once");
+        Metrics {
+            fills_in_flight: gauge(
+                "hoard_fills_in_flight",
+                "Blob fills currently streaming from an upstream.",
+            ),
+            cache_size: gauge(
+                "hoard_cache_size_bytes",
+                "Bytes of verified content in the cache.",
+            ),
+            cache_blobs: gauge(
+                "hoard_cache_blobs",
+                "Number of verified blobs (layers, configs, manifests) in the cache.",
+            ),
+            registry,
+            requests,
+            served_bytes,
+            upstream_requests,
+            upstream_latency,
+            token_fetches,
+            fills,
+            stale_tags,
+            request_duration,
+        }
+    }
+
+    /// Counts a request outcome.
+    pub fn request(&self, kind: Kind, outcome: Outcome) {
+        self.requests
+            .with_label_values(&[kind.as_str(), outcome.as_str()])
+            .inc();
+    }
+
+    /// Counts bytes sent to a client.
+    pub fn served(&self, source: Source, bytes: u64) {
+        let label = match source {
+            Source::Cache => "cache",
+            Source::Upstream => "upstream",
+        };
+        self.served_bytes.with_label_values(&[label]).inc_by(bytes);
+    }
+
+    /// Records an upstream answer (or failure) and how long it took.
+    pub fn upstream(&self, upstream: &str, status: Option<u16>, seconds: f64) {
+        let status = status.map_or_else(|| "error".to_owned(), |s| s.to_string());
+        self.upstream_requests
+            .with_label_values(&[upstream, &status])
+            .inc();
+        self.upstream_latency
+            .with_label_values(&[upstream])
+            .observe(seconds);
+    }
+
+    /// Counts a token fetch.
+    pub fn token_fetch(&self, upstream: &str) {
+        self.token_fetches.with_label_values(&[upstream]).inc();
+    }
+
+    /// Gauge of fills in flight.
+    pub fn fills_in_flight(&self) -> &IntGauge {
+        &self.fills_in_flight
+    }
+
+    /// Counts a finished fill.
+    pub fn fill_done(&self, result: FillResult) {
+        self.fills.with_label_values(&[result.as_str()]).inc();
+    }
+
+    /// Sets the cache size gauges.
+    pub fn set_cache_size(&self, bytes: u64, blobs: u64) {
+        self.cache_size
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+        self.cache_blobs
+            .set(i64::try_from(blobs).unwrap_or(i64::MAX));
+    }
+
+    /// Counts a stale tag served.
+    pub fn stale_tag(&self) {
+        self.stale_tags.inc();
+    }
+
+    /// Observes the time to answer a client.
+    pub fn request_duration(&self, seconds: f64) {
+        self.request_duration.observe(seconds);
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        let encoder = TextEncoder::new();
+        if let Err(e) = encoder.encode(&self.registry.gather(), &mut out) {
+            tracing::error!(error = %e, "encoding metrics");
+        }
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}

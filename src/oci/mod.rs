@@ -1,0 +1,13 @@
+//! Validated OCI value types, parsed once at the edge.
+//!
+//! Everything that later becomes part of a disk path or an upstream URL is
+//! one of these newtypes, so a malformed or hostile string never reaches the
+//! store or the client.
+
+mod digest;
+mod media;
+mod name;
+
+pub use digest::{Digest, DigestError, Hasher};
+pub use media::{is_index, MediaType, MANIFEST_MEDIA_TYPES};
+pub use name::{NameError, Reference, RepoName, Tag};

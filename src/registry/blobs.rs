@@ -1,0 +1,172 @@
+//! Blobs: served from the cache, or teed from one upstream fill that every
+//! concurrent request for the digest shares.
+
+use std::sync::Arc;
+
+use http::{header, HeaderValue, Response, StatusCode};
+
+use super::range::{self, ByteRange};
+use super::resolve::Target;
+use super::{ApiError, Registry};
+use crate::body::{self, Body};
+use crate::cache::fill::FillError;
+use crate::metrics::{Kind, Outcome, Source};
+use crate::oci::Digest;
+use crate::upstream;
+
+/// Bytes read from a cached file per chunk.
+const CACHE_CHUNK: usize = 256 * 1024;
+
+/// `GET`/`HEAD /v2/<name>/blobs/<digest>`.
+pub async fn get(
+    reg: &Registry,
+    target: &Target,
+    digest: Digest,
+    range_header: Option<&str>,
+    head: bool,
+) -> Result<Response<Body>, ApiError> {
+    let result = serve(reg, target, &digest, range_header, head).await;
+    match &result {
+        Ok((_, outcome)) => reg.metrics.request(Kind::Blob, *outcome),
+        Err(_) => reg.metrics.request(Kind::Blob, Outcome::Error),
+    }
+    result.map(|(r, _)| r)
+}
+
+async fn serve(
+    reg: &Registry,
+    target: &Target,
+    digest: &Digest,
+    range_header: Option<&str>,
+    head: bool,
+) -> Result<(Response<Body>, Outcome), ApiError> {
+    // Two rounds at most: a blob can vanish from disk (round two fetches it
+    // again) or be committed by a fill between our lookups.
+    for _ in 0..3 {
+        if let Some(size) = reg.cache.blob_size(digest) {
+            let range = range::parse(range_header, size)?;
+            if head {
+                return Ok((headers_only(digest, size, range), Outcome::Hit));
+            }
+            let (start, end) = bounds(range, size);
+            if let Some(reader) = reg.cache.open_blob(digest, start, end).await? {
+                let metrics = reg.metrics.clone();
+                let stream = tokio_util::io::ReaderStream::with_capacity(reader, CACHE_CHUNK);
+                let stream = futures_util::StreamExt::inspect(stream, move |chunk| {
+                    if let Ok(c) = chunk {
+                        metrics.served(Source::Cache, c.len() as u64);
+                    }
+                });
+                return Ok((
+                    response(digest, size, range, body::stream(stream)),
+                    Outcome::Hit,
+                ));
+            }
+            continue;
+        }
+        if head {
+            let size = target
+                .upstream
+                .head_blob(&target.repo, digest)
+                .await
+                .map_err(|e| map_upstream(e, digest))?
+                .ok_or_else(|| {
+                    ApiError::new(
+                        StatusCode::BAD_GATEWAY,
+                        "UNAVAILABLE",
+                        "upstream sent no Content-Length",
+                    )
+                })?;
+            let range = range::parse(range_header, size)?;
+            return Ok((headers_only(digest, size, range), Outcome::Miss));
+        }
+        let Some((fill, leader)) =
+            reg.cache
+                .fill(target.upstream.clone(), target.repo.clone(), digest)
+        else {
+            continue;
+        };
+        let outcome = if leader {
+            Outcome::Miss
+        } else {
+            Outcome::Coalesced
+        };
+        let size = match fill.started().await.map_err(|e| map_fill(e, digest))? {
+            Some(size) => size,
+            None => {
+                // No Content-Length upstream: wait for the verified blob.
+                fill.finished().await.map_err(|e| map_fill(e, digest))?;
+                continue;
+            }
+        };
+        let range = range::parse(range_header, size)?;
+        let (start, end) = bounds(range, size);
+        let stream = Arc::clone(&fill).reader(start, end, reg.metrics.clone());
+        return Ok((response(digest, size, range, body::stream(stream)), outcome));
+    }
+    Err(ApiError::internal("blob lookup did not settle", digest))
+}
+
+fn bounds(range: Option<ByteRange>, size: u64) -> (u64, u64) {
+    range.map_or((0, size), |r| (r.start, r.end))
+}
+
+fn blob_unknown(digest: &Digest) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "BLOB_UNKNOWN",
+        format!("blob {digest} is not known upstream"),
+    )
+}
+
+fn map_upstream(e: upstream::Error, digest: &Digest) -> ApiError {
+    match e {
+        upstream::Error::NotFound => blob_unknown(digest),
+        other => other.into(),
+    }
+}
+
+fn map_fill(e: FillError, digest: &Digest) -> ApiError {
+    match e {
+        FillError::Upstream(u) => map_upstream(u, digest),
+        other => ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "UNAVAILABLE",
+            format!("fetching {digest} failed: {other}"),
+        ),
+    }
+}
+
+fn headers_only(digest: &Digest, size: u64, range: Option<ByteRange>) -> Response<Body> {
+    response(digest, size, range, body::empty())
+}
+
+fn response(digest: &Digest, size: u64, range: Option<ByteRange>, body: Body) -> Response<Body> {
+    let mut r = Response::new(body);
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    if let Ok(v) = HeaderValue::from_str(&digest.to_string()) {
+        h.insert("docker-content-digest", v);
+    }
+    if let Ok(etag) = HeaderValue::from_str(&format!("\"{digest}\"")) {
+        h.insert(header::ETAG, etag);
+    }
+    match range {
+        None => {
+            h.insert(header::CONTENT_LENGTH, HeaderValue::from(size));
+        }
+        Some(ByteRange { start, end }) => {
+            *r.status_mut() = StatusCode::PARTIAL_CONTENT;
+            let h = r.headers_mut();
+            h.insert(header::CONTENT_LENGTH, HeaderValue::from(end - start));
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes {start}-{}/{size}", end - 1)) {
+                h.insert(header::CONTENT_RANGE, v);
+            }
+        }
+    }
+    r
+}

@@ -1,0 +1,172 @@
+//! `tags/list` (upstream when reachable, cached tags otherwise) and
+//! `_catalog` (repositories in the cache), with `n`/`last` pagination.
+
+use http::{header, HeaderValue, Response, StatusCode};
+
+use super::resolve::Target;
+use super::route::query_param;
+use super::{json_response, ApiError, Registry};
+use crate::body::Body;
+use crate::upstream;
+
+/// Most entries one page returns.
+const MAX_PAGE: usize = 10_000;
+
+/// `GET /v2/<name>/tags/list`.
+pub async fn tags(
+    reg: &Registry,
+    target: &Target,
+    client_name: &str,
+    query: Option<&str>,
+    head: bool,
+) -> Result<Response<Body>, ApiError> {
+    let (n, last) = pagination(query)?;
+    let mut passthrough = String::new();
+    if let Some(n) = n {
+        passthrough.push_str(&format!("n={n}"));
+    }
+    if let Some(last) = &last {
+        if !passthrough.is_empty() {
+            passthrough.push('&');
+        }
+        passthrough.push_str(&format!(
+            "last={}",
+            crate::upstream::auth::encode_query(last)
+        ));
+    }
+    let upstream_err = match target.upstream.tags_list(&target.repo, &passthrough).await {
+        Ok((bytes, link)) => {
+            // Re-label the list with the name the client used.
+            let mut json: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
+                ApiError::new(
+                    StatusCode::BAD_GATEWAY,
+                    "UNAVAILABLE",
+                    format!("upstream tag list is not JSON: {e}"),
+                )
+            })?;
+            json["name"] = serde_json::Value::String(client_name.to_owned());
+            let mut r = json_response(json.to_string().into_bytes(), head);
+            if let Some(link) = link.and_then(|l| l.to_str().ok().map(str::to_owned)) {
+                let rewritten = link.replace(
+                    &format!("/v2/{}/", target.repo),
+                    &format!("/v2/{client_name}/"),
+                );
+                if let Ok(v) = HeaderValue::from_str(&rewritten) {
+                    r.headers_mut().insert(header::LINK, v);
+                }
+            }
+            return Ok(r);
+        }
+        Err(e) => e,
+    };
+    let cached = reg.cache.tags_of(target.upstream.name(), &target.repo);
+    if cached.is_empty() || !upstream_err.is_transient() {
+        return Err(match upstream_err {
+            upstream::Error::NotFound => ApiError::new(
+                StatusCode::NOT_FOUND,
+                "NAME_UNKNOWN",
+                format!("repository {client_name} is not known upstream"),
+            ),
+            e => e.into(),
+        });
+    }
+    let (page, next) = paginate(cached, n, last.as_deref());
+    let json = serde_json::json!({ "name": client_name, "tags": page });
+    let mut r = json_response(json.to_string().into_bytes(), head);
+    if let Some(next) = next {
+        link_header(&mut r, &format!("/v2/{client_name}/tags/list"), &next, n);
+    }
+    Ok(r)
+}
+
+/// `GET /v2/_catalog`: repositories with cached tags, named as a client
+/// would pull them (path-prefixed for upstreams other than the default).
+pub fn catalog(
+    reg: &Registry,
+    query: Option<&str>,
+    head: bool,
+) -> Result<Response<Body>, ApiError> {
+    let (n, last) = pagination(query)?;
+    let mut names: Vec<String> = reg
+        .cache
+        .repositories()
+        .into_iter()
+        .map(|(up, repo)| {
+            if up == reg.default_upstream {
+                repo.to_string()
+            } else {
+                format!("{up}/{repo}")
+            }
+        })
+        .collect();
+    names.sort();
+    names.dedup();
+    let (page, next) = paginate(names, n, last.as_deref());
+    let json = serde_json::json!({ "repositories": page });
+    let mut r = json_response(json.to_string().into_bytes(), head);
+    if let Some(next) = next {
+        link_header(&mut r, "/v2/_catalog", &next, n);
+    }
+    Ok(r)
+}
+
+fn pagination(query: Option<&str>) -> Result<(Option<usize>, Option<String>), ApiError> {
+    let n = match query_param(query, "n") {
+        None => None,
+        Some(v) => Some(v.parse::<usize>().map_err(|_| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "PAGINATION_NUMBER_INVALID",
+                "n must be a non-negative number",
+            )
+        })?),
+    };
+    Ok((n, query_param(query, "last").filter(|l| !l.is_empty())))
+}
+
+/// Entries after `last`, at most `n`; the last entry returned when more follow.
+fn paginate(
+    sorted: Vec<String>,
+    n: Option<usize>,
+    last: Option<&str>,
+) -> (Vec<String>, Option<String>) {
+    let limit = n.unwrap_or(MAX_PAGE).min(MAX_PAGE);
+    let mut rest: Vec<String> = sorted
+        .into_iter()
+        .filter(|s| last.is_none_or(|l| s.as_str() > l))
+        .collect();
+    let more = rest.len() > limit;
+    rest.truncate(limit);
+    let next = if more { rest.last().cloned() } else { None };
+    (rest, next)
+}
+
+fn link_header(r: &mut Response<Body>, path: &str, last: &str, n: Option<usize>) {
+    let n = n.unwrap_or(MAX_PAGE);
+    let value = format!(
+        "<{path}?last={}&n={n}>; rel=\"next\"",
+        crate::upstream::auth::encode_query(last)
+    );
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        r.headers_mut().insert(header::LINK, v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pages() {
+        let all: Vec<String> = ["a", "b", "c", "d"].iter().map(|s| s.to_string()).collect();
+        assert_eq!(
+            paginate(all.clone(), Some(2), None),
+            (vec!["a".into(), "b".into()], Some("b".into()))
+        );
+        assert_eq!(
+            paginate(all.clone(), Some(2), Some("b")),
+            (vec!["c".into(), "d".into()], None)
+        );
+        assert_eq!(paginate(all, None, Some("d")), (vec![], None));
+    }
+}

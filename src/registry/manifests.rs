@@ -1,0 +1,292 @@
+//! Manifests: digests local-first, tags fresh within their TTL, revalidated
+//! with a `HEAD` after it, and served stale when the upstream cannot answer.
+
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
+
+use super::resolve::Target;
+use super::{ApiError, Registry};
+use crate::body::{self, Body};
+use crate::cache::{TagKey, TagRecord};
+use crate::metrics::{Kind, Outcome, Source};
+use crate::oci::{Digest, Reference, Tag};
+use crate::upstream::{self, FetchedManifest};
+
+/// `GET`/`HEAD /v2/<name>/manifests/<reference>`.
+pub async fn get(
+    reg: &Registry,
+    target: &Target,
+    reference: Reference,
+    accept: Vec<String>,
+    head: bool,
+) -> Result<Response<Body>, ApiError> {
+    let result = match reference {
+        Reference::Digest(d) => by_digest(reg, target, &d, &accept).await,
+        Reference::Tag(t) => by_tag(reg, target, t, &accept).await,
+    };
+    match result {
+        Ok(served) => {
+            reg.metrics.request(Kind::Manifest, served.outcome);
+            if !head {
+                let source = if served.outcome == Outcome::Miss {
+                    Source::Upstream
+                } else {
+                    Source::Cache
+                };
+                reg.metrics.served(source, served.bytes.len() as u64);
+            }
+            Ok(served.into_response(head))
+        }
+        Err(e) => {
+            reg.metrics.request(Kind::Manifest, Outcome::Error);
+            Err(e)
+        }
+    }
+}
+
+/// A manifest ready to send.
+struct Served {
+    bytes: Bytes,
+    media_type: String,
+    digest: Digest,
+    outcome: Outcome,
+}
+
+impl Served {
+    fn into_response(self, head: bool) -> Response<Body> {
+        let len = self.bytes.len();
+        let mut r = Response::new(if head {
+            body::empty()
+        } else {
+            body::full(self.bytes)
+        });
+        let h = r.headers_mut();
+        if let Ok(v) = HeaderValue::from_str(&self.media_type) {
+            h.insert(header::CONTENT_TYPE, v);
+        }
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+        if let Ok(v) = HeaderValue::from_str(&self.digest.to_string()) {
+            h.insert("docker-content-digest", v.clone());
+            if let Ok(etag) = HeaderValue::from_str(&format!("\"{}\"", self.digest)) {
+                h.insert(header::ETAG, etag);
+            }
+        }
+        if self.outcome == Outcome::Stale {
+            h.insert(
+                header::WARNING,
+                HeaderValue::from_static(
+                    "110 hoard \"Response is stale: the upstream could not revalidate this tag\"",
+                ),
+            );
+        }
+        r
+    }
+}
+
+/// Whether a client's `Accept` list allows `media_type` (no list: anything).
+fn acceptable(accept: &[String], media_type: &str) -> bool {
+    accept.is_empty() || accept.iter().any(|a| a == media_type || a == "*/*")
+}
+
+fn manifest_unknown(what: impl std::fmt::Display) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "MANIFEST_UNKNOWN",
+        format!("manifest {what} is not known upstream"),
+    )
+}
+
+fn map_upstream(e: upstream::Error, what: impl std::fmt::Display) -> ApiError {
+    match e {
+        upstream::Error::NotFound => manifest_unknown(what),
+        other => other.into(),
+    }
+}
+
+async fn by_digest(
+    reg: &Registry,
+    target: &Target,
+    digest: &Digest,
+    accept: &[String],
+) -> Result<Served, ApiError> {
+    if let Some((bytes, media_type)) = reg.cache.manifest(digest).await? {
+        if acceptable(accept, &media_type) {
+            return Ok(Served {
+                bytes,
+                media_type: media_type.to_string(),
+                digest: digest.clone(),
+                outcome: Outcome::Hit,
+            });
+        }
+    }
+    let m = fetch(reg, target, &digest.to_string(), accept)
+        .await
+        .map_err(|e| map_upstream(e, digest))?;
+    if m.digest != *digest {
+        return Err(upstream::Error::DigestMismatch {
+            expected: digest.clone(),
+            actual: m.digest,
+        }
+        .into());
+    }
+    reg.cache.put_manifest(&m).await?;
+    Ok(Served {
+        outcome: Outcome::Miss,
+        bytes: m.bytes,
+        media_type: m.media_type,
+        digest: m.digest,
+    })
+}
+
+async fn by_tag(
+    reg: &Registry,
+    target: &Target,
+    tag: Tag,
+    accept: &[String],
+) -> Result<Served, ApiError> {
+    let key = TagKey {
+        upstream: target.upstream.name().to_owned(),
+        repo: target.repo.clone(),
+        tag,
+    };
+    let ttl = reg.tag_ttl(&key.upstream);
+    let fresh = |r: &TagRecord| {
+        r.checked_at.elapsed().map(|age| age < ttl).unwrap_or(true) && !ttl.is_zero()
+    };
+
+    if let Some(served) = cached_tag(reg, &key, accept, fresh).await? {
+        return Ok(served);
+    }
+    // Stale or missing: one request per tag talks to the upstream; the others
+    // wait and then find the record it refreshed.
+    let asked_at = SystemTime::now();
+    let lock = reg.tag_locks.get_with(key.clone(), Default::default);
+    let _held = lock.lock().await;
+    let checked_while_waiting = |r: &TagRecord| fresh(r) || r.checked_at >= asked_at;
+    if let Some(served) = cached_tag(reg, &key, accept, checked_while_waiting).await? {
+        return Ok(served);
+    }
+    let cached = match reg.cache.tag(&key) {
+        Some(rec) => reg.cache.manifest(&rec.digest).await?.map(|m| (rec, m)),
+        None => None,
+    };
+    if let Some((rec, (bytes, media_type))) = cached {
+        let acceptable_here = acceptable(accept, &media_type);
+        match target
+            .upstream
+            .head_manifest(&key.repo, key.tag.as_str(), &[])
+            .await
+        {
+            Ok(h) if h.digest.as_ref() == Some(&rec.digest) => {
+                let rec = TagRecord {
+                    digest: rec.digest,
+                    checked_at: SystemTime::now(),
+                };
+                reg.cache.put_tag(key.clone(), rec.clone()).await?;
+                if acceptable_here {
+                    return Ok(Served {
+                        bytes,
+                        media_type: media_type.to_string(),
+                        digest: rec.digest,
+                        outcome: Outcome::Hit,
+                    });
+                }
+            }
+            Ok(_) => {} // moved upstream (or no digest header): fetch it below
+            Err(upstream::Error::NotFound) => return Err(manifest_unknown(&key.tag)),
+            Err(e) if acceptable_here => {
+                tracing::warn!(upstream = %key.upstream, repo = %key.repo, tag = %key.tag, error = %e, "serving stale tag");
+                reg.metrics.stale_tag();
+                return Ok(Served {
+                    bytes,
+                    media_type: media_type.to_string(),
+                    digest: rec.digest,
+                    outcome: Outcome::Stale,
+                });
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    // Fetch by tag with the full Accept list, so the record means the same
+    // for every client; a client that accepts less gets a pass-through.
+    let m = fetch(reg, target, key.tag.as_str(), &[])
+        .await
+        .map_err(|e| map_upstream(e, &key.tag))?;
+    reg.cache.put_manifest(&m).await?;
+    let tag = key.tag.clone();
+    reg.cache
+        .put_tag(
+            key,
+            TagRecord {
+                digest: m.digest.clone(),
+                checked_at: SystemTime::now(),
+            },
+        )
+        .await?;
+    if acceptable(accept, &m.media_type) {
+        return Ok(Served {
+            outcome: Outcome::Miss,
+            bytes: m.bytes,
+            media_type: m.media_type,
+            digest: m.digest,
+        });
+    }
+    // The client accepts less than the full list (an old client, say): ask
+    // the upstream with its own list, cache that by digest, record no tag.
+    let narrow = fetch(reg, target, tag.as_str(), accept)
+        .await
+        .map_err(|e| map_upstream(e, &tag))?;
+    reg.cache.put_manifest(&narrow).await?;
+    Ok(Served {
+        outcome: Outcome::Miss,
+        bytes: narrow.bytes,
+        media_type: narrow.media_type,
+        digest: narrow.digest,
+    })
+}
+
+/// The cached manifest for a tag, if its record passes `usable`.
+async fn cached_tag(
+    reg: &Registry,
+    key: &TagKey,
+    accept: &[String],
+    mut usable: impl FnMut(&TagRecord) -> bool,
+) -> Result<Option<Served>, ApiError> {
+    let Some(rec) = reg.cache.tag(key) else {
+        return Ok(None);
+    };
+    if !usable(&rec) {
+        return Ok(None);
+    }
+    let Some((bytes, media_type)) = reg.cache.manifest(&rec.digest).await? else {
+        return Ok(None);
+    };
+    if !acceptable(accept, &media_type) {
+        return Ok(None);
+    }
+    Ok(Some(Served {
+        bytes,
+        media_type: media_type.to_string(),
+        digest: rec.digest,
+        outcome: Outcome::Hit,
+    }))
+}
+
+async fn fetch(
+    reg: &Registry,
+    target: &Target,
+    reference: &str,
+    accept: &[String],
+) -> Result<FetchedManifest, upstream::Error> {
+    target
+        .upstream
+        .get_manifest(
+            &target.repo,
+            reference,
+            accept,
+            reg.config.max_manifest_size,
+        )
+        .await
+}

@@ -1,0 +1,159 @@
+//! Request routing: path and query -> [`Route`].
+//!
+//! Repository names contain `/`, so the path is matched from the right:
+//! `/v2/<name>/manifests/<reference>`, `/v2/<name>/blobs/<digest>`,
+//! `/v2/<name>/tags/list`. Names, tags and digests are validated by the
+//! handlers through the `oci` newtypes; nothing here touches the disk.
+
+/// What a request asks for (strings still unvalidated).
+#[derive(Debug, PartialEq, Eq)]
+pub enum Route<'a> {
+    /// `/v2/`: the API version check.
+    Base,
+    /// `/v2/_catalog`.
+    Catalog,
+    /// `/v2/<name>/tags/list`.
+    Tags {
+        /// Repository name.
+        name: &'a str,
+    },
+    /// `/v2/<name>/manifests/<reference>`.
+    Manifest {
+        /// Repository name.
+        name: &'a str,
+        /// Tag or digest.
+        reference: &'a str,
+    },
+    /// `/v2/<name>/blobs/<digest>`.
+    Blob {
+        /// Repository name.
+        name: &'a str,
+        /// Digest.
+        digest: &'a str,
+    },
+    /// Push endpoints: not supported by a read-only mirror.
+    Upload,
+    /// `/metrics`.
+    Metrics,
+    /// `/healthz`.
+    Health,
+    /// Anything else.
+    Unknown,
+}
+
+impl<'a> Route<'a> {
+    /// Parses a request path.
+    pub fn parse(path: &'a str) -> Route<'a> {
+        match path {
+            "/v2" | "/v2/" => return Route::Base,
+            "/v2/_catalog" => return Route::Catalog,
+            "/metrics" => return Route::Metrics,
+            "/healthz" => return Route::Health,
+            _ => {}
+        }
+        let Some(rest) = path.strip_prefix("/v2/") else {
+            return Route::Unknown;
+        };
+        if let Some(name) = rest.strip_suffix("/tags/list") {
+            return Route::Tags { name };
+        }
+        if rest.contains("/blobs/uploads") {
+            return Route::Upload;
+        }
+        let Some((head, last)) = rest.rsplit_once('/') else {
+            return Route::Unknown;
+        };
+        let Some((name, kind)) = head.rsplit_once('/') else {
+            return Route::Unknown;
+        };
+        match kind {
+            "manifests" => Route::Manifest {
+                name,
+                reference: last,
+            },
+            "blobs" => Route::Blob { name, digest: last },
+            _ => Route::Unknown,
+        }
+    }
+}
+
+/// The value of a query parameter (percent-decoded), if present.
+pub fn query_param(query: Option<&str>, key: &str) -> Option<String> {
+    query?
+        .split('&')
+        .filter_map(|kv| kv.split_once('=').or(Some((kv, ""))))
+        .find(|(k, _)| *k == key)
+        .map(|(_, v)| percent_decode(v))
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(if b[i] == b'+' { b' ' } else { b[i] });
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_from_the_right() {
+        assert_eq!(Route::parse("/v2/"), Route::Base);
+        assert_eq!(
+            Route::parse("/v2/a/b/manifests/latest"),
+            Route::Manifest {
+                name: "a/b",
+                reference: "latest"
+            }
+        );
+        assert_eq!(
+            Route::parse("/v2/manifests/blobs/sha256:x"),
+            Route::Blob {
+                name: "manifests",
+                digest: "sha256:x"
+            }
+        );
+        assert_eq!(
+            Route::parse("/v2/blobs/manifests/v1"),
+            Route::Manifest {
+                name: "blobs",
+                reference: "v1"
+            }
+        );
+        assert_eq!(Route::parse("/v2/a/tags/list"), Route::Tags { name: "a" });
+        assert_eq!(Route::parse("/v2/a/blobs/uploads/"), Route::Upload);
+        assert_eq!(Route::parse("/v2/a"), Route::Unknown);
+        assert_eq!(Route::parse("/etc/passwd"), Route::Unknown);
+        assert_eq!(Route::parse("/v2/a/other/x"), Route::Unknown);
+    }
+
+    #[test]
+    fn query() {
+        assert_eq!(
+            query_param(Some("ns=docker.io&x=1"), "ns").as_deref(),
+            Some("docker.io")
+        );
+        assert_eq!(
+            query_param(Some("a=1&ns=ghcr%2Eio"), "ns").as_deref(),
+            Some("ghcr.io")
+        );
+        assert_eq!(query_param(Some("ns"), "ns").as_deref(), Some(""));
+        assert_eq!(query_param(Some("n=5"), "ns"), None);
+        assert_eq!(query_param(None, "ns"), None);
+        assert_eq!(query_param(Some("ns=%"), "ns").as_deref(), Some("%"));
+        assert_eq!(query_param(Some("ns=%4"), "ns").as_deref(), Some("%4"));
+    }
+}
