@@ -8,7 +8,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::registry::Registry;
@@ -93,7 +93,19 @@ async fn is_tls_hello(stream: &TcpStream) -> bool {
     )
 }
 
+/// Answers 400 and closes. The unread ClientHello is drained first: closing
+/// a socket with unread data sends a reset, which can destroy the answer
+/// before the client reads it.
 async fn reject_tls(mut stream: TcpStream) {
     let _ = stream.write_all(TLS_ON_PLAIN_PORT).await;
     let _ = stream.shutdown().await;
+    let mut sink = [0u8; 4096];
+    let drain = async {
+        while let Ok(n) = stream.read(&mut sink).await {
+            if n == 0 {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), drain).await;
 }

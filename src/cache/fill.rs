@@ -190,7 +190,8 @@ impl Fill {
 #[derive(Default)]
 pub struct Fills {
     /// std mutex: held only to look up or insert, never across an await.
-    map: Mutex<HashMap<Digest, Arc<Fill>>>,
+    /// Shared with each [`FillGuard`] so a dying fill unregisters itself.
+    map: Arc<Mutex<HashMap<Digest, Arc<Fill>>>>,
 }
 
 /// The result of asking to fill a digest.
@@ -214,7 +215,9 @@ impl Fills {
     ) -> Option<Join> {
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(f) = map.get(digest) {
-            return Some(Join::Follower(f.clone()));
+            if !matches!(*f.state.borrow(), Progress::Failed(_)) {
+                return Some(Join::Follower(f.clone()));
+            }
         }
         if present() {
             return None;
@@ -229,6 +232,7 @@ impl Fills {
         metrics.fills_in_flight().inc();
         let guard = FillGuard {
             fill: fill.clone(),
+            map: self.map.clone(),
             tmp,
             metrics,
             done: false,
@@ -245,11 +249,6 @@ impl Fills {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
-
-    fn remove(&self, digest: &Digest) {
-        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        map.remove(digest);
-    }
 }
 
 /// Owned by the fill task. Its `Drop` fails the fill, deletes the temp file
@@ -257,6 +256,7 @@ impl Fills {
 /// forever on a writer that went away.
 pub struct FillGuard {
     fill: Arc<Fill>,
+    map: Arc<Mutex<HashMap<Digest, Arc<Fill>>>>,
     tmp: PathBuf,
     metrics: Arc<Metrics>,
     done: bool,
@@ -272,8 +272,8 @@ impl FillGuard {
         self.fill.state.send_replace(p);
     }
 
-    /// Marks the fill failed now (the guard's drop then only unregisters).
-    pub fn fail(&mut self, err: FillError, fills: &Fills) {
+    /// Marks the fill failed now (the guard's drop then only cleans up).
+    pub fn fail(&mut self, err: FillError) {
         let result = match &err {
             FillError::Mismatch(_) | FillError::Size { .. } => FillResult::DigestMismatch,
             FillError::Disk(_) => FillResult::DiskError,
@@ -282,14 +282,25 @@ impl FillGuard {
         tracing::warn!(digest = %self.fill.digest, error = %err, "fill failed");
         self.metrics.fill_done(result);
         self.set(Progress::Failed(err));
-        self.finish(fills);
+        self.finish();
     }
 
-    fn finish(&mut self, fills: &Fills) {
+    fn finish(&mut self) {
         if !self.done {
             self.done = true;
-            fills.remove(&self.fill.digest);
+            self.unregister();
             self.metrics.fills_in_flight().dec();
+        }
+    }
+
+    /// Removes this fill from the map (only if the entry is still this fill).
+    fn unregister(&self) {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if map
+            .get(&self.fill.digest)
+            .is_some_and(|f| Arc::ptr_eq(f, &self.fill))
+        {
+            map.remove(&self.fill.digest);
         }
     }
 }
@@ -300,6 +311,7 @@ impl Drop for FillGuard {
             self.metrics.fill_done(FillResult::UpstreamError);
             self.metrics.fills_in_flight().dec();
             self.set(Progress::Failed(FillError::Abandoned));
+            self.unregister();
         }
         // Committed fills renamed the file away; this only removes leftovers.
         let _ = std::fs::remove_file(&self.tmp);
@@ -320,7 +332,6 @@ pub trait Committer: Send + Sync {
 /// Runs a fill: streams `resp` into the temp file, verifies, commits.
 pub async fn run<C: Committer>(
     mut guard: FillGuard,
-    fills: &Fills,
     upstream: &upstream::Upstream,
     resp: Result<http::Response<hyper::body::Incoming>, upstream::Error>,
     committer: &C,
@@ -328,7 +339,7 @@ pub async fn run<C: Committer>(
     let digest = guard.fill.digest.clone();
     let resp = match resp {
         Ok(r) => r,
-        Err(e) => return guard.fail(e.into(), fills),
+        Err(e) => return guard.fail(e.into()),
     };
     let size = upstream::content_length(resp.headers());
     let tmp = guard.tmp.clone();
@@ -342,8 +353,8 @@ pub async fn run<C: Committer>(
     .await
     {
         Ok(Ok(f)) => Arc::new(f),
-        Ok(Err(e)) => return guard.fail(FillError::Disk(e.to_string()), fills),
-        Err(e) => return guard.fail(FillError::Disk(e.to_string()), fills),
+        Ok(Err(e)) => return guard.fail(FillError::Disk(e.to_string())),
+        Err(e) => return guard.fail(FillError::Disk(e.to_string())),
     };
     let _ = guard.fill.file.set(file.clone());
     guard.set(Progress::Streaming { size, written: 0 });
@@ -359,18 +370,15 @@ pub async fn run<C: Committer>(
                 b
             }
             Ok(None) => break,
-            Err(e) => return guard.fail(e.into(), fills),
+            Err(e) => return guard.fail(e.into()),
         };
         let len = batch.len() as u64;
         if let Some(announced) = size {
             if written + len > announced {
-                return guard.fail(
-                    FillError::Size {
-                        announced,
-                        got: written + len,
-                    },
-                    fills,
-                );
+                return guard.fail(FillError::Size {
+                    announced,
+                    got: written + len,
+                });
             }
         }
         let f = file.clone();
@@ -382,38 +390,35 @@ pub async fn run<C: Committer>(
         .await;
         hasher = match result {
             Ok(Ok(h)) => h,
-            Ok(Err(e)) => return guard.fail(FillError::Disk(e.to_string()), fills),
-            Err(e) => return guard.fail(FillError::Disk(e.to_string()), fills),
+            Ok(Err(e)) => return guard.fail(FillError::Disk(e.to_string())),
+            Err(e) => return guard.fail(FillError::Disk(e.to_string())),
         };
         written += len;
         guard.set(Progress::Streaming { size, written });
     }
     if let Some(announced) = size {
         if written != announced {
-            return guard.fail(
-                FillError::Size {
-                    announced,
-                    got: written,
-                },
-                fills,
-            );
+            return guard.fail(FillError::Size {
+                announced,
+                got: written,
+            });
         }
     }
     let actual = hasher.finish();
     if actual != digest {
-        return guard.fail(FillError::Mismatch(actual), fills);
+        return guard.fail(FillError::Mismatch(actual));
     }
     let f = file.clone();
     let synced = tokio::task::spawn_blocking(move || f.sync_all()).await;
     if let Err(e) = synced.map_err(io::Error::other).and_then(|r| r) {
-        return guard.fail(FillError::Disk(e.to_string()), fills);
+        return guard.fail(FillError::Disk(e.to_string()));
     }
     if let Err(e) = committer.commit(&digest, &guard.tmp, written).await {
-        return guard.fail(FillError::Disk(e.to_string()), fills);
+        return guard.fail(FillError::Disk(e.to_string()));
     }
     guard.metrics.fill_done(FillResult::Ok);
     guard.set(Progress::Done { size: written });
-    guard.finish(fills);
+    guard.finish();
 }
 
 /// Reads the next frames of `body`, batching what is ready up to

@@ -144,7 +144,7 @@ impl Cache {
                 tracing::debug!(%digest, upstream = upstream.name(), "fill started");
                 tokio::spawn(async move {
                     let resp = upstream.get_blob(&repo, &digest).await;
-                    fill::run(guard, &cache.fills, &upstream, resp, &*cache).await;
+                    fill::run(guard, &upstream, resp, &*cache).await;
                 });
                 (f, true)
             }
