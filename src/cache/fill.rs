@@ -122,8 +122,9 @@ impl Fill {
         }
     }
 
-    /// Streams `start..end` of the blob as it arrives. Ends with an error
-    /// if the fill fails, so the client's response is aborted.
+    /// Streams `start..end` of the blob as it arrives. The final byte goes
+    /// out only once the fill is verified; a failed fill ends the stream
+    /// with an error, so the client's response is aborted, never complete.
     pub fn reader(
         self: Arc<Self>,
         start: u64,
@@ -139,9 +140,12 @@ impl Fill {
                 }
                 loop {
                     let state = rx.borrow_and_update().clone();
+                    // Until the fill is verified, the last byte of the range
+                    // is held back: a response must never complete on bytes
+                    // that may yet fail their digest check.
                     let available = match state {
                         Progress::Connecting => 0,
-                        Progress::Streaming { written, .. } => written,
+                        Progress::Streaming { written, .. } => written.min(end - 1),
                         Progress::Done { size } => size,
                         Progress::Failed(e) => {
                             let err =
