@@ -68,8 +68,57 @@ pub struct Config {
     /// Largest manifest accepted from an upstream.
     #[serde(default = "default_max_manifest")]
     pub max_manifest_size: usize,
+    /// Disk budget for cached content.
+    #[serde(default = "default_max_size")]
+    pub max_size: bytesize::ByteSize,
+    /// How long in-flight responses and fills get after SIGTERM.
+    #[serde(default = "default_grace", with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+    /// Most client connections served at once.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Longest a client may take to send its request headers.
+    #[serde(default = "default_header_timeout", with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// Largest request head accepted.
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: usize,
+    /// TLS listener (optional).
+    pub tls: Option<TlsConfig>,
     /// Configured upstream registries by name.
     pub upstreams: BTreeMap<String, UpstreamConfig>,
+}
+
+/// A TLS listener beside the plain one.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Address of the TLS listener.
+    pub listen: SocketAddr,
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+}
+
+fn default_max_size() -> bytesize::ByteSize {
+    bytesize::ByteSize::gib(20)
+}
+
+fn default_grace() -> Duration {
+    Duration::from_secs(30)
+}
+
+fn default_max_connections() -> usize {
+    4096
+}
+
+fn default_header_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+fn default_max_header_bytes() -> usize {
+    64 * 1024
 }
 
 fn default_max_manifest() -> usize {
@@ -179,6 +228,24 @@ impl Config {
                         .collect::<Vec<_>>()
                         .join(", ")
                 ),
+            ));
+        }
+        if self.max_size.as_u64() < 1024 * 1024 {
+            return Err(invalid(
+                "max_size",
+                "must be at least 1MiB (e.g. \"50GiB\")".into(),
+            ));
+        }
+        if self.max_connections == 0 {
+            return Err(invalid("max_connections", "must be at least 1".into()));
+        }
+        if self.max_header_bytes < 8192 {
+            return Err(invalid("max_header_bytes", "must be at least 8192".into()));
+        }
+        if self.header_read_timeout.is_zero() {
+            return Err(invalid(
+                "header_read_timeout",
+                "must be more than 0s".into(),
             ));
         }
         if self.cache_dir.as_os_str().is_empty() {
@@ -311,6 +378,7 @@ mod tests {
         let c = Config::embedded().unwrap();
         assert_eq!(c.default_upstream, "docker.io");
         assert!(c.upstreams.contains_key("ghcr.io"));
+        assert_eq!(c.max_size.as_u64(), 20 * 1024 * 1024 * 1024);
     }
 
     #[test]
@@ -331,6 +399,9 @@ mod tests {
         let text = DEFAULT_CONFIG.replace("tag_ttl = \"5m\"", "tag_ttl = \"5 parsecs\"");
         let err = Config::from_toml(&text).unwrap_err().to_string();
         assert!(err.contains("tag_ttl"), "{err}");
+        let text = DEFAULT_CONFIG.replace("max_size = \"20GiB\"", "max_size = \"lots\"");
+        let err = Config::from_toml(&text).unwrap_err().to_string();
+        assert!(err.contains("max_size"), "{err}");
         let text = DEFAULT_CONFIG.replace("url = \"https://ghcr.io\"", "url = \"ftp://ghcr.io\"");
         let err = Config::from_toml(&text).unwrap_err().to_string();
         assert!(err.contains("upstreams.\"ghcr.io\".url"), "{err}");

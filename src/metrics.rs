@@ -4,8 +4,8 @@
 //! labels from the configured upstream names. Never a repository or digest.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// What a request was for.
@@ -103,6 +103,14 @@ pub struct Metrics {
     cache_blobs: IntGauge,
     stale_tags: IntCounter,
     request_duration: Histogram,
+    cache_limit: IntGauge,
+    evictions: IntCounter,
+    evicted_bytes: IntCounter,
+    disk_full: IntGauge,
+    ratelimit_remaining: IntGaugeVec,
+    ratelimit_limit: IntGaugeVec,
+    connections_open: IntGauge,
+    connections_rejected: IntCounter,
 }
 
 impl Metrics {
@@ -184,7 +192,41 @@ impl Metrics {
         registry
             .register(Box::new(stale_tags.clone()))
             .expect("metric registered once");
+        let plain_counter = |name: &str, help: &str| {
+            let c = IntCounter::new(name, help).expect("static metric definition");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("metric registered once");
+            c
+        };
+        let gauge_vec = |name: &str, help: &str, labels: &[&str]| {
+            let g =
+                IntGaugeVec::new(Opts::new(name, help), labels).expect("static metric definition");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("metric registered once");
+            g
+        };
         Metrics {
+            cache_limit: gauge("hoard_cache_limit_bytes", "The disk budget (max_size)."),
+            evictions: plain_counter("hoard_evictions_total", "Blobs evicted to stay within max_size or to free a full disk."),
+            evicted_bytes: plain_counter("hoard_evicted_bytes_total", "Bytes evicted."),
+            disk_full: gauge("hoard_disk_full", "1 while the cache's last write failed for lack of space, else 0."),
+            ratelimit_remaining: gauge_vec(
+                "hoard_upstream_ratelimit_remaining",
+                "Last ratelimit-remaining header an upstream sent (Docker Hub pulls left in the window).",
+                &["upstream"],
+            ),
+            ratelimit_limit: gauge_vec(
+                "hoard_upstream_ratelimit_limit",
+                "Last ratelimit-limit header an upstream sent.",
+                &["upstream"],
+            ),
+            connections_open: gauge("hoard_connections_open", "Client connections open now."),
+            connections_rejected: plain_counter(
+                "hoard_connections_rejected_total",
+                "Client connections closed at once because max_connections were open.",
+            ),
             fills_in_flight: gauge(
                 "hoard_fills_in_flight",
                 "Blob fills currently streaming from an upstream.",
@@ -262,6 +304,45 @@ impl Metrics {
     /// Counts a stale tag served.
     pub fn stale_tag(&self) {
         self.stale_tags.inc();
+    }
+
+    /// Sets the disk budget gauge.
+    pub fn set_cache_limit(&self, bytes: u64) {
+        self.cache_limit
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+    }
+
+    /// Counts an eviction.
+    pub fn evicted(&self, bytes: u64) {
+        self.evictions.inc();
+        self.evicted_bytes.inc_by(bytes);
+    }
+
+    /// Sets the disk-full flag.
+    pub fn set_disk_full(&self, full: bool) {
+        self.disk_full.set(i64::from(full));
+    }
+
+    /// Records an upstream's rate-limit headers (`100;w=21600` -> 100).
+    pub fn ratelimit(&self, upstream: &str, limit: Option<i64>, remaining: Option<i64>) {
+        if let Some(l) = limit {
+            self.ratelimit_limit.with_label_values(&[upstream]).set(l);
+        }
+        if let Some(r) = remaining {
+            self.ratelimit_remaining
+                .with_label_values(&[upstream])
+                .set(r);
+        }
+    }
+
+    /// Gauge of open client connections.
+    pub fn connections_open(&self) -> &IntGauge {
+        &self.connections_open
+    }
+
+    /// Counts a connection refused for being over max_connections.
+    pub fn connection_rejected(&self) {
+        self.connections_rejected.inc();
     }
 
     /// Observes the time to answer a client.

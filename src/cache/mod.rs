@@ -51,6 +51,9 @@ pub struct Cache {
     manifests: moka::sync::Cache<Digest, Bytes>,
     meta: Arc<meta::Meta>,
     fills: Fills,
+    /// Set when a write failed for lack of space; cleared by the next
+    /// successful commit. Reported by readiness and `hoard_disk_full`.
+    disk_full: std::sync::atomic::AtomicBool,
     metrics: Arc<Metrics>,
 }
 
@@ -93,8 +96,26 @@ impl Cache {
                 .build(),
             meta: Arc::new(meta),
             fills: Fills::default(),
+            disk_full: std::sync::atomic::AtomicBool::new(false),
             metrics,
         }))
+    }
+
+    /// Whether the cache can take new content: its directory is writable and
+    /// the last write did not run out of space. The error says what to do.
+    pub async fn readiness(&self) -> Result<(), String> {
+        if self.disk_full.load(Ordering::Relaxed) {
+            return Err("the cache disk is full: free space or lower max_size".into());
+        }
+        let probe = atomic::temp_path(&self.tmp, "ready");
+        let result = tokio::task::spawn_blocking(move || {
+            let r = std::fs::write(&probe, b"ok");
+            let _ = std::fs::remove_file(&probe);
+            r
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+        result.map_err(|e| format!("the cache directory is not writable: {e}"))
     }
 
     /// Size of a cached blob (from memory).

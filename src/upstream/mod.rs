@@ -561,6 +561,14 @@ impl Upstream {
             Ok(Ok(resp)) => {
                 self.metrics
                     .upstream(&self.name, Some(resp.status().as_u16()), secs);
+                let h = resp.headers();
+                if h.contains_key("ratelimit-remaining") || h.contains_key("ratelimit-limit") {
+                    self.metrics.ratelimit(
+                        &self.name,
+                        ratelimit(h, "ratelimit-limit"),
+                        ratelimit(h, "ratelimit-remaining"),
+                    );
+                }
                 Ok(resp)
             }
         }
@@ -671,6 +679,18 @@ fn content_type(h: &HeaderMap) -> Result<String, Error> {
         .filter(|v| !v.is_empty())
         .ok_or_else(|| Error::Protocol("manifest without Content-Type".into()))?;
     Ok(ct)
+}
+
+/// A Docker Hub rate-limit header (`100;w=21600`) as its count.
+fn ratelimit(h: &HeaderMap, name: &str) -> Option<i64> {
+    h.get(name)?
+        .to_str()
+        .ok()?
+        .split(';')
+        .next()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// `Content-Length` of a response, if present and numeric.
