@@ -22,12 +22,10 @@ use bytes::{Bytes, BytesMut};
 use futures_util::{FutureExt, Stream};
 use tokio::sync::watch;
 
-use crate::metrics::{FillResult, Metrics, Source};
-use crate::oci::Digest;
+use crate::metrics::{FillResult, Metrics};
+use crate::oci::{Digest, RepoName};
 use crate::upstream;
 
-/// Largest read a fill reader does at once.
-const READ_CHUNK: usize = 256 * 1024;
 /// Frames are batched up to this size per disk write.
 const WRITE_BATCH: usize = 1024 * 1024;
 
@@ -80,6 +78,8 @@ pub enum FillError {
 /// One in-progress fill.
 pub struct Fill {
     digest: Digest,
+    upstream: Arc<upstream::Upstream>,
+    repo: RepoName,
     file: OnceLock<Arc<std::fs::File>>,
     state: watch::Sender<Progress>,
 }
@@ -122,71 +122,29 @@ impl Fill {
         }
     }
 
-    /// Streams `start..end` of the blob as it arrives. The final byte goes
-    /// out only once the fill is verified; a failed fill ends the stream
-    /// with an error, so the client's response is aborted, never complete.
+    /// Streams `start..end` of the blob as it arrives (see [`super::reader`]).
     pub fn reader(
         self: Arc<Self>,
         start: u64,
         end: u64,
         metrics: Arc<Metrics>,
     ) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
-        let rx = self.state.subscribe();
-        futures_util::stream::unfold((self, rx, start), move |(fill, mut rx, pos)| {
-            let metrics = metrics.clone();
-            async move {
-                if pos >= end {
-                    return None;
-                }
-                loop {
-                    let state = rx.borrow_and_update().clone();
-                    // Until the fill is verified, the last byte of the range
-                    // is held back: a response must never complete on bytes
-                    // that may yet fail their digest check.
-                    let available = match state {
-                        Progress::Connecting => 0,
-                        Progress::Streaming { written, .. } => written.min(end - 1),
-                        Progress::Done { size } => size,
-                        Progress::Failed(e) => {
-                            let err =
-                                io::Error::other(format!("fill of {} failed: {e}", fill.digest));
-                            return Some((Err(err), (fill, rx, end)));
-                        }
-                    };
-                    if available > pos {
-                        let want = (available.min(end) - pos).min(READ_CHUNK as u64) as usize;
-                        let Some(file) = fill.file.get().cloned() else {
-                            let err = io::Error::other("fill has data but no file");
-                            return Some((Err(err), (fill, rx, end)));
-                        };
-                        let read = tokio::task::spawn_blocking(move || {
-                            let mut buf = vec![0u8; want];
-                            file.read_exact_at(&mut buf, pos).map(|()| buf)
-                        })
-                        .await
-                        .map_err(io::Error::other)
-                        .and_then(|r| r);
-                        return Some(match read {
-                            Ok(buf) => {
-                                metrics.served(Source::Upstream, buf.len() as u64);
-                                let next = pos + buf.len() as u64;
-                                (Ok(Bytes::from(buf)), (fill, rx, next))
-                            }
-                            Err(e) => (Err(e), (fill, rx, end)),
-                        });
-                    }
-                    if matches!(state, Progress::Done { .. }) {
-                        // Done but short of `end`: the range was past the real size.
-                        let err = io::Error::other("blob is shorter than the requested range");
-                        return Some((Err(err), (fill, rx, end)));
-                    }
-                    if rx.changed().await.is_err() {
-                        let err = io::Error::other("fill abandoned");
-                        return Some((Err(err), (fill, rx, end)));
-                    }
-                }
-            }
-        })
+        super::reader::FillReader::new(self, start, end, metrics).into_stream()
+    }
+
+    /// A subscription to the fill's progress.
+    pub(super) fn subscribe(&self) -> watch::Receiver<Progress> {
+        self.state.subscribe()
+    }
+
+    /// The temp file, once the upstream answered.
+    pub(super) fn file(&self) -> Option<Arc<std::fs::File>> {
+        self.file.get().cloned()
+    }
+
+    /// Where a reader goes for the rest when the disk failed.
+    pub(super) fn origin(&self) -> (&Arc<upstream::Upstream>, &RepoName) {
+        (&self.upstream, &self.repo)
     }
 }
 
@@ -213,6 +171,7 @@ impl Fills {
     pub fn join(
         &self,
         digest: &Digest,
+        origin: (&Arc<upstream::Upstream>, &RepoName),
         present: impl Fn() -> bool,
         tmp: PathBuf,
         metrics: Arc<Metrics>,
@@ -229,6 +188,8 @@ impl Fills {
         let (tx, _) = watch::channel(Progress::Connecting);
         let fill = Arc::new(Fill {
             digest: digest.clone(),
+            upstream: origin.0.clone(),
+            repo: origin.1.clone(),
             file: OnceLock::new(),
             state: tx,
         });
@@ -331,6 +292,15 @@ pub trait Committer: Send + Sync {
         tmp: &std::path::Path,
         size: u64,
     ) -> impl std::future::Future<Output = std::io::Result<()>> + Send;
+
+    /// A write failed; `needed` bytes would have been stored. A full disk
+    /// (ENOSPC, EFBIG, EDQUOT) makes the cache evict to make room.
+    fn write_failed(&self, err: &io::Error, needed: u64);
+}
+
+fn disk<C: Committer>(c: &C, e: io::Error, needed: u64) -> FillError {
+    c.write_failed(&e, needed);
+    FillError::Disk(e.to_string())
 }
 
 /// Runs a fill: streams `resp` into the temp file, verifies, commits.
@@ -357,7 +327,7 @@ pub async fn run<C: Committer>(
     .await
     {
         Ok(Ok(f)) => Arc::new(f),
-        Ok(Err(e)) => return guard.fail(FillError::Disk(e.to_string())),
+        Ok(Err(e)) => return guard.fail(disk(committer, e, size.unwrap_or(0))),
         Err(e) => return guard.fail(FillError::Disk(e.to_string())),
     };
     let _ = guard.fill.file.set(file.clone());
@@ -394,7 +364,7 @@ pub async fn run<C: Committer>(
         .await;
         hasher = match result {
             Ok(Ok(h)) => h,
-            Ok(Err(e)) => return guard.fail(FillError::Disk(e.to_string())),
+            Ok(Err(e)) => return guard.fail(disk(committer, e, size.unwrap_or(written + len))),
             Err(e) => return guard.fail(FillError::Disk(e.to_string())),
         };
         written += len;
@@ -413,14 +383,24 @@ pub async fn run<C: Committer>(
         return guard.fail(FillError::Mismatch(actual));
     }
     let f = file.clone();
-    let synced = tokio::task::spawn_blocking(move || f.sync_all()).await;
-    if let Err(e) = synced.map_err(io::Error::other).and_then(|r| r) {
-        return guard.fail(FillError::Disk(e.to_string()));
+    let synced = tokio::task::spawn_blocking(move || f.sync_all())
+        .await
+        .map_err(io::Error::other)
+        .and_then(|r| r);
+    let committed = match synced {
+        Ok(()) => committer.commit(&digest, &guard.tmp, written).await,
+        Err(e) => Err(e),
+    };
+    match committed {
+        Ok(()) => guard.metrics.fill_done(FillResult::Ok),
+        Err(e) => {
+            // The bytes are verified and readers hold the file open, so they
+            // still complete; the blob just does not enter the cache.
+            tracing::error!(%digest, error = %e, "verified blob could not be committed to the cache");
+            committer.write_failed(&e, written);
+            guard.metrics.fill_done(FillResult::DiskError);
+        }
     }
-    if let Err(e) = committer.commit(&digest, &guard.tmp, written).await {
-        return guard.fail(FillError::Disk(e.to_string()));
-    }
-    guard.metrics.fill_done(FillResult::Ok);
     guard.set(Progress::Done { size: written });
     guard.finish();
 }

@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use super::atomic;
+use super::{atomic, layout};
 use crate::oci::{Digest, RepoName, Tag};
 
 /// Which tag of which repository of which upstream.
@@ -57,31 +57,57 @@ pub struct Meta {
 }
 
 impl Meta {
-    /// Loads every record under `root` (blocking: call at start).
-    pub fn load(root: &Path, tmp: &Path) -> io::Result<Meta> {
+    /// Loads every record under `root` (blocking: call at start). Records
+    /// that cannot be read are moved aside; their count is returned.
+    pub fn load(root: &Path, tmp: &Path) -> io::Result<(Meta, usize)> {
         let meta = Meta {
             root: root.to_owned(),
             tmp: tmp.to_owned(),
             tags: RwLock::new(BTreeMap::new()),
             types: moka::sync::Cache::builder().build(),
         };
-        for (path, digest) in walk_sharded(&root.join("manifests").join("sha256"), "")? {
+        let mut moved = 0;
+        for (path, digest) in
+            walk_sharded(root, &root.join("manifests").join("sha256"), "", &mut moved)?
+        {
             match std::fs::read_to_string(&path) {
                 Ok(t) if !t.trim().is_empty() => meta.types.insert(digest, Arc::from(t.trim())),
-                _ => tracing::warn!(path = %path.display(), "unreadable manifest record, ignored"),
+                _ => {
+                    layout::quarantine(root, &path)?;
+                    moved += 1;
+                }
             }
         }
         let mut tags = BTreeMap::new();
-        for (path, _) in walk_sharded(&root.join("tags"), ".json")? {
+        for (path, _) in walk_sharded(root, &root.join("tags"), ".json", &mut moved)? {
             match std::fs::read(&path).ok().and_then(|b| parse_tag(&b)) {
                 Some((k, r)) => {
                     tags.insert(k, r);
                 }
-                None => tracing::warn!(path = %path.display(), "unreadable tag record, ignored"),
+                None => {
+                    layout::quarantine(root, &path)?;
+                    moved += 1;
+                }
             }
         }
         *meta.tags.write().unwrap_or_else(|p| p.into_inner()) = tags;
-        Ok(meta)
+        Ok((meta, moved))
+    }
+
+    /// Forgets a manifest's media type (its blob is gone or damaged).
+    pub fn remove_manifest_type(&self, digest: &Digest) -> io::Result<()> {
+        self.types.invalidate(digest);
+        let hex = digest.hex();
+        let path = self
+            .root
+            .join("manifests")
+            .join("sha256")
+            .join(&hex[..2])
+            .join(hex);
+        match std::fs::remove_file(path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
     }
 
     /// The media type of a cached manifest.
@@ -175,8 +201,14 @@ fn parse_tag(bytes: &[u8]) -> Option<(TagKey, TagRecord)> {
     ))
 }
 
-/// Files `dir/<2 hex>/<hex><suffix>`, with the digest their name spells.
-fn walk_sharded(dir: &Path, suffix: &str) -> io::Result<Vec<(PathBuf, Digest)>> {
+/// Files `dir/<2 hex>/<hex><suffix>`, with the digest their name spells;
+/// anything else is moved aside (counted in `moved`).
+fn walk_sharded(
+    root: &Path,
+    dir: &Path,
+    suffix: &str,
+    moved: &mut usize,
+) -> io::Result<Vec<(PathBuf, Digest)>> {
     let mut out = Vec::new();
     let shards = match std::fs::read_dir(dir) {
         Ok(r) => r,
@@ -186,6 +218,8 @@ fn walk_sharded(dir: &Path, suffix: &str) -> io::Result<Vec<(PathBuf, Digest)>> 
     for shard in shards {
         let shard = shard?;
         if !shard.file_type()?.is_dir() {
+            layout::quarantine(root, &shard.path())?;
+            *moved += 1;
             continue;
         }
         for entry in std::fs::read_dir(shard.path())? {

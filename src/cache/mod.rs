@@ -7,16 +7,26 @@
 //! manifests/sha256/<2 hex>/<hex>  media type of each cached manifest
 //! tags/<2 hex>/<hex>.json         tag -> digest records
 //! tmp/                            fills and metadata being written
+//! quarantine/                     strays moved aside at start or by verify
+//! HOARD_CACHE                     marks the directory as a hoard cache
 //! ```
+//!
+//! Content enters `blobs/` only by an atomic rename after its digest was
+//! verified and the file synced, so a crash at any moment leaves either the
+//! whole verified blob or nothing (plus a temp file removed at next start).
 
 mod atomic;
 pub mod fill;
+pub mod index;
+mod layout;
 pub mod meta;
+mod reader;
 pub mod store;
+pub mod verify;
 
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -25,6 +35,7 @@ use crate::metrics::Metrics;
 use crate::oci::{Digest, RepoName};
 use crate::upstream::{self, FetchedManifest, Upstream};
 use fill::{Fills, Join};
+use index::{BlobIndex, Evicted};
 pub use meta::{TagKey, TagRecord};
 use store::{BlobReader, BlobStore, FsStore};
 
@@ -44,10 +55,15 @@ const MANIFEST_MEMORY: u64 = 64 * 1024 * 1024;
 
 /// The cache.
 pub struct Cache {
+    /// Itself, for work spawned from `&self` (evictions after a full disk).
+    this: std::sync::Weak<Cache>,
+    root: PathBuf,
     tmp: PathBuf,
     store: Arc<dyn BlobStore>,
-    blobs: moka::sync::Cache<Digest, u64>,
-    bytes: AtomicU64,
+    blobs: BlobIndex,
+    /// Serialises "commit a blob" against "delete an evicted blob", so an
+    /// eviction can never delete a copy that was just committed again.
+    store_lock: tokio::sync::Mutex<()>,
     manifests: moka::sync::Cache<Digest, Bytes>,
     meta: Arc<meta::Meta>,
     fills: Fills,
@@ -58,38 +74,61 @@ pub struct Cache {
 }
 
 impl Cache {
-    /// Opens (creating) the cache at `dir`: removes leftovers of interrupted
-    /// fills and rebuilds the index from what is on disk.
-    pub async fn open(dir: &Path, metrics: Arc<Metrics>) -> Result<Arc<Cache>, Error> {
-        let dir = dir.to_owned();
-        let tmp = dir.join("tmp");
-        let (meta, store) = tokio::task::spawn_blocking({
-            let tmp = tmp.clone();
+    /// Opens (creating) the cache at `dir` with a budget of `max_size`
+    /// bytes: removes leftovers of interrupted fills, moves strays aside and
+    /// rebuilds the index from what is on disk, least recently used first.
+    pub async fn open(
+        dir: &Path,
+        max_size: u64,
+        metrics: Arc<Metrics>,
+    ) -> Result<Arc<Cache>, Error> {
+        let started = std::time::Instant::now();
+        let root = dir.to_owned();
+        let tmp = root.join("tmp");
+        let (meta, mut moved, removed) = tokio::task::spawn_blocking({
+            let (root, tmp) = (root.clone(), tmp.clone());
             move || -> io::Result<_> {
+                layout::claim(&root)?;
                 for sub in ["blobs/sha256", "manifests/sha256", "tags"] {
-                    std::fs::create_dir_all(dir.join(sub))?;
+                    std::fs::create_dir_all(root.join(sub))?;
                 }
-                clean_tmp(&tmp)?;
-                let meta = meta::Meta::load(&dir, &tmp)?;
-                Ok((meta, FsStore::new(&dir)))
+                let moved_top = layout::check_top_level(&root)?;
+                let removed = clean_tmp(&tmp)?;
+                let (meta, moved_meta) = meta::Meta::load(&root, &tmp)?;
+                Ok((meta, moved_top + moved_meta, removed))
             }
         })
         .await
         .map_err(io::Error::other)??;
-        let listed = store.list().await?;
-        let blobs = moka::sync::Cache::builder().build();
-        let mut total = 0;
-        for (d, size) in &listed {
-            blobs.insert(d.clone(), *size);
-            total += size;
+        let store = FsStore::new(&root);
+        let mut listing = store.list().await?;
+        moved += listing.moved_aside.len();
+        listing.blobs.sort_unstable_by_key(|b| b.last_use);
+        let (blobs, evicted) = BlobIndex::new(max_size);
+        for b in listing.blobs.iter() {
+            blobs.insert(b.digest.clone(), b.size, b.last_use);
         }
-        metrics.set_cache_size(total, listed.len() as u64);
-        tracing::info!(blobs = listed.len(), bytes = total, "cache index loaded");
-        Ok(Arc::new(Cache {
+        metrics.set_cache_limit(max_size);
+        metrics.set_cache_size(blobs.bytes(), blobs.count());
+        tracing::info!(
+            blobs = listing.blobs.len(),
+            bytes = blobs.bytes(),
+            limit = max_size,
+            moved_aside = moved,
+            removed_temp_files = removed,
+            ms = started.elapsed().as_millis() as u64,
+            "cache index loaded"
+        );
+        if moved > 0 {
+            tracing::warn!(moved, dir = %root.join("quarantine").display(), "entries that do not belong in the cache were moved aside; inspect and delete them");
+        }
+        let cache = Arc::new_cyclic(|this| Cache {
+            this: this.clone(),
+            root,
             tmp,
             store: Arc::new(store),
             blobs,
-            bytes: AtomicU64::new(total),
+            store_lock: tokio::sync::Mutex::new(()),
             manifests: moka::sync::Cache::builder()
                 .max_capacity(MANIFEST_MEMORY)
                 .weigher(|_, v: &Bytes| u32::try_from(v.len()).unwrap_or(u32::MAX))
@@ -98,7 +137,34 @@ impl Cache {
             fills: Fills::default(),
             disk_full: std::sync::atomic::AtomicBool::new(false),
             metrics,
-        }))
+        });
+        tokio::spawn(delete_evicted(Arc::downgrade(&cache), evicted));
+        Ok(cache)
+    }
+
+    /// The cache directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Bytes of cached content.
+    pub fn size(&self) -> u64 {
+        self.blobs.bytes()
+    }
+
+    /// Number of fills in flight.
+    pub fn fills_in_flight(&self) -> usize {
+        self.fills.len()
+    }
+
+    /// Keeps a blob out of the budget's reach (prefetched, pinned images).
+    pub fn pin(&self, digest: &Digest) -> bool {
+        self.blobs.pin(digest)
+    }
+
+    /// Gives a pinned blob back to the budget.
+    pub fn unpin(&self, digest: &Digest) {
+        self.blobs.unpin(digest)
     }
 
     /// Whether the cache can take new content: its directory is writable and
@@ -121,6 +187,11 @@ impl Cache {
     /// Size of a cached blob (from memory).
     pub fn blob_size(&self, digest: &Digest) -> Option<u64> {
         self.blobs.get(digest)
+    }
+
+    /// Whether a blob is cached, without counting it as used.
+    pub fn has_blob(&self, digest: &Digest) -> bool {
+        self.blobs.contains(digest)
     }
 
     /// Opens `start..end` of a cached blob; `None` if it vanished from disk
@@ -153,7 +224,8 @@ impl Cache {
         let tmp = atomic::temp_path(&self.tmp, "fill");
         let join = self.fills.join(
             digest,
-            || self.blobs.contains_key(digest),
+            (&upstream, &repo),
+            || self.blobs.contains(digest),
             tmp,
             self.metrics.clone(),
         )?;
@@ -201,7 +273,7 @@ impl Cache {
 
     /// Stores a fetched manifest (its digest is that of its bytes).
     pub async fn put_manifest(&self, m: &FetchedManifest) -> Result<(), Error> {
-        if self.meta.manifest_type(&m.digest).is_some() && self.blobs.contains_key(&m.digest) {
+        if self.meta.manifest_type(&m.digest).is_some() && self.blobs.contains(&m.digest) {
             return Ok(());
         }
         let tmp = atomic::temp_path(&self.tmp, "manifest");
@@ -216,15 +288,15 @@ impl Cache {
         .await
         .map_err(io::Error::other)
         .and_then(|r| r);
-        if let Err(e) = written {
+        let committed = match written {
+            Ok(()) => fill::Committer::commit(self, &m.digest, &tmp, m.bytes.len() as u64).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = committed {
             let _ = std::fs::remove_file(&tmp);
+            fill::Committer::write_failed(self, &e, m.bytes.len() as u64);
             return Err(e.into());
         }
-        if let Err(e) = self.store.commit(&m.digest, &tmp).await {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(e.into());
-        }
-        self.index_blob(&m.digest, m.bytes.len() as u64);
         self.manifests.insert(m.digest.clone(), m.bytes.clone());
         self.blocking_meta(
             |meta, (d, t)| meta.put_manifest_type(&d, &t),
@@ -267,37 +339,110 @@ impl Cache {
             .map_err(Error::from)
     }
 
-    fn index_blob(&self, digest: &Digest, size: u64) {
-        if self.blobs.get(digest).is_none() {
-            self.blobs.insert(digest.clone(), size);
-            let total = self.bytes.fetch_add(size, Ordering::Relaxed) + size;
-            self.metrics.set_cache_size(total, self.blobs.entry_count());
-        }
+    /// Drops a blob from the index (e.g. missing or damaged on disk).
+    fn forget(&self, digest: &Digest) {
+        self.blobs.remove(digest);
+        self.manifests.invalidate(digest);
+        self.update_size_metrics();
     }
 
-    fn forget(&self, digest: &Digest) {
-        if let Some(size) = self.blobs.remove(digest) {
-            let total = self
-                .bytes
-                .fetch_sub(size, Ordering::Relaxed)
-                .saturating_sub(size);
-            self.metrics.set_cache_size(total, self.blobs.entry_count());
+    fn update_size_metrics(&self) {
+        self.metrics
+            .set_cache_size(self.blobs.bytes(), self.blobs.count());
+    }
+
+    /// Deletes an evicted blob's file, unless it was committed again since.
+    async fn remove_evicted(&self, ev: Evicted) {
+        let _held = self.store_lock.lock().await;
+        if self.blobs.contains(&ev.digest) {
+            return;
         }
-        self.manifests.invalidate(digest);
+        self.manifests.invalidate(&ev.digest);
+        match self.store.remove(&ev.digest).await {
+            Ok(()) => {
+                self.metrics.evicted(ev.size);
+                tracing::info!(digest = %ev.digest, bytes = ev.size, "evicted");
+            }
+            Err(e) => {
+                tracing::error!(digest = %ev.digest, error = %e, "could not delete an evicted blob")
+            }
+        }
+        self.update_size_metrics();
+    }
+
+    /// Frees at least `needed` bytes by evicting the least recently used
+    /// blobs, after a write ran out of space.
+    async fn make_room(&self, needed: u64) {
+        let victims = self.blobs.oldest(needed);
+        let freed: u64 = victims.iter().map(|(_, s)| s).sum();
+        tracing::warn!(
+            needed,
+            freed,
+            blobs = victims.len(),
+            "disk full: evicting least recently used blobs"
+        );
+        for (digest, size) in victims {
+            self.blobs.remove(&digest);
+            self.remove_evicted(Evicted { digest, size }).await;
+        }
     }
 }
 
 impl fill::Committer for Cache {
     async fn commit(&self, digest: &Digest, tmp: &Path, size: u64) -> io::Result<()> {
+        let _held = self.store_lock.lock().await;
         self.store.commit(digest, tmp).await?;
-        self.index_blob(digest, size);
+        self.blobs.insert(digest.clone(), size, index::now_secs());
+        if self.disk_full.swap(false, Ordering::Relaxed) {
+            tracing::info!("cache disk accepts writes again");
+            self.metrics.set_disk_full(false);
+        }
+        self.update_size_metrics();
         Ok(())
+    }
+
+    fn write_failed(&self, err: &io::Error, needed: u64) {
+        if !is_out_of_space(err) {
+            tracing::error!(error = %err, "cache write failed");
+            return;
+        }
+        if !self.disk_full.swap(true, Ordering::Relaxed) {
+            tracing::error!(error = %err, dir = %self.root.display(), "cache disk is full: pulls are passed through, evicting to make room");
+        }
+        self.metrics.set_disk_full(true);
+        // Room for the blob that failed, and a margin for the next ones.
+        let needed = needed.max(1) + needed / 10 + 16 * 1024 * 1024;
+        if let Some(cache) = self.this.upgrade() {
+            tokio::spawn(async move { cache.make_room(needed).await });
+        }
+    }
+}
+
+/// Whether a write failed for lack of space or over a file-size limit.
+fn is_out_of_space(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::StorageFull | io::ErrorKind::FileTooLarge | io::ErrorKind::QuotaExceeded
+    ) || matches!(
+        e.raw_os_error(),
+        Some(libc::ENOSPC) | Some(libc::EFBIG) | Some(libc::EDQUOT)
+    )
+}
+
+/// Deletes the files of blobs the budget evicted, off the hot path.
+async fn delete_evicted(
+    cache: std::sync::Weak<Cache>,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<Evicted>,
+) {
+    while let Some(ev) = rx.recv().await {
+        let Some(cache) = cache.upgrade() else { break };
+        cache.remove_evicted(ev).await;
     }
 }
 
 /// Removes temp files left by fills and writes that a crash interrupted:
 /// they were never verified, so they are not content.
-fn clean_tmp(tmp: &Path) -> io::Result<()> {
+fn clean_tmp(tmp: &Path) -> io::Result<usize> {
     std::fs::create_dir_all(tmp)?;
     let mut removed = 0;
     for entry in std::fs::read_dir(tmp)? {
@@ -307,8 +452,5 @@ fn clean_tmp(tmp: &Path) -> io::Result<()> {
             removed += 1;
         }
     }
-    if removed > 0 {
-        tracing::info!(removed, "removed leftovers of interrupted fills");
-    }
-    Ok(())
+    Ok(removed)
 }

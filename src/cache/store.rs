@@ -37,12 +37,33 @@ pub trait BlobStore: Send + Sync {
     fn commit<'a>(&'a self, digest: &'a Digest, staged: &'a Path) -> BoxFuture<'a, io::Result<()>>;
     /// Removes a blob (absent is fine).
     fn remove<'a>(&'a self, digest: &'a Digest) -> BoxFuture<'a, io::Result<()>>;
-    /// Every stored blob with its size.
-    fn list(&self) -> BoxFuture<'_, io::Result<Vec<(Digest, u64)>>>;
+    /// Every stored blob, with what does not belong moved aside.
+    fn list(&self) -> BoxFuture<'_, io::Result<Listing>>;
+}
+
+/// A stored blob as found at start.
+#[derive(Debug, Clone)]
+pub struct BlobInfo {
+    /// Its digest.
+    pub digest: Digest,
+    /// Its size.
+    pub size: u64,
+    /// Last access or modification, unix seconds.
+    pub last_use: u64,
+}
+
+/// What [`BlobStore::list`] found.
+#[derive(Debug, Default)]
+pub struct Listing {
+    /// Valid blobs.
+    pub blobs: Vec<BlobInfo>,
+    /// Entries that did not belong, and where they were moved.
+    pub moved_aside: Vec<PathBuf>,
 }
 
 /// Blobs on the local filesystem.
 pub struct FsStore {
+    cache_dir: PathBuf,
     root: PathBuf,
 }
 
@@ -50,6 +71,7 @@ impl FsStore {
     /// A store under `cache_dir/blobs/sha256`.
     pub fn new(cache_dir: &Path) -> FsStore {
         FsStore {
+            cache_dir: cache_dir.to_owned(),
             root: cache_dir.join("blobs").join("sha256"),
         }
     }
@@ -107,20 +129,22 @@ impl BlobStore for FsStore {
         })
     }
 
-    fn list(&self) -> BoxFuture<'_, io::Result<Vec<(Digest, u64)>>> {
+    fn list(&self) -> BoxFuture<'_, io::Result<Listing>> {
         let root = self.root.clone();
+        let cache_dir = self.cache_dir.clone();
         Box::pin(async move {
-            tokio::task::spawn_blocking(move || list_blocking(&root))
+            tokio::task::spawn_blocking(move || list_blocking(&cache_dir, &root))
                 .await
                 .map_err(io::Error::other)?
         })
     }
 }
 
-/// Walks `root/<2 hex>/<hex>`. Names that are not a digest in its right
-/// shard are skipped with a warning: they are not ours to delete.
-fn list_blocking(root: &Path) -> io::Result<Vec<(Digest, u64)>> {
-    let mut out = Vec::new();
+/// Walks `root/<2 hex>/<hex>`. Anything else (a name that is not a digest,
+/// a blob in the wrong shard, a directory where a file belongs) is moved
+/// into the quarantine: it is not content hoard can vouch for.
+fn list_blocking(cache_dir: &Path, root: &Path) -> io::Result<Listing> {
+    let mut out = Listing::default();
     let shards = match std::fs::read_dir(root) {
         Ok(r) => r,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
@@ -128,11 +152,18 @@ fn list_blocking(root: &Path) -> io::Result<Vec<(Digest, u64)>> {
     };
     for shard in shards {
         let shard = shard?;
-        if !shard.file_type()?.is_dir() {
-            tracing::warn!(path = %shard.path().display(), "unexpected file in the blob store, left alone");
+        let shard_name = shard.file_name();
+        let shard_ok = shard.file_type()?.is_dir()
+            && shard_name.to_str().is_some_and(|n| {
+                n.len() == 2
+                    && n.bytes()
+                        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            });
+        if !shard_ok {
+            out.moved_aside
+                .push(super::layout::quarantine(cache_dir, &shard.path())?);
             continue;
         }
-        let shard_name = shard.file_name();
         for entry in std::fs::read_dir(shard.path())? {
             let entry = entry?;
             let name = entry.file_name();
@@ -142,10 +173,22 @@ fn list_blocking(root: &Path) -> io::Result<Vec<(Digest, u64)>> {
                 .filter(|d| Some(&d.hex()[..2]) == shard_name.to_str());
             let meta = entry.metadata()?;
             match parsed {
-                Some(d) if meta.is_file() => out.push((d, meta.len())),
-                _ => {
-                    tracing::warn!(path = %entry.path().display(), "unexpected entry in the blob store, left alone")
+                Some(digest) if meta.is_file() => {
+                    let last_use = [meta.accessed(), meta.modified()]
+                        .into_iter()
+                        .filter_map(|t| t.ok()?.duration_since(std::time::UNIX_EPOCH).ok())
+                        .map(|d| d.as_secs())
+                        .max()
+                        .unwrap_or(0);
+                    out.blobs.push(BlobInfo {
+                        digest,
+                        size: meta.len(),
+                        last_use,
+                    });
                 }
+                _ => out
+                    .moved_aside
+                    .push(super::layout::quarantine(cache_dir, &entry.path())?),
             }
         }
     }

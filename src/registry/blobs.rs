@@ -91,13 +91,31 @@ async fn serve(
         } else {
             Outcome::Coalesced
         };
-        let size = match fill.started().await.map_err(|e| map_fill(e, digest))? {
-            Some(size) => size,
-            None => {
+        let size = match fill.started().await {
+            Ok(Some(size)) => size,
+            Ok(None) => {
                 // No Content-Length upstream: wait for the verified blob.
                 fill.finished().await.map_err(|e| map_fill(e, digest))?;
                 continue;
             }
+            Err(FillError::Disk(e)) => {
+                // The cache could not even start the fill (disk full): the
+                // reader passes the blob through from the upstream.
+                tracing::warn!(%digest, error = %e, "cache disk failed before the fill started; passing through");
+                target
+                    .upstream
+                    .head_blob(&target.repo, digest)
+                    .await
+                    .map_err(|e| map_upstream(e, digest))?
+                    .ok_or_else(|| {
+                        ApiError::new(
+                            StatusCode::BAD_GATEWAY,
+                            "UNAVAILABLE",
+                            "upstream sent no Content-Length",
+                        )
+                    })?
+            }
+            Err(e) => return Err(map_fill(e, digest)),
         };
         let range = range::parse(range_header, size)?;
         let (start, end) = bounds(range, size);

@@ -131,7 +131,7 @@ async fn by_digest(
         }
         .into());
     }
-    reg.cache.put_manifest(&m).await?;
+    best_effort(reg.cache.put_manifest(&m).await);
     Ok(Served {
         outcome: Outcome::Miss,
         bytes: m.bytes,
@@ -184,7 +184,7 @@ async fn by_tag(
                     digest: rec.digest,
                     checked_at: SystemTime::now(),
                 };
-                reg.cache.put_tag(key.clone(), rec.clone()).await?;
+                best_effort(reg.cache.put_tag(key.clone(), rec.clone()).await);
                 if acceptable_here {
                     return Ok(Served {
                         bytes,
@@ -214,9 +214,10 @@ async fn by_tag(
     let m = fetch(reg, target, key.tag.as_str(), &[])
         .await
         .map_err(|e| map_upstream(e, &key.tag))?;
-    reg.cache.put_manifest(&m).await?;
+    best_effort(reg.cache.put_manifest(&m).await);
     let tag = key.tag.clone();
-    reg.cache
+    let recorded = reg
+        .cache
         .put_tag(
             key,
             TagRecord {
@@ -224,7 +225,8 @@ async fn by_tag(
                 checked_at: SystemTime::now(),
             },
         )
-        .await?;
+        .await;
+    best_effort(recorded);
     if acceptable(accept, &m.media_type) {
         return Ok(Served {
             outcome: Outcome::Miss,
@@ -238,13 +240,21 @@ async fn by_tag(
     let narrow = fetch(reg, target, tag.as_str(), accept)
         .await
         .map_err(|e| map_upstream(e, &tag))?;
-    reg.cache.put_manifest(&narrow).await?;
+    best_effort(reg.cache.put_manifest(&narrow).await);
     Ok(Served {
         outcome: Outcome::Miss,
         bytes: narrow.bytes,
         media_type: narrow.media_type,
         digest: narrow.digest,
     })
+}
+
+/// Caching is best effort: a pull never fails because the cache could not
+/// store what the upstream sent (a full disk is logged and counted there).
+fn best_effort(r: Result<(), crate::cache::Error>) {
+    if let Err(e) = r {
+        tracing::warn!(error = %e, "manifest served but not cached");
+    }
 }
 
 /// The cached manifest for a tag, if its record passes `usable`.

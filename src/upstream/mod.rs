@@ -297,6 +297,26 @@ impl Upstream {
             .await
     }
 
+    /// Starts a ranged blob `GET` of `start..end` (end exclusive). The
+    /// answer may be a 206 or, from a registry without range support, the
+    /// whole blob with 200: the caller checks the status.
+    pub async fn get_blob_range(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        start: u64,
+        end: u64,
+    ) -> Result<Response<Incoming>, Error> {
+        let path = format!("/v2/{repo}/blobs/{digest}");
+        let mut h = HeaderMap::new();
+        let range = format!("bytes={start}-{}", end.saturating_sub(1));
+        h.insert(
+            header::RANGE,
+            HeaderValue::from_str(&range).map_err(|e| Error::Protocol(e.to_string()))?,
+        );
+        self.request(Method::GET, repo, &path, h).await
+    }
+
     /// `HEAD` of a blob: its size.
     pub async fn head_blob(&self, repo: &RepoName, digest: &Digest) -> Result<Option<u64>, Error> {
         let path = format!("/v2/{repo}/blobs/{digest}");

@@ -1,0 +1,248 @@
+//! The in-memory blob index: which digests are cached, their sizes, and the
+//! disk budget.
+//!
+//! A moka cache with least-recently-used eviction and a size weigher (in
+//! KiB, so multi-GiB blobs fit its `u32` weights) keeps the bytes under
+//! `max_size`. An evicted entry is handed to a background task that deletes
+//! its file; a reader that has the file open finishes anyway (unlink keeps
+//! open descriptors valid). Pinned blobs live outside the LRU and are never
+//! evicted: prefetching pins what an air-gapped site must keep.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use moka::notification::RemovalCause;
+use moka::policy::EvictionPolicy;
+use tokio::sync::mpsc;
+
+use crate::oci::Digest;
+
+/// One indexed blob.
+#[derive(Debug)]
+pub struct Entry {
+    size: u64,
+    /// Unix seconds of the last use, for picking victims when the disk fills.
+    last_use: AtomicU64,
+}
+
+/// A blob the budget pushed out, to be deleted from the store.
+#[derive(Debug)]
+pub struct Evicted {
+    /// Its digest.
+    pub digest: Digest,
+    /// Its size.
+    pub size: u64,
+}
+
+/// The index.
+pub struct BlobIndex {
+    lru: moka::sync::Cache<Digest, Arc<Entry>>,
+    /// std lock: map operations only, never held across an await.
+    pinned: RwLock<HashMap<Digest, Arc<Entry>>>,
+    bytes: Arc<AtomicU64>,
+    limit: u64,
+}
+
+fn kib(size: u64) -> u32 {
+    u32::try_from(size.div_ceil(1024).max(1)).unwrap_or(u32::MAX)
+}
+
+/// Current time in unix seconds.
+pub fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl BlobIndex {
+    /// An empty index with a budget of `limit` bytes; evicted blobs arrive
+    /// on the returned receiver.
+    pub fn new(limit: u64) -> (BlobIndex, mpsc::UnboundedReceiver<Evicted>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let bytes = Arc::new(AtomicU64::new(0));
+        let counted = bytes.clone();
+        let lru = moka::sync::Cache::builder()
+            .max_capacity(limit.div_ceil(1024))
+            .weigher(|_: &Digest, e: &Arc<Entry>| kib(e.size))
+            .eviction_policy(EvictionPolicy::lru())
+            .eviction_listener(move |digest: Arc<Digest>, e: Arc<Entry>, cause| {
+                // Every removal, a replacement too, takes away what the
+                // removed entry's insert added.
+                counted.fetch_sub(e.size, Ordering::Relaxed);
+                if cause == RemovalCause::Size {
+                    let _ = tx.send(Evicted {
+                        digest: (*digest).clone(),
+                        size: e.size,
+                    });
+                }
+            })
+            .build();
+        (
+            BlobIndex {
+                lru,
+                pinned: RwLock::new(HashMap::new()),
+                bytes,
+                limit,
+            },
+            rx,
+        )
+    }
+
+    /// Size of a cached blob, marking it used.
+    pub fn get(&self, digest: &Digest) -> Option<u64> {
+        let e = self
+            .lru
+            .get(digest)
+            .or_else(|| self.pinned.read().ok()?.get(digest).cloned())?;
+        e.last_use.store(now_secs(), Ordering::Relaxed);
+        Some(e.size)
+    }
+
+    /// Whether a blob is indexed (does not count as a use).
+    pub fn contains(&self, digest: &Digest) -> bool {
+        self.lru.contains_key(digest) || self.pinned.read().is_ok_and(|p| p.contains_key(digest))
+    }
+
+    /// Adds a committed blob. Eviction to stay under the budget runs now,
+    /// so the caller sees its effect (and the deletes are queued) at once.
+    pub fn insert(&self, digest: Digest, size: u64, last_use: u64) {
+        if self.contains(&digest) {
+            return;
+        }
+        self.bytes.fetch_add(size, Ordering::Relaxed);
+        self.lru.insert(
+            digest,
+            Arc::new(Entry {
+                size,
+                last_use: AtomicU64::new(last_use),
+            }),
+        );
+        self.lru.run_pending_tasks();
+    }
+
+    /// Drops a blob from the index (its file is the caller's business).
+    pub fn remove(&self, digest: &Digest) -> Option<u64> {
+        if let Some(e) = self.lru.remove(digest) {
+            self.lru.run_pending_tasks();
+            return Some(e.size);
+        }
+        let e = self.pinned.write().ok()?.remove(digest)?;
+        self.bytes.fetch_sub(e.size, Ordering::Relaxed);
+        Some(e.size)
+    }
+
+    /// Takes a blob out of the LRU so the budget never evicts it.
+    pub fn pin(&self, digest: &Digest) -> bool {
+        let Some(e) = self.lru.remove(digest) else {
+            return self.pinned.read().is_ok_and(|p| p.contains_key(digest));
+        };
+        self.lru.run_pending_tasks();
+        self.bytes.fetch_add(e.size, Ordering::Relaxed);
+        if let Ok(mut p) = self.pinned.write() {
+            p.insert(digest.clone(), e);
+        }
+        true
+    }
+
+    /// Returns a pinned blob to the LRU.
+    pub fn unpin(&self, digest: &Digest) {
+        let e = self.pinned.write().ok().and_then(|mut p| p.remove(digest));
+        if let Some(e) = e {
+            self.bytes.fetch_sub(e.size, Ordering::Relaxed);
+            self.insert(digest.clone(), e.size, e.last_use.load(Ordering::Relaxed));
+        }
+    }
+
+    /// The least recently used unpinned blobs adding up to at least
+    /// `want` bytes, oldest first: victims when the disk is full.
+    pub fn oldest(&self, want: u64) -> Vec<(Digest, u64)> {
+        let mut all: Vec<(u64, Digest, u64)> = self
+            .lru
+            .iter()
+            .map(|(d, e)| (e.last_use.load(Ordering::Relaxed), (*d).clone(), e.size))
+            .collect();
+        all.sort_unstable_by_key(|(t, _, _)| *t);
+        let mut freed = 0;
+        all.into_iter()
+            .take_while(|(_, _, size)| {
+                let more = freed < want;
+                freed += size;
+                more
+            })
+            .map(|(_, d, size)| (d, size))
+            .collect()
+    }
+
+    /// Bytes of indexed content.
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    /// Number of indexed blobs.
+    pub fn count(&self) -> u64 {
+        self.lru.entry_count() + self.pinned.read().map_or(0, |p| p.len() as u64)
+    }
+
+    /// The budget.
+    pub fn limit(&self) -> u64 {
+        self.limit
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d(n: u8) -> Digest {
+        Digest::of(&[n])
+    }
+
+    #[test]
+    fn evicts_least_recently_used_to_stay_under_budget() {
+        let (idx, mut rx) = BlobIndex::new(10 * 1024);
+        for n in 0..4 {
+            idx.insert(d(n), 3 * 1024, now_secs());
+        }
+        // 12 KiB into a 10 KiB budget: the first inserted is evicted.
+        let ev = rx.try_recv().expect("one eviction");
+        assert_eq!(ev.digest, d(0));
+        assert!(idx.bytes() <= 10 * 1024, "{}", idx.bytes());
+        assert!(!idx.contains(&d(0)));
+        // Using d(1) makes d(2) the next victim.
+        assert!(idx.get(&d(1)).is_some());
+        idx.insert(d(9), 3 * 1024, now_secs());
+        assert_eq!(rx.try_recv().expect("second eviction").digest, d(2));
+    }
+
+    #[test]
+    fn pinned_blobs_are_never_evicted() {
+        let (idx, mut rx) = BlobIndex::new(8 * 1024);
+        idx.insert(d(0), 4 * 1024, now_secs());
+        assert!(idx.pin(&d(0)));
+        for n in 1..6 {
+            idx.insert(d(n), 4 * 1024, now_secs());
+        }
+        while let Ok(ev) = rx.try_recv() {
+            assert_ne!(ev.digest, d(0));
+        }
+        assert_eq!(idx.get(&d(0)), Some(4 * 1024));
+        idx.unpin(&d(0));
+        assert!(idx.contains(&d(0)));
+    }
+
+    #[test]
+    fn oldest_picks_by_last_use() {
+        let (idx, _rx) = BlobIndex::new(1 << 30);
+        idx.insert(d(0), 100, 30);
+        idx.insert(d(1), 100, 10);
+        idx.insert(d(2), 100, 20);
+        let v: Vec<_> = idx.oldest(150).into_iter().map(|(d, _)| d).collect();
+        assert_eq!(v, vec![d(1), d(2)]);
+        assert_eq!(idx.remove(&d(1)), Some(100));
+        idx.lru.run_pending_tasks();
+        assert_eq!(idx.bytes(), 200);
+    }
+}
