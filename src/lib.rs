@@ -17,6 +17,7 @@
 
 pub mod body;
 pub mod cache;
+pub mod commands;
 pub mod config;
 pub mod error;
 pub mod metrics;
@@ -49,7 +50,8 @@ pub async fn run(
 ) -> Result<(), Error> {
     let metrics = Arc::new(metrics::Metrics::new());
     let upstreams = upstream::Upstreams::new(&config, metrics.clone())?;
-    let cache = cache::Cache::open(&config.cache_dir, config.max_size.as_u64(), metrics.clone()).await?;
+    let cache =
+        cache::Cache::open(&config.cache_dir, config.max_size.as_u64(), metrics.clone()).await?;
     let registry = Arc::new(registry::Registry::new(config, upstreams, cache, metrics));
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "hoard listening");

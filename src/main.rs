@@ -31,6 +31,16 @@ enum Command {
         #[arg(long)]
         cache_dir: Option<PathBuf>,
     },
+    /// Re-hash every cached blob and manifest; move damage aside. Exits 1 when
+    /// it found damage. Safe to run beside a serving hoard.
+    Verify {
+        /// Configuration file (for cache_dir); default: the embedded mirror.toml.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Cache directory (overrides the config).
+        #[arg(long)]
+        cache_dir: Option<PathBuf>,
+    },
     /// Print the embedded default configuration.
     DefaultConfig,
 }
@@ -38,6 +48,24 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Verify { config, cache_dir } => {
+            let config = match load(config, None, cache_dir) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("hoard: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            init_tracing(config.log_format);
+            match hoard::commands::verify(&config.cache_dir) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::FAILURE,
+                Err(e) => {
+                    eprintln!("hoard: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
         Command::DefaultConfig => {
             print!("{}", hoard::config::DEFAULT_CONFIG);
             ExitCode::SUCCESS
@@ -55,6 +83,7 @@ fn main() -> ExitCode {
                 }
             };
             init_tracing(config.log_format);
+            ignore_file_size_signal();
             let runtime = match tokio::runtime::Runtime::new() {
                 Ok(r) => r,
                 Err(e) => {
@@ -97,6 +126,17 @@ fn load(
         config.cache_dir = d;
     }
     Ok(config)
+}
+
+/// A write past the process's file-size limit (RLIMIT_FSIZE) must fail with
+/// EFBIG, which the cache handles like a full disk, instead of killing hoard
+/// with SIGXFSZ.
+fn ignore_file_size_signal() {
+    // SAFETY: called once at start-up, before the runtime's threads exist;
+    // SIG_IGN installs no handler code.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+    }
 }
 
 fn init_tracing(format: LogFormat) {
