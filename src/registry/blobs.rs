@@ -26,11 +26,20 @@ pub async fn get(
     head: bool,
 ) -> Result<Response<Body>, ApiError> {
     let result = serve(reg, target, &digest, range_header, head).await;
-    match &result {
-        Ok((_, outcome)) => reg.metrics.request(Kind::Blob, *outcome),
-        Err(_) => reg.metrics.request(Kind::Blob, Outcome::Error),
+    match result {
+        Ok((mut r, outcome)) => {
+            reg.metrics.request(Kind::Blob, outcome);
+            r.extensions_mut().insert(super::ServedBy {
+                outcome,
+                upstream: target.upstream.name().to_owned(),
+            });
+            Ok(r)
+        }
+        Err(e) => {
+            reg.metrics.request(Kind::Blob, Outcome::Error);
+            Err(e)
+        }
     }
-    result.map(|(r, _)| r)
 }
 
 async fn serve(

@@ -37,7 +37,13 @@ pub async fn get(
                 };
                 reg.metrics.served(source, served.bytes.len() as u64);
             }
-            Ok(served.into_response(head))
+            let outcome = served.outcome;
+            let mut r = served.into_response(head);
+            r.extensions_mut().insert(super::ServedBy {
+                outcome,
+                upstream: target.upstream.name().to_owned(),
+            });
+            Ok(r)
         }
         Err(e) => {
             reg.metrics.request(Kind::Manifest, Outcome::Error);

@@ -24,6 +24,15 @@ use crate::metrics::Metrics;
 use crate::upstream::Upstreams;
 use route::Route;
 
+/// How a manifest or blob request was served, for the request log line.
+#[derive(Clone, Debug)]
+pub struct ServedBy {
+    /// Cache outcome.
+    pub outcome: crate::metrics::Outcome,
+    /// The upstream the request was routed to.
+    pub upstream: String,
+}
+
 /// Shared state of the protocol layer.
 pub struct Registry {
     upstreams: Upstreams,
@@ -70,6 +79,7 @@ impl Registry {
         );
         let elapsed = started.elapsed();
         self.metrics.request_duration(elapsed.as_secs_f64());
+        let served = resp.extensions().get::<ServedBy>();
         tracing::info!(
             method = %req.method(),
             path = req.uri().path(),
@@ -77,6 +87,8 @@ impl Registry {
             status = resp.status().as_u16(),
             bytes = upstream_len(resp.headers()),
             ms = elapsed.as_secs_f64() * 1000.0,
+            cache = served.map_or("", |s| s.outcome.as_str()),
+            upstream = served.map_or("", |s| s.upstream.as_str()),
             "request"
         );
         resp
