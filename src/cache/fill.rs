@@ -244,7 +244,11 @@ impl FillGuard {
             FillError::Disk(_) => FillResult::DiskError,
             _ => FillResult::UpstreamError,
         };
-        tracing::warn!(digest = %self.fill.digest, error = %err, "fill failed");
+        if matches!(err, FillError::Upstream(upstream::Error::NotFound)) {
+            tracing::debug!(digest = %self.fill.digest, "blob not found upstream");
+        } else {
+            tracing::warn!(digest = %self.fill.digest, error = %err, "fill failed");
+        }
         self.metrics.fill_done(result);
         self.set(Progress::Failed(err));
         self.finish();

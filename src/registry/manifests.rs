@@ -245,7 +245,17 @@ async fn by_tag(
     // the upstream with its own list, cache that by digest, record no tag.
     let narrow = fetch(reg, target, tag.as_str(), accept)
         .await
-        .map_err(|e| map_upstream(e, &tag))?;
+        .map_err(|e| match e {
+            upstream::Error::NotFound => ApiError::new(
+                StatusCode::NOT_FOUND,
+                "MANIFEST_UNKNOWN",
+                format!(
+                    "manifest {tag} is a {}, which the request's Accept header does not allow",
+                    m.media_type
+                ),
+            ),
+            other => other.into(),
+        })?;
     best_effort(reg.cache.put_manifest(&narrow).await);
     Ok(Served {
         outcome: Outcome::Miss,

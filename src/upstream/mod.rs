@@ -83,6 +83,9 @@ impl Error {
     }
 }
 
+/// Sent on every upstream request, so registry operators can tell hoard apart.
+const USER_AGENT: &str = concat!("hoard/", env!("CARGO_PKG_VERSION"));
+
 type HttpClient = Client<HttpsConnector<HttpConnector>, Empty<Bytes>>;
 
 /// A manifest fetched from an upstream.
@@ -483,7 +486,7 @@ impl Upstream {
                 "token realm {realm:?} is not http(s)"
             )));
         }
-        let mut req = Request::get(uri);
+        let mut req = Request::get(uri).header(header::USER_AGENT, USER_AGENT);
         if let Credentials::Basic { username, password } = &self.creds {
             req = req.header(header::AUTHORIZATION, basic(username, password)?);
         }
@@ -539,7 +542,10 @@ impl Upstream {
             .map_err(|e| Error::Protocol(format!("cannot build upstream URL: {e}")))?;
         for _ in 0..6 {
             let same_host = uri.authority().map(|a| a.as_str()) == Some(self.authority.as_str());
-            let mut req = Request::builder().method(method.clone()).uri(uri.clone());
+            let mut req = Request::builder()
+                .method(method.clone())
+                .uri(uri.clone())
+                .header(header::USER_AGENT, USER_AGENT);
             for (k, v) in headers {
                 req = req.header(k, v);
             }
