@@ -13,7 +13,7 @@
 //! - [`registry`]: the `/v2` protocol: routing and the cache policy.
 //! - [`upstream`]: the client for configured registries (tokens, redirects).
 //! - [`cache`]: content-addressed store, tag records, in-flight fills, index.
-//! - [`server`]: accept loop and graceful shutdown.
+//! - [`server`]: listeners (plain and TLS), connection limits, graceful shutdown.
 
 pub mod body;
 pub mod cache;
@@ -40,22 +40,82 @@ pub enum Error {
     /// Opening the cache.
     #[error("cannot open the cache directory: {0}")]
     Cache(#[from] cache::Error),
+    /// Loading the TLS certificate or key (the message names the key and file).
+    #[error(transparent)]
+    Tls(#[from] server::TlsError),
 }
 
-/// Serves the mirror on `listener` until `shutdown` resolves.
+/// Serves the mirror on `listener` (plain HTTP only) until `shutdown`
+/// resolves, then drains for `shutdown_grace`. Tests drive the real server
+/// through this; a `[tls]` section in `config` is not served here (the
+/// binary uses [`run_listeners`]).
 pub async fn run(
     listener: tokio::net::TcpListener,
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
+    // A closed channel: nothing will ask for a certificate reload.
+    let (_, reload) = tokio::sync::mpsc::channel(1);
+    run_listeners(listener, None, config, shutdown, reload).await
+}
+
+/// Serves plain HTTP on `plain` and, when `tls` is given, HTTPS on it with
+/// the certificate `[tls]` names, until `shutdown` resolves; then stops
+/// accepting and lets in-flight responses and fills finish within
+/// `shutdown_grace`. Each message on `reload` (the binary sends one per
+/// SIGHUP) reads the certificate files again without dropping connections.
+///
+/// The listeners are bound by the caller, so tests can bind port 0 and a
+/// bad address fails before the cache is opened. The certificate is read
+/// before anything else: a bad file is a start-up error naming the key.
+pub async fn run_listeners(
+    plain: tokio::net::TcpListener,
+    tls: Option<tokio::net::TcpListener>,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    reload: tokio::sync::mpsc::Receiver<()>,
+) -> Result<(), Error> {
+    let tls = match (tls, &config.tls) {
+        (Some(listener), Some(t)) => Some((listener, server::TlsCerts::load(t).await?)),
+        (Some(_), None) => {
+            return Err(config::ConfigError::Invalid {
+                key: "tls".into(),
+                msg: "a TLS listener was given but there is no [tls] section with cert and key"
+                    .into(),
+            }
+            .into())
+        }
+        (None, Some(_)) => {
+            tracing::warn!(
+                "[tls] is configured but no TLS listener was given: serving plain HTTP only"
+            );
+            None
+        }
+        (None, None) => None,
+    };
     let metrics = Arc::new(metrics::Metrics::new());
     let upstreams = upstream::Upstreams::new(&config, metrics.clone())?;
     let cache =
         cache::Cache::open(&config.cache_dir, config.max_size.as_u64(), metrics.clone()).await?;
-    let registry = Arc::new(registry::Registry::new(config, upstreams, cache, metrics));
-    if let Ok(addr) = listener.local_addr() {
-        tracing::info!(%addr, "hoard listening");
+    let limits = server::Limits::from_config(&config);
+    let registry = Arc::new(registry::Registry::new(
+        config,
+        upstreams,
+        cache.clone(),
+        metrics.clone(),
+    ));
+    if let Ok(addr) = plain.local_addr() {
+        tracing::info!(%addr, scheme = "http", "hoard listening");
     }
-    server::serve(listener, registry, shutdown).await;
+    if let Some(addr) = tls.as_ref().and_then(|(l, _)| l.local_addr().ok()) {
+        tracing::info!(%addr, scheme = "https", "hoard listening");
+    }
+    let listeners = server::Listeners { plain, tls };
+    let shared = server::Shared {
+        registry,
+        cache,
+        metrics,
+    };
+    server::serve(listeners, shared, limits, shutdown, reload).await;
     Ok(())
 }

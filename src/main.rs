@@ -151,34 +151,79 @@ fn init_tracing(format: LogFormat) {
     }
 }
 
+/// Binds the listeners (a bad address fails here, naming its key), wires
+/// the signals and runs until SIGTERM or SIGINT.
 async fn serve(config: Config) -> Result<(), String> {
-    let listener = tokio::net::TcpListener::bind(config.listen)
+    let plain = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e} (is another process using the port? set `listen` or --listen)", config.listen))?;
-    hoard::run(listener, config, shutdown_signal())
+    let tls = match &config.tls {
+        Some(t) => Some(tokio::net::TcpListener::bind(t.listen).await.map_err(|e| {
+            format!(
+                "config key `tls.listen`: cannot listen on {}: {e} (is another process using the port?)",
+                t.listen
+            )
+        })?),
+        None => None,
+    };
+    let reload = reload_signal();
+    hoard::run_listeners(plain, tls, config, shutdown_signal(), reload)
         .await
         .map_err(|e| e.to_string())
 }
 
-/// Resolves on SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// A message per SIGHUP, which asks for the TLS certificate to be read
+/// again. Installing the handler also keeps SIGHUP from killing hoard.
+fn reload_signal() -> tokio::sync::mpsc::Receiver<()> {
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
     #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot watch SIGTERM; only Ctrl-C stops hoard");
-                    let _ = ctrl_c.await;
-                    return;
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(mut hup) => {
+            tokio::spawn(async move {
+                while hup.recv().await.is_some() {
+                    tracing::info!("SIGHUP: reloading the TLS certificate");
+                    // Full means a reload is already pending: it will read
+                    // the newest files anyway.
+                    if let Err(tokio::sync::mpsc::error::TrySendError::Closed(())) = tx.try_send(())
+                    {
+                        break;
+                    }
                 }
-            };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
+            });
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch SIGHUP; certificate reloads need a restart")
         }
     }
     #[cfg(not(unix))]
-    let _ = ctrl_c.await;
+    drop(tx);
+    rx
+}
+
+/// Resolves on SIGINT or SIGTERM. The handlers are installed now, not at
+/// the first poll, so a signal that arrives while the cache is still being
+/// opened is not lost (or fatal): the server stops as soon as it is up.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let int = signal(SignalKind::interrupt());
+        let term = signal(SignalKind::terminate());
+        async move {
+            match (int, term) {
+                (Ok(mut int), Ok(mut term)) => tokio::select! {
+                    _ = int.recv() => tracing::info!("SIGINT received"),
+                    _ = term.recv() => tracing::info!("SIGTERM received"),
+                },
+                (Err(e), _) | (_, Err(e)) => {
+                    tracing::warn!(error = %e, "cannot watch SIGINT/SIGTERM; only Ctrl-C stops hoard");
+                    let _ = tokio::signal::ctrl_c().await;
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    async {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }

@@ -86,7 +86,7 @@ impl Registry {
             ns = ns.as_deref().unwrap_or(""),
             status = resp.status().as_u16(),
             bytes = upstream_len(resp.headers()),
-            ms = elapsed.as_secs_f64() * 1000.0,
+            ms = (elapsed.as_secs_f64() * 1e6).round() / 1e3,
             cache = served.map_or("", |s| s.outcome.as_str()),
             upstream = served.map_or("", |s| s.upstream.as_str()),
             "request"
@@ -115,6 +115,16 @@ impl Registry {
         let mut resp = match route {
             Route::Base => Ok(json_response(b"{}".to_vec(), head)),
             Route::Health => Ok(json_response(b"{\"status\":\"ok\"}".to_vec(), head)),
+            // Not ready means "send pulls elsewhere": the cache cannot store
+            // what it fetches. 503 with the reason, so a probe log says why.
+            Route::Ready => match self.cache.readiness().await {
+                Ok(()) => Ok(json_response(b"{\"status\":\"ready\"}".to_vec(), head)),
+                Err(why) => Err(ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "UNAVAILABLE",
+                    why,
+                )),
+            },
             Route::Metrics => {
                 let text = self.metrics.render();
                 let mut r = Response::new(if head {

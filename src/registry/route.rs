@@ -37,6 +37,8 @@ pub enum Route<'a> {
     Metrics,
     /// `/healthz`.
     Health,
+    /// `/readyz`: whether the cache can take new content.
+    Ready,
     /// Anything else.
     Unknown,
 }
@@ -49,6 +51,7 @@ impl<'a> Route<'a> {
             "/v2/_catalog" => return Route::Catalog,
             "/metrics" => return Route::Metrics,
             "/healthz" => return Route::Health,
+            "/readyz" => return Route::Ready,
             _ => {}
         }
         let Some(rest) = path.strip_prefix("/v2/") else {
@@ -135,6 +138,7 @@ mod tests {
         );
         assert_eq!(Route::parse("/v2/a/tags/list"), Route::Tags { name: "a" });
         assert_eq!(Route::parse("/v2/a/blobs/uploads/"), Route::Upload);
+        assert_eq!(Route::parse("/readyz"), Route::Ready);
         assert_eq!(Route::parse("/v2/a"), Route::Unknown);
         assert_eq!(Route::parse("/etc/passwd"), Route::Unknown);
         assert_eq!(Route::parse("/v2/a/other/x"), Route::Unknown);

@@ -1,0 +1,341 @@
+//! The listeners: plain HTTP (HTTP/1.1 and h2c) and optionally HTTPS
+//! (rustls; HTTP/2 or HTTP/1.1 by ALPN), connection limits, graceful shutdown.
+//!
+//! Every accepted connection goes through the same steps:
+//! 1. take one of `max_connections` slots, or be closed at once (counted in
+//!    `hoard_connections_rejected_total`): past the limit, refusing fast is
+//!    kinder to clients (they retry elsewhere) than a queue that times out;
+//! 2. find out what the client speaks within `header_read_timeout`: a TLS
+//!    ClientHello on the plain port gets a quick 400 ([`sniff`]), a TLS
+//!    handshake on the TLS port picks HTTP/2 or HTTP/1.1 by ALPN ([`tls`]);
+//! 3. hand the stream to hyper, whose HTTP/1 side enforces
+//!    `header_read_timeout` and `max_header_bytes` on every request head.
+//!
+//! On shutdown the listeners close (new clients are refused by the kernel),
+//! hyper finishes in-flight responses and closes idle connections, and blob
+//! fills still streaming into the cache get what is left of `shutdown_grace`
+//! so a download interrupted by a restart is not wasted.
+
+mod sniff;
+mod tls;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use rustls::ServerConfig;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use crate::cache::Cache;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::registry::Registry;
+use sniff::Sniffed;
+pub use tls::{TlsCerts, TlsError};
+
+/// How often the shutdown checks whether the last fills are done. Fills have
+/// no completion signal of their own; a poll this coarse costs nothing.
+const FILL_POLL: Duration = Duration::from_millis(25);
+
+/// The limits a listener enforces, taken from the config once at start.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Most connections open at once, over both listeners.
+    pub max_connections: usize,
+    /// Longest a client may take to send a request head (or, on the TLS
+    /// port, to finish the handshake). hyper starts this clock whenever an
+    /// HTTP/1 connection waits for a request, so it also closes kept-alive
+    /// connections idle for that long.
+    pub header_read_timeout: Duration,
+    /// Largest request head accepted (HTTP/1: 431 past it).
+    pub max_header_bytes: usize,
+    /// How long in-flight responses and fills get after shutdown was asked.
+    pub shutdown_grace: Duration,
+}
+
+impl Limits {
+    /// The limits configured in `mirror.toml`.
+    pub fn from_config(config: &Config) -> Limits {
+        Limits {
+            max_connections: config.max_connections,
+            header_read_timeout: config.header_read_timeout,
+            max_header_bytes: config.max_header_bytes,
+            shutdown_grace: config.shutdown_grace,
+        }
+    }
+}
+
+/// The sockets to serve: the plain-HTTP one, and optionally the TLS one
+/// with its (reloadable) certificate.
+pub struct Listeners {
+    /// Plain HTTP/1.1 and h2c.
+    pub plain: TcpListener,
+    /// HTTPS, when `[tls]` is configured.
+    pub tls: Option<(TcpListener, Arc<TlsCerts>)>,
+}
+
+/// What the serve loop works on, besides its sockets.
+pub struct Shared {
+    /// Answers requests.
+    pub registry: Arc<Registry>,
+    /// Asked how many fills are still running at shutdown.
+    pub cache: Arc<Cache>,
+    /// Connection gauges and counters.
+    pub metrics: Arc<Metrics>,
+}
+
+/// Serves `listeners` until `shutdown` resolves, then drains (see the module
+/// doc). Each message on `reload` reads the TLS certificate files again;
+/// the channel may be closed when nothing will ever ask for a reload.
+pub async fn serve(
+    listeners: Listeners,
+    shared: Shared,
+    limits: Limits,
+    shutdown: impl Future<Output = ()>,
+    mut reload: mpsc::Receiver<()>,
+) {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let ctx = Arc::new(ConnCtx::new(&shared, &limits, stop_rx));
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let graceful = GracefulShutdown::new();
+    let mut tasks = JoinSet::new();
+    let Listeners { plain, tls } = listeners;
+    let (tls_listener, certs) = match tls {
+        Some((l, c)) => (Some(l), Some(c)),
+        None => (None, None),
+    };
+    let mut reload_open = true;
+    tokio::pin!(shutdown);
+    loop {
+        let (accepted, secure) = tokio::select! {
+            a = plain.accept() => (a, None),
+            a = accept_opt(tls_listener.as_ref()) => (a, certs.as_ref().map(|c| c.current())),
+            msg = reload.recv(), if reload_open => {
+                match (msg, &certs) {
+                    (None, _) => reload_open = false,
+                    (Some(()), Some(certs)) => {
+                        // Off the accept loop: a slow disk must not stall accepts.
+                        let certs = certs.clone();
+                        tokio::spawn(async move { certs.reload_logged().await });
+                    }
+                    (Some(()), None) => {
+                        tracing::info!("reload asked, but no [tls] is configured: nothing to reload");
+                    }
+                }
+                continue;
+            }
+            Some(joined) = tasks.join_next(), if !tasks.is_empty() => {
+                if let Err(e) = joined {
+                    if e.is_panic() {
+                        tracing::error!(error = %e, "a connection task panicked");
+                    }
+                }
+                continue;
+            }
+            () = &mut shutdown => break,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Some(slot) = Slot::take(&slots, &shared.metrics) else {
+            shared.metrics.connection_rejected();
+            tracing::debug!(%peer, limit = limits.max_connections, "max_connections open; closing the new connection");
+            drop(stream);
+            continue;
+        };
+        let ctx = ctx.clone();
+        let watcher = graceful.watcher();
+        tasks.spawn(async move {
+            let _slot = slot;
+            ctx.connection(stream, peer, secure, watcher).await;
+        });
+    }
+
+    // Stop accepting: closing the sockets makes the kernel refuse newcomers.
+    drop(plain);
+    drop(tls_listener);
+    let deadline = Instant::now() + limits.shutdown_grace;
+    let _ = stop_tx.send(true);
+    tracing::info!(
+        connections = graceful.count(),
+        fills = shared.cache.fills_in_flight(),
+        grace = ?limits.shutdown_grace,
+        "shutting down: finishing in-flight responses and fills"
+    );
+    let drained = async {
+        graceful.shutdown().await;
+        while tasks.join_next().await.is_some() {}
+    };
+    if tokio::time::timeout_at(deadline, drained).await.is_err() {
+        tracing::warn!(
+            connections = tasks.len(),
+            "grace period over; closing the remaining connections"
+        );
+    }
+    tasks.shutdown().await;
+    while shared.cache.fills_in_flight() > 0 {
+        if Instant::now() >= deadline {
+            tracing::warn!(
+                fills = shared.cache.fills_in_flight(),
+                "grace period over; abandoning unfinished fills (their temp files are removed at next start)"
+            );
+            break;
+        }
+        tokio::time::sleep(FILL_POLL).await;
+    }
+    tracing::info!("shut down");
+}
+
+/// Accepts on `listener`, or waits forever when there is none, so one
+/// `select!` serves both the plain and the optional TLS socket.
+async fn accept_opt(listener: Option<&TcpListener>) -> std::io::Result<(TcpStream, SocketAddr)> {
+    match listener {
+        Some(l) => l.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// One of the `max_connections` slots, held for a connection's life; keeps
+/// `hoard_connections_open` equal to the slots in use.
+struct Slot {
+    _permit: OwnedSemaphorePermit,
+    metrics: Arc<Metrics>,
+}
+
+impl Slot {
+    fn take(slots: &Arc<Semaphore>, metrics: &Arc<Metrics>) -> Option<Slot> {
+        let permit = slots.clone().try_acquire_owned().ok()?;
+        metrics.connections_open().inc();
+        Some(Slot {
+            _permit: permit,
+            metrics: metrics.clone(),
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.metrics.connections_open().dec();
+    }
+}
+
+/// Everything a connection task needs, shared by all of them.
+struct ConnCtx {
+    registry: Arc<Registry>,
+    /// For clients that said HTTP/1.1 (by their first bytes or by ALPN).
+    h1: auto::Builder<TokioExecutor>,
+    /// For the HTTP/2 preface or ALPN `h2`.
+    h2: auto::Builder<TokioExecutor>,
+    header_read_timeout: Duration,
+    /// Turns true at shutdown: connections still in their first steps
+    /// (sniffing, TLS handshake) give up instead of holding the drain.
+    stopping: watch::Receiver<bool>,
+}
+
+impl ConnCtx {
+    fn new(shared: &Shared, limits: &Limits, stopping: watch::Receiver<bool>) -> ConnCtx {
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_read_timeout)
+            .max_buf_size(limits.max_header_bytes);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+        ConnCtx {
+            registry: shared.registry.clone(),
+            h1: builder.clone().http1_only(),
+            h2: builder.http2_only(),
+            header_read_timeout: limits.header_read_timeout,
+            stopping,
+        }
+    }
+
+    /// Runs one connection to its end. `tls` is the certificate config that
+    /// was current when it was accepted (None on the plain port).
+    async fn connection(
+        &self,
+        stream: TcpStream,
+        peer: SocketAddr,
+        tls: Option<Arc<ServerConfig>>,
+        watcher: Watcher,
+    ) {
+        let _ = stream.set_nodelay(true);
+        let mut stopping = self.stopping.clone();
+        let stop = async move {
+            let _ = stopping.wait_for(|s| *s).await;
+        };
+        match tls {
+            None => {
+                let sniffed = tokio::select! {
+                    s = sniff::sniff(&stream, self.header_read_timeout) => s,
+                    () = stop => return,
+                };
+                match sniffed {
+                    Sniffed::TlsHello => sniff::reject_tls(stream).await,
+                    Sniffed::Http1 => self.http(stream, false, peer, watcher).await,
+                    Sniffed::Http2 => self.http(stream, true, peer, watcher).await,
+                    Sniffed::Closed => {}
+                    Sniffed::TimedOut => {
+                        tracing::debug!(%peer, "no request within header_read_timeout; closing");
+                    }
+                }
+            }
+            Some(config) => {
+                let handshake = tokio::time::timeout(
+                    self.header_read_timeout,
+                    tokio_rustls::TlsAcceptor::from(config).accept(stream),
+                );
+                let done = tokio::select! {
+                    r = handshake => r,
+                    () = stop => return,
+                };
+                match done {
+                    Ok(Ok(tls)) => {
+                        let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
+                        self.http(tls, h2, peer, watcher).await;
+                    }
+                    // Scanners and clients that distrust the certificate end
+                    // here; their side of the story is in their own logs.
+                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                }
+            }
+        }
+    }
+
+    /// Serves HTTP on an established stream under graceful shutdown.
+    async fn http<I>(&self, io: I, h2: bool, peer: SocketAddr, watcher: Watcher)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let registry = self.registry.clone();
+        let service = service_fn(move |req| {
+            let registry = registry.clone();
+            async move { Ok::<_, Infallible>(registry.handle(req).await) }
+        });
+        let builder = if h2 { &self.h2 } else { &self.h1 };
+        let conn = builder.serve_connection(TokioIo::new(io), service);
+        if let Err(e) = watcher.watch(conn).await {
+            tracing::debug!(%peer, error = %e, "connection ended with an error");
+        }
+    }
+}
