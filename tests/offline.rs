@@ -220,9 +220,14 @@ async fn restart_keeps_the_cache() {
 async fn fill_interrupted_by_a_restart_is_not_in_the_cache() {
     let hub = FakeRegistry::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let toml = Cfg::new(dir.path())
-        .upstream("docker.io", &hub.url())
-        .toml();
+    // No grace: this test is about a fill cut off by the stop, not one
+    // that shutdown lets finish (tests/lifecycle.rs covers that).
+    let toml = format!(
+        "shutdown_grace = \"0s\"\n{}",
+        Cfg::new(dir.path())
+            .upstream("docker.io", &hub.url())
+            .toml()
+    );
     let blob = hub.add_blob("library/alpine", pseudo_random(11, 4 * CHUNK));
     let path = blob_path("alpine", &blob.digest);
     hub.close_gate();

@@ -1,0 +1,215 @@
+//! A cache that runs out of space in the middle of a fill: clients still
+//! get every byte (the rest comes from the upstream with a ranged GET),
+//! nothing partial is left behind, `hoard_disk_full` reports it, least
+//! recently used blobs are evicted to make room, and smaller blobs are cached
+//! again afterwards.
+//!
+//! Two ways to run out: a process file-size limit (RLIMIT_FSIZE, set in the
+//! child before exec; hoard ignores SIGXFSZ so a write past it fails with
+//! EFBIG), and a real 2 MiB tmpfs as cache directory (ENOSPC), which needs
+//! the right to mount and is skipped with a printed reason without it.
+
+#[path = "common/bin.rs"]
+mod bin;
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use bin::*;
+use common::*;
+
+const MIB: usize = 1024 * 1024;
+/// Larger than either limit below.
+const BIG: usize = 4 * MIB + 77;
+const REPO: &str = "library/alpine";
+/// Blobs that fit under both limits, pulled after the disk was full.
+const SMALL: [usize; 3] = [300_000, 500_000, 1_000_000];
+
+fn path_of(blob: &Blob) -> String {
+    blob_path("alpine", &blob.digest)
+}
+
+fn hex_of(digest: &str) -> &str {
+    digest.strip_prefix("sha256:").expect("sha256 digest")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fill_past_the_file_size_limit_is_passed_through_and_leaves_nothing_partial() {
+    let site = Site::new(&[]).await;
+    let hoard = Launch::new(&site.config)
+        .file_size_limit(MIB as u64)
+        .start()
+        .await;
+    run_out_of_space(&site, &hoard, 10).await;
+    hoard.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fill_on_a_full_tmpfs_is_passed_through_and_leaves_nothing_partial() {
+    let site = Site::new(&[]).await;
+    let _mount = match Tmpfs::mount(&site.cache, "2m") {
+        Ok(m) => m,
+        Err(why) => {
+            eprintln!("SKIPPED a_fill_on_a_full_tmpfs: cannot mount a 2 MiB tmpfs: {why}");
+            return;
+        }
+    };
+    let hoard = site.start().await;
+    run_out_of_space(&site, &hoard, 20).await;
+    hoard.stop().await;
+}
+
+/// The scenario shared by both ways of running out of space.
+async fn run_out_of_space(site: &Site, hoard: &Hoard, seed: u64) {
+    let hub = &site.hub;
+    let early = hub.add_blob(REPO, pseudo_random(seed, 100_000));
+    let big = hub.add_blob(REPO, pseudo_random(seed + 1, BIG));
+    let small: Vec<Blob> = SMALL
+        .iter()
+        .zip(seed + 2..)
+        .map(|(&len, s)| hub.add_blob(REPO, pseudo_random(s, len)))
+        .collect();
+
+    // Something cached before the disk fills: the first victim to make room.
+    assert!(hoard.get_ok(&path_of(&early)).await == early.data);
+    assert!(site.blob_file(&early.digest).is_file());
+
+    // Two clients on one fill that will not fit.
+    hub.close_gate();
+    let first = pull_in_background(hoard, &path_of(&big));
+    hub.wait_until("the fill is paused at the gate", |h| h.paused() >= 1)
+        .await;
+    let second = pull_in_background(hoard, &path_of(&big));
+    hoard
+        .wait_metrics("the second client joined the fill", |m| {
+            m.blob_requests("coalesced") >= 1.0
+        })
+        .await;
+    hub.open_gate();
+    for (who, task) in [("first", first), ("second", second)] {
+        let (status, body) = tokio::time::timeout(DEADLINE, task)
+            .await
+            .unwrap_or_else(|_| panic!("{who} client did not finish"))
+            .expect("client task");
+        assert_eq!(status, 200, "{who} client");
+        let body = body.unwrap_or_else(|e| panic!("{who} client: body broke off: {e}"));
+        assert!(
+            body == big.data,
+            "{who} client: body differs ({} of {BIG} bytes)",
+            body.len()
+        );
+    }
+
+    // One whole GET for the fill, then one ranged GET per reader for the rest.
+    let gets = blob_transfers(hub, Some(&big.digest));
+    assert_eq!(
+        gets.first(),
+        Some(&None),
+        "the fill asks for the whole blob: {gets:?}"
+    );
+    assert!(
+        (2..=3).contains(&gets.len()) && gets[1..].iter().all(|r| r.is_some()),
+        "the rest must come from ranged GETs, at most one per reader: {gets:?}"
+    );
+
+    let tmp = site.cache.join("tmp");
+    wait_for(
+        "nothing partial left behind",
+        || {
+            files_under(&tmp).is_empty()
+                && find_named(&site.cache.join("blobs"), hex_of(&big.digest)).is_empty()
+        },
+        || listing(&site.cache),
+    )
+    .await;
+    hoard
+        .wait_metrics("hoard_disk_full = 1", |m| {
+            m.get("hoard_disk_full", &[]) == Some(1.0)
+        })
+        .await;
+    match hoard.readyz().await {
+        Some(status) => assert_eq!(status, 503, "/readyz while the disk is full"),
+        None => eprintln!("note: this build has no /readyz; readiness not checked"),
+    }
+    // Least recently used content is evicted to make room.
+    wait_for(
+        "the early blob evicted to make room",
+        || !site.blob_file(&early.digest).exists(),
+        || listing(&site.cache.join("blobs")),
+    )
+    .await;
+    hoard
+        .wait_metrics("the eviction counted", |m| {
+            m.sum("hoard_evictions_total", &[]) >= 1.0
+        })
+        .await;
+
+    // Blobs that fit are cached again, and the disk is no longer "full".
+    for (b, len) in small.iter().zip(SMALL) {
+        assert!(hoard.get_ok(&path_of(b)).await == b.data, "{len}-byte blob");
+        assert_eq!(
+            file_digest(&site.blob_file(&b.digest)),
+            b.digest,
+            "{len}-byte blob must be cached:\n{}",
+            listing(&site.cache)
+        );
+        let before = transfers(hub);
+        assert!(hoard.get_ok(&path_of(b)).await == b.data);
+        assert_eq!(
+            transfers(hub),
+            before,
+            "{len}-byte blob: second pull is a hit"
+        );
+    }
+    assert_eq!(
+        hoard.metric("hoard_disk_full").await,
+        0.0,
+        "a commit succeeded since"
+    );
+    if let Some(status) = hoard.readyz().await {
+        assert_eq!(status, 200, "/readyz after a successful commit");
+    }
+}
+
+fn pull_in_background(
+    hoard: &Hoard,
+    path: &str,
+) -> tokio::task::JoinHandle<(u16, Result<bytes::Bytes, reqwest::Error>)> {
+    let req = hoard.client.get(hoard.url(path));
+    tokio::spawn(async move {
+        let resp = req.send().await.expect("send");
+        (resp.status().as_u16(), resp.bytes().await)
+    })
+}
+
+/// A tmpfs mounted for the length of a test.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &Path, size: &str) -> Result<Tmpfs, String> {
+        std::fs::create_dir_all(at).map_err(|e| e.to_string())?;
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .output()
+            .map_err(|e| format!("cannot run mount: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "mount exited with {}: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        Ok(Tmpfs(at.to_path_buf()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        // Lazy: a killed child may still hold files open for a moment.
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
