@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
 # Installs, with apt, the third-party software the end-to-end suite (tests/e2e/run.py) drives:
 # distribution's registry as the upstream, skopeo and containerd as clients, openssl for the
-# token service's keys, curl for debugging, python3 for the runner itself, mount (umount)
-# to clean up after a containerd that died mid-unpack.
+# token service's keys and the TLS checks' CA and certificates, curl for the TLS checks and
+# debugging, python3 for the runner itself, mount (umount) to clean up after a containerd that
+# died mid-unpack, prometheus for the Prometheus server that scrapes hoard during the run and
+# for promtool (`check metrics` on hoard's exposition, `check rules` on deploy/prometheus/).
 #
 # Idempotent: when every package is present it does nothing (no network). Otherwise it runs
 # `apt-get update` once, then installs only the missing packages. Meant for root on Debian 12,
 # also unattended (CI=true, no stdin).
 set -euo pipefail
 
-packages=(docker-registry skopeo containerd runc openssl curl ca-certificates python3 mount)
+packages=(docker-registry skopeo containerd runc openssl curl ca-certificates python3 mount prometheus)
 
 missing=()
 for pkg in "${packages[@]}"; do

@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 
 from harness import CheckFailed, Daemon, ensure, http, run, wait_until
 
@@ -84,20 +85,33 @@ def upstream_requests(log_path, offset=0):
     return out
 
 
-def start_hoard(supervisor, workdir, binary, port, upstream_url, env):
-    """hoard with one upstream, docker.io, and tags revalidated on every request (not yet serving)."""
-    cache = os.path.join(workdir, "hoard-cache")
-    config = write(os.path.join(workdir, "hoard.toml"), f"""\
+def start_hoard(supervisor, workdir, binary, port, upstream_url, env, name="hoard", tls=None):
+    """hoard with one upstream, docker.io, and tags revalidated on every request (not yet serving).
+
+    `tls`: (port, cert, key) adds a `[tls]` listener beside the plain one. Each `name` gets its
+    own config, log and cache directory.
+    """
+    cache = os.path.join(workdir, f"{name}-cache")
+    tls_section = ""
+    if tls is not None:
+        tls_port, cert, key = tls
+        tls_section = f"""
+[tls]
+listen = "127.0.0.1:{tls_port}"
+cert = "{cert}"
+key = "{key}"
+"""
+    config = write(os.path.join(workdir, f"{name}.toml"), f"""\
 listen = "127.0.0.1:{port}"
 cache_dir = "{cache}"
 default_upstream = "docker.io"
 tag_ttl = "0s"
-
+{tls_section}
 [upstreams."docker.io"]
 url = "{upstream_url}"
 """)
-    return supervisor.start(Daemon("hoard", [binary, "serve", "--config", config],
-                                   os.path.join(workdir, "hoard.log"),
+    return supervisor.start(Daemon(name, [binary, "serve", "--config", config],
+                                   os.path.join(workdir, f"{name}.log"),
                                    dict(env, RUST_LOG="info", NO_COLOR="1")))
 
 
@@ -121,11 +135,18 @@ class Skopeo:
 
     skopeo 1.9 ignores CONTAINERS_REGISTRIES_CONF, so the file is passed with --registries-conf.
     `docker.io` resolves to a dead port; the only way to content is the mirror.
+
+    `tls=True`: the mirror speaks HTTPS and must present a certificate the client trusts (no
+    `insecure`); `ca` is then installed as `$HOME/.config/containers/certs.d/<mirror>/ca.crt`,
+    the per-host trust directory containers/image reads for every endpoint it contacts,
+    mirrors included (skopeo 1.9 looks there, then in /etc/containers/certs.d and
+    /etc/docker/certs.d). Without `ca` only the system roots are trusted.
     """
 
-    def __init__(self, workdir, mirror, dead_port, env):
+    def __init__(self, workdir, mirror, dead_port, env, tls=False, ca=None):
         self.dir = workdir
         os.makedirs(workdir, exist_ok=True)
+        mirror_insecure = "" if tls else "insecure = true\n"
         self.registries_conf = write(os.path.join(workdir, "registries.conf"), f"""\
 unqualified-search-registries = []
 
@@ -136,8 +157,7 @@ insecure = true
 
 [[registry.mirror]]
 location = "{mirror}"
-insecure = true
-""")
+{mirror_insecure}""")
         self.policy = write(os.path.join(workdir, "policy.json"),
                             json.dumps({"default": [{"type": "insecureAcceptAnything"}]}))
         registries_d = os.path.join(workdir, "registries.d")
@@ -145,6 +165,10 @@ insecure = true
         home = os.path.join(workdir, "home")
         tmp = os.path.join(workdir, "tmp")
         os.makedirs(home, exist_ok=True)
+        if ca is not None:
+            certs = os.path.join(home, ".config", "containers", "certs.d", mirror)
+            os.makedirs(certs, exist_ok=True)
+            shutil.copy(ca, os.path.join(certs, "ca.crt"))
         os.makedirs(tmp, exist_ok=True)
         self.global_args = ["skopeo", "--registries-conf", self.registries_conf, "--policy", self.policy,
                             "--registries.d", registries_d, "--tmpdir", tmp]
@@ -153,8 +177,8 @@ insecure = true
         write(os.path.join(workdir, "auth.json"), "{}")
         self.counter = 0
 
-    def __call__(self, *args, timeout=60):
-        return run([*self.global_args, *args], timeout=timeout, env=self.env)
+    def __call__(self, *args, timeout=60, check=True):
+        return run([*self.global_args, *args], timeout=timeout, env=self.env, check=check)
 
     def dest(self, label):
         """A fresh destination directory for one copy."""
@@ -274,12 +298,16 @@ disabled_plugins = [
             self.daemon.stop()
 
 
-def write_hosts_dir(path, mirror_url, dead_port):
-    """containerd hosts config: docker.io's own server is dead, the mirror can pull and resolve."""
+def write_hosts_dir(path, mirror_url, dead_port, ca=None):
+    """containerd hosts config: docker.io's own server is dead, the mirror can pull and resolve.
+
+    `ca`: a PEM file of CA certificates to trust for an https mirror (else only the system roots).
+    """
+    ca_line = f'  ca = "{ca}"\n' if ca else ""
     write(os.path.join(path, "docker.io", "hosts.toml"), f"""\
 server = "http://127.0.0.1:{dead_port}"
 
 [host."{mirror_url}"]
   capabilities = ["pull", "resolve"]
-""")
+{ca_line}""")
     return path
