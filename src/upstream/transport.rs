@@ -1,0 +1,364 @@
+//! The HTTP exchange with an upstream: authentication (cached Bearer
+//! tokens, the challenge dance, Basic credentials), redirects that never
+//! carry credentials to another host, time-outs, and status mapping.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
+use bytes::Bytes;
+use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri};
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Incoming;
+
+use super::auth::{self, Challenge, Token, TokenResponse};
+use super::{Error, Upstream, USER_AGENT};
+use crate::config::Credentials;
+use crate::oci::RepoName;
+
+impl Upstream {
+    /// Sends a request with authentication and redirects handled, and turns
+    /// every non-success answer into an [`Error`].
+    pub(super) async fn request(
+        &self,
+        method: Method,
+        repo: &RepoName,
+        path: &str,
+        headers: HeaderMap,
+    ) -> Result<Response<Incoming>, Error> {
+        let scope = format!("repository:{repo}:pull");
+        let mut auth = self.cached_auth(&scope).await;
+        let mut refreshed = false;
+        loop {
+            let resp = self
+                .send_following_redirects(&method, path, &headers, auth.as_ref())
+                .await?;
+            if resp.status() == StatusCode::UNAUTHORIZED && !refreshed {
+                refreshed = true;
+                let challenge = resp
+                    .headers()
+                    .get(header::WWW_AUTHENTICATE)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(auth::parse_challenge);
+                auth = match challenge {
+                    Some(Challenge::Bearer {
+                        realm,
+                        service,
+                        scope: asked,
+                    }) => {
+                        if let Ok(mut c) = self.challenge.write() {
+                            *c = Some((realm.clone(), service.clone()));
+                        }
+                        let key = (realm.clone(), service.clone(), scope.clone());
+                        // A token we sent was refused: forget it before fetching anew.
+                        self.tokens.invalidate(&key).await;
+                        let token = self
+                            .token(key, asked.unwrap_or_else(|| scope.clone()))
+                            .await?;
+                        Some(bearer(&token.value)?)
+                    }
+                    Some(Challenge::Basic) => match &self.creds {
+                        Credentials::Basic { username, password } => {
+                            Some(basic(username, password)?)
+                        }
+                        _ => {
+                            return Err(Error::Unauthorized(
+                                "upstream wants Basic credentials; set username and password"
+                                    .into(),
+                            ))
+                        }
+                    },
+                    None => {
+                        return Err(Error::Unauthorized(
+                            "401 without a usable WWW-Authenticate challenge".into(),
+                        ))
+                    }
+                };
+                continue;
+            }
+            return check_status(&self.name, resp).await;
+        }
+    }
+
+    /// The `Authorization` header to send up front, if a token is cached.
+    async fn cached_auth(&self, scope: &str) -> Option<HeaderValue> {
+        if let Credentials::Token(t) = &self.creds {
+            return bearer(t).ok();
+        }
+        let (realm, service) = self.challenge.read().ok()?.clone()?;
+        let token = self.tokens.get(&(realm, service, scope.to_owned())).await?;
+        if token.is_fresh() {
+            bearer(&token.value).ok()
+        } else {
+            None
+        }
+    }
+
+    /// A token for `key`, fetched once however many requests need it at once.
+    async fn token(
+        &self,
+        key: (String, Option<String>, String),
+        scope: String,
+    ) -> Result<Token, Error> {
+        if let Some(t) = self.tokens.get(&key).await {
+            if t.is_fresh() {
+                return Ok(t);
+            }
+            self.tokens.invalidate(&key).await;
+        }
+        let (realm, service, _) = key.clone();
+        self.tokens
+            .try_get_with(key, self.fetch_token(realm, service, scope))
+            .await
+            .map_err(|e: Arc<Error>| (*e).clone())
+    }
+
+    async fn fetch_token(
+        &self,
+        realm: String,
+        service: Option<String>,
+        scope: String,
+    ) -> Result<Token, Error> {
+        let mut url = realm.clone();
+        url.push(if url.contains('?') { '&' } else { '?' });
+        if let Some(s) = &service {
+            url.push_str(&format!("service={}&", auth::encode_query(s)));
+        }
+        url.push_str(&format!("scope={}", auth::encode_query(&scope)));
+        let uri: Uri = url
+            .parse()
+            .map_err(|e| Error::Protocol(format!("bad token realm {realm:?}: {e}")))?;
+        if !matches!(uri.scheme_str(), Some("http") | Some("https")) {
+            return Err(Error::Protocol(format!(
+                "token realm {realm:?} is not http(s)"
+            )));
+        }
+        let mut req = Request::get(uri).header(header::USER_AGENT, USER_AGENT);
+        if let Credentials::Basic { username, password } = &self.creds {
+            req = req.header(header::AUTHORIZATION, basic(username, password)?);
+        }
+        let req = req
+            .body(Empty::new())
+            .map_err(|e| Error::Protocol(e.to_string()))?;
+        self.metrics.token_fetch(&self.name);
+        let resp = self.timed_send(req).await?;
+        let status = resp.status();
+        let bytes = tokio::time::timeout(self.read_timeout, resp.into_body().collect())
+            .await
+            .map_err(|_| Error::Timeout("reading the token"))?
+            .map_err(|e| Error::Unreachable(e.to_string()))?
+            .to_bytes();
+        if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+            return Err(Error::Unauthorized(format!(
+                "token realm answered {status}"
+            )));
+        }
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            return Err(Error::RateLimited {
+                upstream: self.name.clone(),
+            });
+        }
+        if !status.is_success() {
+            return Err(Error::Status {
+                status: status.as_u16(),
+                body: snippet(&bytes),
+            });
+        }
+        let parsed: TokenResponse = serde_json::from_slice(&bytes)
+            .map_err(|e| Error::Protocol(format!("token response is not JSON: {e}")))?;
+        let value = parsed
+            .token
+            .or(parsed.access_token)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| Error::Protocol("token response has no token".into()))?;
+        Ok(Token::new(value, parsed.expires_in))
+    }
+
+    /// Sends to `base + path`, following up to 5 redirects. `Authorization`
+    /// goes only to the upstream's own host: a blob redirect to a CDN gets a
+    /// pre-signed URL and must not see our credentials.
+    async fn send_following_redirects(
+        &self,
+        method: &Method,
+        path: &str,
+        headers: &HeaderMap,
+        auth: Option<&HeaderValue>,
+    ) -> Result<Response<Incoming>, Error> {
+        let mut uri: Uri = format!("{}{}", self.base, path)
+            .parse()
+            .map_err(|e| Error::Protocol(format!("cannot build upstream URL: {e}")))?;
+        for _ in 0..6 {
+            let same_host = uri.authority().map(|a| a.as_str()) == Some(self.authority.as_str());
+            let mut req = Request::builder()
+                .method(method.clone())
+                .uri(uri.clone())
+                .header(header::USER_AGENT, USER_AGENT);
+            for (k, v) in headers {
+                req = req.header(k, v);
+            }
+            if same_host {
+                if let Some(a) = auth {
+                    req = req.header(header::AUTHORIZATION, a);
+                }
+            }
+            let req = req
+                .body(Empty::new())
+                .map_err(|e| Error::Protocol(e.to_string()))?;
+            let resp = self.timed_send(req).await?;
+            if !resp.status().is_redirection() {
+                return Ok(resp);
+            }
+            let location = resp
+                .headers()
+                .get(header::LOCATION)
+                .and_then(|v| v.to_str().ok())
+                .ok_or_else(|| Error::Protocol("redirect without Location".into()))?;
+            uri = resolve(&uri, location)?;
+        }
+        Err(Error::Protocol("more than 5 redirects".into()))
+    }
+
+    async fn timed_send(&self, req: Request<Empty<Bytes>>) -> Result<Response<Incoming>, Error> {
+        let started = Instant::now();
+        let result = tokio::time::timeout(self.read_timeout, self.client.request(req)).await;
+        let secs = started.elapsed().as_secs_f64();
+        match result {
+            Err(_) => {
+                self.metrics.upstream(&self.name, None, secs);
+                Err(Error::Timeout("waiting for response headers"))
+            }
+            Ok(Err(e)) => {
+                self.metrics.upstream(&self.name, None, secs);
+                Err(Error::Unreachable(error_chain(&e)))
+            }
+            Ok(Ok(resp)) => {
+                self.metrics
+                    .upstream(&self.name, Some(resp.status().as_u16()), secs);
+                let h = resp.headers();
+                if h.contains_key("ratelimit-remaining") || h.contains_key("ratelimit-limit") {
+                    self.metrics.ratelimit(
+                        &self.name,
+                        ratelimit(h, "ratelimit-limit"),
+                        ratelimit(h, "ratelimit-remaining"),
+                    );
+                }
+                Ok(resp)
+            }
+        }
+    }
+}
+
+/// Maps a non-success response to an error (reading a little of its body).
+async fn check_status(
+    upstream: &str,
+    resp: Response<Incoming>,
+) -> Result<Response<Incoming>, Error> {
+    let status = resp.status();
+    if status.is_success() {
+        return Ok(resp);
+    }
+    let body = tokio::time::timeout(Duration::from_secs(5), resp.into_body().collect())
+        .await
+        .ok()
+        .and_then(|r| r.ok())
+        .map(|c| snippet(&c.to_bytes()))
+        .unwrap_or_default();
+    Err(match status {
+        StatusCode::NOT_FOUND => Error::NotFound,
+        StatusCode::TOO_MANY_REQUESTS => Error::RateLimited {
+            upstream: upstream.to_owned(),
+        },
+        StatusCode::UNAUTHORIZED => Error::Unauthorized(body),
+        StatusCode::FORBIDDEN => Error::Denied(body),
+        _ => Error::Status {
+            status: status.as_u16(),
+            body,
+        },
+    })
+}
+
+fn snippet(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(&bytes[..bytes.len().min(300)]).into_owned()
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(inner) = cur {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        cur = inner.source();
+    }
+    s
+}
+
+/// Resolves a `Location` against the URI it came from.
+fn resolve(base: &Uri, location: &str) -> Result<Uri, Error> {
+    let bad =
+        |e: &dyn std::fmt::Display| Error::Protocol(format!("bad redirect {location:?}: {e}"));
+    let target: Uri = location.parse().map_err(|e| bad(&e))?;
+    if target.scheme().is_some() {
+        if !matches!(target.scheme_str(), Some("http") | Some("https")) {
+            return Err(bad(&"not http(s)"));
+        }
+        return Ok(target);
+    }
+    let scheme = base.scheme_str().unwrap_or("https");
+    let authority = base.authority().map(|a| a.as_str()).unwrap_or_default();
+    let path = if location.starts_with('/') {
+        location.to_owned()
+    } else {
+        let dir = base.path().rsplit_once('/').map(|(d, _)| d).unwrap_or("");
+        format!("{dir}/{location}")
+    };
+    format!("{scheme}://{authority}{path}")
+        .parse()
+        .map_err(|e| bad(&e))
+}
+
+fn bearer(token: &str) -> Result<HeaderValue, Error> {
+    let mut v = HeaderValue::from_str(&format!("Bearer {token}"))
+        .map_err(|_| Error::Protocol("token is not a valid header value".into()))?;
+    v.set_sensitive(true);
+    Ok(v)
+}
+
+fn basic(user: &str, password: &str) -> Result<HeaderValue, Error> {
+    let encoded = STANDARD.encode(format!("{user}:{password}"));
+    let mut v = HeaderValue::from_str(&format!("Basic {encoded}"))
+        .map_err(|_| Error::Protocol("credentials are not a valid header value".into()))?;
+    v.set_sensitive(true);
+    Ok(v)
+}
+
+/// A Docker Hub rate-limit header (`100;w=21600`) as its count.
+fn ratelimit(h: &HeaderMap, name: &str) -> Option<i64> {
+    h.get(name)?
+        .to_str()
+        .ok()?
+        .split(';')
+        .next()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redirects_resolve() {
+        let base: Uri = "http://127.0.0.1:5000/v2/a/blobs/x".parse().unwrap();
+        assert_eq!(
+            resolve(&base, "http://cdn:1/p?sig=1").unwrap().to_string(),
+            "http://cdn:1/p?sig=1"
+        );
+        assert_eq!(
+            resolve(&base, "/other").unwrap().to_string(),
+            "http://127.0.0.1:5000/other"
+        );
+        assert!(resolve(&base, "file:///etc/passwd").is_err());
+    }
+}
