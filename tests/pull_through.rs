@@ -178,6 +178,30 @@ async fn tag_is_revalidated_once_its_ttl_has_passed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_for_a_stale_tag_cause_one_revalidation() {
+    let env = Env::start_with(|c| c.tag_ttl("1s")).await;
+    let image = env.hub.add_simple_image("library/alpine", "latest", 31);
+    let path = manifest_path("alpine", "latest");
+    assert_eq!(env.mirror.get_ok(&path).await, image.manifest);
+    let heads = env.hub.manifest_heads();
+    let gets = env.hub.manifest_gets();
+
+    tokio::time::sleep(std::time::Duration::from_millis(1300)).await;
+    let bodies = futures::future::join_all((0..16).map(|_| env.mirror.get_ok(&path))).await;
+    assert!(bodies.iter().all(|b| *b == image.manifest));
+    assert_eq!(
+        env.hub.manifest_heads(),
+        heads + 1,
+        "one HEAD for 16 concurrent stale requests"
+    );
+    assert_eq!(
+        env.hub.manifest_gets(),
+        gets,
+        "an unchanged tag is not downloaded again"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn per_upstream_tag_ttl_overrides_the_global_one() {
     let env = Env::start_with(|c| c.tag_ttl("5m").upstream_key("docker.io", "tag_ttl", "0s")).await;
     let image = env.hub.add_simple_image("library/alpine", "latest", 5);
