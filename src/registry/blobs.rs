@@ -74,18 +74,7 @@ async fn serve(
             continue;
         }
         if head {
-            let size = target
-                .upstream
-                .head_blob(&target.repo, digest)
-                .await
-                .map_err(|e| map_upstream(e, digest))?
-                .ok_or_else(|| {
-                    ApiError::new(
-                        StatusCode::BAD_GATEWAY,
-                        "UNAVAILABLE",
-                        "upstream sent no Content-Length",
-                    )
-                })?;
+            let size = upstream_size(target, digest).await?;
             let range = range::parse(range_header, size)?;
             return Ok((headers_only(digest, size, range), Outcome::Miss));
         }
@@ -111,18 +100,7 @@ async fn serve(
                 // The cache could not even start the fill (disk full): the
                 // reader passes the blob through from the upstream.
                 tracing::warn!(%digest, error = %e, "cache disk failed before the fill started; passing through");
-                target
-                    .upstream
-                    .head_blob(&target.repo, digest)
-                    .await
-                    .map_err(|e| map_upstream(e, digest))?
-                    .ok_or_else(|| {
-                        ApiError::new(
-                            StatusCode::BAD_GATEWAY,
-                            "UNAVAILABLE",
-                            "upstream sent no Content-Length",
-                        )
-                    })?
+                upstream_size(target, digest).await?
             }
             Err(e) => return Err(map_fill(e, digest)),
         };
@@ -132,6 +110,22 @@ async fn serve(
         return Ok((response(digest, size, range, body::stream(stream)), outcome));
     }
     Err(ApiError::internal("blob lookup did not settle", digest))
+}
+
+/// A blob's size from an upstream `HEAD`.
+async fn upstream_size(target: &Target, digest: &Digest) -> Result<u64, ApiError> {
+    target
+        .upstream
+        .head_blob(&target.repo, digest)
+        .await
+        .map_err(|e| map_upstream(e, digest))?
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "UNAVAILABLE",
+                "upstream sent no Content-Length",
+            )
+        })
 }
 
 fn bounds(range: Option<ByteRange>, size: u64) -> (u64, u64) {
