@@ -109,6 +109,20 @@ impl BlobIndex {
     /// Adds a committed blob. Eviction to stay under the budget runs now,
     /// so the caller sees its effect (and the deletes are queued) at once.
     pub fn insert(&self, digest: Digest, size: u64, last_use: u64) {
+        self.add(digest, size, last_use);
+        self.lru.run_pending_tasks();
+    }
+
+    /// Adds the blobs found at start (oldest first) and applies the budget
+    /// once at the end rather than after every one of possibly 100k inserts.
+    pub fn load(&self, blobs: impl Iterator<Item = (Digest, u64, u64)>) {
+        for (digest, size, last_use) in blobs {
+            self.add(digest, size, last_use);
+        }
+        self.lru.run_pending_tasks();
+    }
+
+    fn add(&self, digest: Digest, size: u64, last_use: u64) {
         if self.contains(&digest) {
             return;
         }
@@ -120,7 +134,6 @@ impl BlobIndex {
                 last_use: AtomicU64::new(last_use),
             }),
         );
-        self.lru.run_pending_tasks();
     }
 
     /// Drops a blob from the index (its file is the caller's business).
