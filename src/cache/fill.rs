@@ -228,11 +228,6 @@ pub struct FillGuard {
 }
 
 impl FillGuard {
-    /// The temp file this fill writes.
-    pub fn tmp_path(&self) -> &std::path::Path {
-        &self.tmp
-    }
-
     fn set(&self, p: Progress) {
         self.fill.state.send_replace(p);
     }

@@ -105,9 +105,12 @@ impl Cache {
         moved += listing.moved_aside.len();
         listing.blobs.sort_unstable_by_key(|b| b.last_use);
         let (blobs, evicted) = BlobIndex::new(max_size);
-        for b in listing.blobs.iter() {
-            blobs.insert(b.digest.clone(), b.size, b.last_use);
-        }
+        blobs.load(
+            listing
+                .blobs
+                .iter()
+                .map(|b| (b.digest.clone(), b.size, b.last_use)),
+        );
         metrics.set_cache_limit(max_size);
         metrics.set_cache_size(blobs.bytes(), blobs.count());
         tracing::info!(
@@ -140,11 +143,6 @@ impl Cache {
         });
         tokio::spawn(delete_evicted(Arc::downgrade(&cache), evicted));
         Ok(cache)
-    }
-
-    /// The cache directory.
-    pub fn root(&self) -> &Path {
-        &self.root
     }
 
     /// Bytes of cached content.
@@ -187,11 +185,6 @@ impl Cache {
     /// Size of a cached blob (from memory).
     pub fn blob_size(&self, digest: &Digest) -> Option<u64> {
         self.blobs.get(digest)
-    }
-
-    /// Whether a blob is cached, without counting it as used.
-    pub fn has_blob(&self, digest: &Digest) -> bool {
-        self.blobs.contains(digest)
     }
 
     /// Opens `start..end` of a cached blob; `None` if it vanished from disk

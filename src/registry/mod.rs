@@ -85,7 +85,7 @@ impl Registry {
             path = req.uri().path(),
             ns = ns.as_deref().unwrap_or(""),
             status = resp.status().as_u16(),
-            bytes = upstream_len(resp.headers()),
+            bytes = response_len(resp.headers()),
             ms = (elapsed.as_secs_f64() * 1e6).round() / 1e3,
             cache = served.map_or("", |s| s.outcome.as_str()),
             upstream = served.map_or("", |s| s.upstream.as_str()),
@@ -177,7 +177,7 @@ impl Registry {
     }
 }
 
-fn upstream_len(h: &HeaderMap) -> u64 {
+fn response_len(h: &HeaderMap) -> u64 {
     crate::upstream::content_length(h).unwrap_or(0)
 }
 
