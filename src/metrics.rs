@@ -101,6 +101,10 @@ pub struct Metrics {
     fills: IntCounterVec,
     cache_size: IntGauge,
     cache_blobs: IntGauge,
+    local_bytes: IntGauge,
+    local_blobs: IntGauge,
+    pinned_bytes: IntGauge,
+    pinned_blobs: IntGauge,
     stale_tags: IntCounter,
     request_duration: Histogram,
     cache_limit: IntGauge,
@@ -239,6 +243,22 @@ impl Metrics {
                 "hoard_cache_blobs",
                 "Number of verified blobs (layers, configs, manifests) in the cache.",
             ),
+            local_bytes: gauge(
+                "hoard_local_bytes",
+                "Bytes of blobs referenced by local (pushed) repositories; outside max_size.",
+            ),
+            local_blobs: gauge(
+                "hoard_local_blobs",
+                "Number of blobs referenced by local (pushed) repositories.",
+            ),
+            pinned_bytes: gauge(
+                "hoard_pinned_bytes",
+                "Bytes of blobs of pinned images; outside max_size, never evicted.",
+            ),
+            pinned_blobs: gauge(
+                "hoard_pinned_blobs",
+                "Number of blobs of pinned images.",
+            ),
             registry,
             requests,
             served_bytes,
@@ -299,6 +319,16 @@ impl Metrics {
             .set(i64::try_from(bytes).unwrap_or(i64::MAX));
         self.cache_blobs
             .set(i64::try_from(blobs).unwrap_or(i64::MAX));
+    }
+
+    /// Sets the gauges of content held outside the budget.
+    pub fn set_held(&self, holder: crate::cache::Holder, bytes: u64, blobs: u64) {
+        let (b, n) = match holder {
+            crate::cache::Holder::Local => (&self.local_bytes, &self.local_blobs),
+            crate::cache::Holder::Pin => (&self.pinned_bytes, &self.pinned_blobs),
+        };
+        b.set(i64::try_from(bytes).unwrap_or(i64::MAX));
+        n.set(i64::try_from(blobs).unwrap_or(i64::MAX));
     }
 
     /// Counts a stale tag served.

@@ -5,8 +5,14 @@
 //! KiB, so multi-GiB blobs fit its `u32` weights) keeps the bytes under
 //! `max_size`. An evicted entry is handed to a background task that deletes
 //! its file; a reader that has the file open finishes anyway (unlink keeps
-//! open descriptors valid). Pinned blobs live outside the LRU and are never
-//! evicted: prefetching pins what an air-gapped site must keep.
+//! open descriptors valid).
+//!
+//! Held blobs live outside the LRU and outside the budget: content pushed to
+//! a local repository ([`Holder::Local`]) and images an operator pinned for
+//! an air-gapped site ([`Holder::Pin`]). The budget bounds what the cache may
+//! throw away and fetch again; held content cannot be fetched again, so it
+//! is accounted apart (`hoard_local_bytes`, `hoard_pinned_bytes`) and only
+//! leaves when its last holder lets go.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -36,11 +42,36 @@ pub struct Evicted {
     pub size: u64,
 }
 
+/// Why a blob is kept out of the budget's reach. A blob may have both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Holder {
+    /// Referenced by a local (pushed) repository.
+    Local,
+    /// Part of an image an operator pinned.
+    Pin,
+}
+
+impl Holder {
+    fn bit(self) -> u8 {
+        match self {
+            Holder::Local => 1,
+            Holder::Pin => 2,
+        }
+    }
+}
+
+/// A blob outside the LRU, and who keeps it there.
+#[derive(Debug)]
+struct Held {
+    entry: Arc<Entry>,
+    holders: u8,
+}
+
 /// The index.
 pub struct BlobIndex {
     lru: moka::sync::Cache<Digest, Arc<Entry>>,
     /// std lock: map operations only, never held across an await.
-    pinned: RwLock<HashMap<Digest, Arc<Entry>>>,
+    pinned: RwLock<HashMap<Digest, Held>>,
     bytes: Arc<AtomicU64>,
     limit: u64,
 }
@@ -96,7 +127,7 @@ impl BlobIndex {
         let e = self
             .lru
             .get(digest)
-            .or_else(|| self.pinned.read().ok()?.get(digest).cloned())?;
+            .or_else(|| Some(self.pinned.read().ok()?.get(digest)?.entry.clone()))?;
         e.last_use.store(now_secs(), Ordering::Relaxed);
         Some(e.size)
     }
@@ -113,11 +144,49 @@ impl BlobIndex {
         self.lru.run_pending_tasks();
     }
 
+    /// Adds a committed blob straight into the held set, so the budget
+    /// never sees it (a pushed layer must not be evicted between its commit
+    /// and its hold).
+    pub fn insert_held(&self, digest: Digest, size: u64, holder: Holder) {
+        if !self.hold(&digest, holder) {
+            self.bytes.fetch_add(size, Ordering::Relaxed);
+            let entry = Arc::new(Entry {
+                size,
+                last_use: AtomicU64::new(now_secs()),
+            });
+            if let Ok(mut p) = self.pinned.write() {
+                p.entry(digest)
+                    .or_insert(Held { entry, holders: 0 })
+                    .holders |= holder.bit();
+            }
+        }
+    }
+
     /// Adds the blobs found at start (oldest first) and applies the budget
     /// once at the end rather than after every one of possibly 100k inserts.
-    pub fn load(&self, blobs: impl Iterator<Item = (Digest, u64, u64)>) {
+    /// Blobs in `held` go straight to the held set: the budget applied at
+    /// start must not evict what a local repository or a pin still needs.
+    pub fn load(
+        &self,
+        blobs: impl Iterator<Item = (Digest, u64, u64)>,
+        held: &HashMap<Digest, Vec<Holder>>,
+    ) {
         for (digest, size, last_use) in blobs {
-            self.add(digest, size, last_use);
+            let Some(holders) = held.get(&digest) else {
+                self.add(digest, size, last_use);
+                continue;
+            };
+            let mut pinned = self.pinned.write().unwrap_or_else(|p| p.into_inner());
+            if pinned.contains_key(&digest) {
+                continue;
+            }
+            self.bytes.fetch_add(size, Ordering::Relaxed);
+            let entry = Arc::new(Entry {
+                size,
+                last_use: AtomicU64::new(last_use),
+            });
+            let holders = holders.iter().fold(0, |b, h| b | h.bit());
+            pinned.insert(digest, Held { entry, holders });
         }
         self.lru.run_pending_tasks();
     }
@@ -143,30 +212,83 @@ impl BlobIndex {
             return Some(e.size);
         }
         let e = self.pinned.write().ok()?.remove(digest)?;
-        self.bytes.fetch_sub(e.size, Ordering::Relaxed);
-        Some(e.size)
+        self.bytes.fetch_sub(e.entry.size, Ordering::Relaxed);
+        Some(e.entry.size)
     }
 
-    /// Takes a blob out of the LRU so the budget never evicts it.
-    pub fn pin(&self, digest: &Digest) -> bool {
+    /// Keeps an indexed blob out of the budget's reach for `holder`.
+    /// `false` when the blob is not indexed (fetch or push it first).
+    pub fn hold(&self, digest: &Digest, holder: Holder) -> bool {
+        if let Ok(mut p) = self.pinned.write() {
+            if let Some(h) = p.get_mut(digest) {
+                h.holders |= holder.bit();
+                return true;
+            }
+        }
         let Some(e) = self.lru.remove(digest) else {
-            return self.pinned.read().is_ok_and(|p| p.contains_key(digest));
+            return false;
         };
         self.lru.run_pending_tasks();
+        // The removal took its size off the count; it is still indexed.
         self.bytes.fetch_add(e.size, Ordering::Relaxed);
         if let Ok(mut p) = self.pinned.write() {
-            p.insert(digest.clone(), e);
+            p.entry(digest.clone())
+                .or_insert(Held {
+                    entry: e,
+                    holders: 0,
+                })
+                .holders |= holder.bit();
         }
         true
     }
 
-    /// Returns a pinned blob to the LRU.
-    pub fn unpin(&self, digest: &Digest) {
-        let e = self.pinned.write().ok().and_then(|mut p| p.remove(digest));
-        if let Some(e) = e {
-            self.bytes.fetch_sub(e.size, Ordering::Relaxed);
-            self.insert(digest.clone(), e.size, e.last_use.load(Ordering::Relaxed));
+    /// Lets go of a blob for `holder`. When no holder is left it goes back
+    /// to the LRU (and under the budget) and `true` is returned: the caller
+    /// may then reclaim it at once.
+    pub fn release(&self, digest: &Digest, holder: Holder) -> bool {
+        let freed = {
+            let Ok(mut p) = self.pinned.write() else {
+                return false;
+            };
+            let Some(h) = p.get_mut(digest) else {
+                return false;
+            };
+            h.holders &= !holder.bit();
+            if h.holders != 0 {
+                return false;
+            }
+            p.remove(digest)
+        };
+        match freed {
+            Some(h) => {
+                self.bytes.fetch_sub(h.entry.size, Ordering::Relaxed);
+                let last = h.entry.last_use.load(Ordering::Relaxed);
+                self.insert(digest.clone(), h.entry.size, last);
+                true
+            }
+            None => false,
         }
+    }
+
+    /// Whether `holder` keeps `digest`.
+    pub fn is_held_by(&self, digest: &Digest, holder: Holder) -> bool {
+        self.pinned
+            .read()
+            .is_ok_and(|p| p.get(digest).is_some_and(|h| h.holders & holder.bit() != 0))
+    }
+
+    /// Whether anyone keeps `digest` out of the budget.
+    pub fn is_held(&self, digest: &Digest) -> bool {
+        self.pinned.read().is_ok_and(|p| p.contains_key(digest))
+    }
+
+    /// Bytes and count of blobs `holder` keeps (a blob both local and
+    /// pinned counts for each).
+    pub fn held_by(&self, holder: Holder) -> (u64, u64) {
+        let p = self.pinned.read().unwrap_or_else(|p| p.into_inner());
+        p.values()
+            .filter(|h| h.holders & holder.bit() != 0)
+            .fold((0, 0), |(b, n), h| (b + h.entry.size, n + 1))
     }
 
     /// The least recently used unpinned blobs adding up to at least
@@ -234,16 +356,37 @@ mod tests {
     fn pinned_blobs_are_never_evicted() {
         let (idx, mut rx) = BlobIndex::new(8 * 1024);
         idx.insert(d(0), 4 * 1024, now_secs());
-        assert!(idx.pin(&d(0)));
+        assert!(idx.hold(&d(0), Holder::Pin));
+        assert!(!idx.hold(&d(9), Holder::Pin), "not indexed, cannot be held");
+        idx.insert_held(d(7), 2 * 1024, Holder::Local);
+        assert!(idx.hold(&d(7), Holder::Pin));
         for n in 1..6 {
             idx.insert(d(n), 4 * 1024, now_secs());
         }
         while let Ok(ev) = rx.try_recv() {
-            assert_ne!(ev.digest, d(0));
+            assert!(ev.digest != d(0) && ev.digest != d(7));
         }
         assert_eq!(idx.get(&d(0)), Some(4 * 1024));
-        idx.unpin(&d(0));
+        assert_eq!(idx.held_by(Holder::Pin), (6 * 1024, 2));
+        assert_eq!(idx.held_by(Holder::Local), (2 * 1024, 1));
+        assert!(!idx.release(&d(7), Holder::Local), "still pinned");
+        assert!(idx.is_held_by(&d(7), Holder::Pin));
+        assert!(idx.release(&d(7), Holder::Pin));
+        assert!(!idx.is_held(&d(7)));
+        assert!(idx.release(&d(0), Holder::Pin));
         assert!(idx.contains(&d(0)));
+    }
+
+    #[test]
+    fn held_blobs_survive_the_budget_at_load() {
+        let (idx, _rx) = BlobIndex::new(4 * 1024);
+        let held = HashMap::from([(d(0), vec![Holder::Local])]);
+        let blobs = (0..4).map(|n| (d(n), 4 * 1024, u64::from(n)));
+        idx.load(blobs, &held);
+        assert!(idx.is_held_by(&d(0), Holder::Local));
+        assert!(idx.contains(&d(3)));
+        assert!(!idx.contains(&d(1)), "oldest unheld blob evicted");
+        assert_eq!(idx.bytes(), 8 * 1024);
     }
 
     #[test]

@@ -9,7 +9,19 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 /// Top-level entries hoard owns.
-pub const TOP_LEVEL: &[&str] = &["blobs", "manifests", "tags", "tmp", "quarantine", MARKER];
+/// `local/` holds local (pushed) repositories' records, `uploads/` their
+/// upload sessions, `pins/` the records of pinned images.
+pub const TOP_LEVEL: &[&str] = &[
+    "blobs",
+    "manifests",
+    "tags",
+    "tmp",
+    "quarantine",
+    "local",
+    "uploads",
+    "pins",
+    MARKER,
+];
 
 /// The file that marks a directory as a hoard cache.
 pub const MARKER: &str = "HOARD_CACHE";

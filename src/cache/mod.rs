@@ -24,6 +24,7 @@ mod reader;
 pub mod store;
 pub mod verify;
 
+use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -35,6 +36,7 @@ use crate::metrics::Metrics;
 use crate::oci::{Digest, RepoName};
 use crate::upstream::{self, FetchedManifest, Upstream};
 use fill::{Fills, Join};
+pub use index::Holder;
 use index::{BlobIndex, Evicted};
 pub use meta::{TagKey, TagRecord};
 use store::{BlobReader, BlobStore, FsStore};
@@ -82,6 +84,18 @@ impl Cache {
         max_size: u64,
         metrics: Arc<Metrics>,
     ) -> Result<Arc<Cache>, Error> {
+        Cache::open_holding(dir, max_size, metrics, &HashMap::new()).await
+    }
+
+    /// [`Cache::open`], with the blobs that local repositories and pins
+    /// hold (read from their records first) kept out of the budget from
+    /// the start.
+    pub async fn open_holding(
+        dir: &Path,
+        max_size: u64,
+        metrics: Arc<Metrics>,
+        held: &HashMap<Digest, Vec<Holder>>,
+    ) -> Result<Arc<Cache>, Error> {
         let started = std::time::Instant::now();
         let root = dir.to_owned();
         let tmp = root.join("tmp");
@@ -110,9 +124,14 @@ impl Cache {
                 .blobs
                 .iter()
                 .map(|b| (b.digest.clone(), b.size, b.last_use)),
+            held,
         );
         metrics.set_cache_limit(max_size);
         metrics.set_cache_size(blobs.bytes(), blobs.count());
+        for h in [Holder::Local, Holder::Pin] {
+            let (bytes, count) = blobs.held_by(h);
+            metrics.set_held(h, bytes, count);
+        }
         tracing::info!(
             blobs = listing.blobs.len(),
             bytes = blobs.bytes(),
@@ -155,14 +174,170 @@ impl Cache {
         self.fills.len()
     }
 
-    /// Keeps a blob out of the budget's reach (prefetched, pinned images).
-    pub fn pin(&self, digest: &Digest) -> bool {
-        self.blobs.pin(digest)
+    /// Where staged files (uploads, imports) must be written so that a
+    /// commit is a rename on the same filesystem. Cleaned at start.
+    pub fn tmp_dir(&self) -> &Path {
+        &self.tmp
     }
 
-    /// Gives a pinned blob back to the budget.
-    pub fn unpin(&self, digest: &Digest) {
-        self.blobs.unpin(digest)
+    /// A fresh, unique path in [`Cache::tmp_dir`].
+    pub fn temp_path(&self, what: &str) -> PathBuf {
+        atomic::temp_path(&self.tmp, what)
+    }
+
+    /// Keeps a cached blob out of the budget's reach for `holder`.
+    /// `false` when the blob is not in the cache.
+    pub fn hold(&self, digest: &Digest, holder: Holder) -> bool {
+        let held = self.blobs.hold(digest, holder);
+        self.update_size_metrics();
+        held
+    }
+
+    /// Whether `holder` keeps `digest`.
+    pub fn is_held_by(&self, digest: &Digest, holder: Holder) -> bool {
+        self.blobs.is_held_by(digest, holder)
+    }
+
+    /// Lets go of a blob for `holder`; with no holder left it returns to
+    /// the budget (and may be evicted like any cached blob).
+    pub fn release(&self, digest: &Digest, holder: Holder) {
+        self.blobs.release(digest, holder);
+        self.update_size_metrics();
+    }
+
+    /// Lets go of a blob for `holder` and, if nobody else holds it, deletes
+    /// it now (garbage collection of local content). Serialised with
+    /// commits: a blob committed and held again meanwhile is kept.
+    pub async fn release_and_reclaim(&self, digest: &Digest, holder: Holder) -> Result<u64, Error> {
+        let _held = self.store_lock.lock().await;
+        if !self.blobs.release(digest, holder) || self.blobs.is_held(digest) {
+            self.update_size_metrics();
+            return Ok(0);
+        }
+        let size = self.blobs.remove(digest).unwrap_or(0);
+        self.manifests.invalidate(digest);
+        self.store.remove(digest).await?;
+        self.update_size_metrics();
+        Ok(size)
+    }
+
+    /// Commits a staged file, already verified to hash to `digest` and
+    /// synced, straight into the held set for `holder` (a pushed layer, an
+    /// imported blob): the budget never gets a chance to evict it.
+    pub async fn commit_held(
+        &self,
+        digest: &Digest,
+        staged: &Path,
+        size: u64,
+        holder: Holder,
+    ) -> Result<(), Error> {
+        let result = {
+            let _held = self.store_lock.lock().await;
+            if self.blobs.hold(digest, holder) {
+                // Already there (same digest, same bytes): drop the copy.
+                let _ = tokio::fs::remove_file(staged).await;
+                Ok(())
+            } else {
+                self.store.commit(digest, staged).await.map(|()| {
+                    self.blobs.insert_held(digest.clone(), size, holder);
+                    if self.disk_full.swap(false, Ordering::Relaxed) {
+                        self.metrics.set_disk_full(false);
+                    }
+                })
+            }
+        };
+        self.update_size_metrics();
+        if let Err(e) = result {
+            let _ = tokio::fs::remove_file(staged).await;
+            fill::Committer::write_failed(self, &e, size);
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    /// Stores small verified content (a manifest's bytes) durably, held by
+    /// `holder` when given, else under the budget.
+    pub async fn store_bytes(
+        &self,
+        digest: &Digest,
+        bytes: Bytes,
+        holder: Option<Holder>,
+    ) -> Result<(), Error> {
+        if Digest::of(&bytes) != *digest {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "bytes do not match their digest",
+            )
+            .into());
+        }
+        if let Some(h) = holder {
+            if self.blobs.hold(digest, h) {
+                self.update_size_metrics();
+                return Ok(());
+            }
+        } else if self.blobs.contains(digest) {
+            return Ok(());
+        }
+        let tmp = atomic::temp_path(&self.tmp, "bytes");
+        let staged = tmp.clone();
+        let data = bytes.clone();
+        let written = tokio::task::spawn_blocking(move || -> io::Result<()> {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&staged)?;
+            f.write_all(&data)?;
+            f.sync_all()
+        })
+        .await
+        .map_err(io::Error::other)
+        .and_then(|r| r);
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&tmp);
+            fill::Committer::write_failed(self, &e, bytes.len() as u64);
+            return Err(e.into());
+        }
+        match holder {
+            Some(h) => {
+                self.commit_held(digest, &tmp, bytes.len() as u64, h)
+                    .await?
+            }
+            None => {
+                if let Err(e) =
+                    fill::Committer::commit(self, digest, &tmp, bytes.len() as u64).await
+                {
+                    let _ = std::fs::remove_file(&tmp);
+                    fill::Committer::write_failed(self, &e, bytes.len() as u64);
+                    return Err(e.into());
+                }
+            }
+        }
+        self.manifests.insert(digest.clone(), bytes);
+        Ok(())
+    }
+
+    /// Reads a whole cached blob that is known to be small (a manifest or
+    /// a config), verifying it against its digest. `None` when absent or
+    /// damaged (a damaged copy is dropped).
+    pub async fn read_small(&self, digest: &Digest) -> Result<Option<Bytes>, Error> {
+        if let Some(b) = self.manifests.get(digest) {
+            return Ok(Some(b));
+        }
+        let Some(size) = self.blob_size(digest) else {
+            return Ok(None);
+        };
+        let Some(mut reader) = self.open_blob(digest, 0, size).await? else {
+            return Ok(None);
+        };
+        let mut buf = Vec::with_capacity(size as usize);
+        tokio::io::AsyncReadExt::read_to_end(&mut reader, &mut buf).await?;
+        let bytes = Bytes::from(buf);
+        if Digest::of(&bytes) != *digest {
+            tracing::error!(%digest, "cached content is corrupt; dropping it");
+            self.forget(digest);
+            let _ = self.store.remove(digest).await;
+            return Ok(None);
+        }
+        self.manifests.insert(digest.clone(), bytes.clone());
+        Ok(Some(bytes))
     }
 
     /// Whether the cache can take new content: its directory is writable and
@@ -242,26 +417,7 @@ impl Cache {
         let Some(media_type) = self.meta.manifest_type(digest) else {
             return Ok(None);
         };
-        if let Some(b) = self.manifests.get(digest) {
-            return Ok(Some((b, media_type)));
-        }
-        let Some(size) = self.blob_size(digest) else {
-            return Ok(None);
-        };
-        let Some(mut reader) = self.open_blob(digest, 0, size).await? else {
-            return Ok(None);
-        };
-        let mut buf = Vec::with_capacity(size as usize);
-        tokio::io::AsyncReadExt::read_to_end(&mut reader, &mut buf).await?;
-        let bytes = Bytes::from(buf);
-        if Digest::of(&bytes) != *digest {
-            tracing::error!(%digest, "cached manifest is corrupt; dropping it");
-            self.forget(digest);
-            let _ = self.store.remove(digest).await;
-            return Ok(None);
-        }
-        self.manifests.insert(digest.clone(), bytes.clone());
-        Ok(Some((bytes, media_type)))
+        Ok(self.read_small(digest).await?.map(|b| (b, media_type)))
     }
 
     /// Stores a fetched manifest (its digest is that of its bytes).
@@ -269,28 +425,7 @@ impl Cache {
         if self.meta.manifest_type(&m.digest).is_some() && self.blobs.contains(&m.digest) {
             return Ok(());
         }
-        let tmp = atomic::temp_path(&self.tmp, "manifest");
-        let bytes = m.bytes.clone();
-        let staged = tmp.clone();
-        let written = tokio::task::spawn_blocking(move || -> io::Result<()> {
-            use std::io::Write;
-            let mut f = std::fs::File::create(&staged)?;
-            f.write_all(&bytes)?;
-            f.sync_all()
-        })
-        .await
-        .map_err(io::Error::other)
-        .and_then(|r| r);
-        let committed = match written {
-            Ok(()) => fill::Committer::commit(self, &m.digest, &tmp, m.bytes.len() as u64).await,
-            Err(e) => Err(e),
-        };
-        if let Err(e) = committed {
-            let _ = std::fs::remove_file(&tmp);
-            fill::Committer::write_failed(self, &e, m.bytes.len() as u64);
-            return Err(e.into());
-        }
-        self.manifests.insert(m.digest.clone(), m.bytes.clone());
+        self.store_bytes(&m.digest, m.bytes.clone(), None).await?;
         self.blocking_meta(
             |meta, (d, t)| meta.put_manifest_type(&d, &t),
             (m.digest.clone(), m.media_type.clone()),
@@ -342,6 +477,10 @@ impl Cache {
     fn update_size_metrics(&self) {
         self.metrics
             .set_cache_size(self.blobs.bytes(), self.blobs.count());
+        for h in [Holder::Local, Holder::Pin] {
+            let (bytes, count) = self.blobs.held_by(h);
+            self.metrics.set_held(h, bytes, count);
+        }
     }
 
     /// Deletes an evicted blob's file, unless it was committed again since.

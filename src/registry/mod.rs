@@ -102,7 +102,7 @@ impl Registry {
         let method = req.method();
         let head = method == Method::HEAD;
         let route = Route::parse(req.uri().path());
-        if matches!(route, Route::Upload) {
+        if matches!(route, Route::Uploads { .. } | Route::Upload { .. }) {
             return Err(ApiError::new(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "UNSUPPORTED",
@@ -157,8 +157,10 @@ impl Registry {
                     .map(|v| v.to_str().unwrap_or("invalid"));
                 blobs::get(self, &target, digest, range, head).await
             }
-            Route::Upload => Err(ApiError::method_not_allowed()),
-            Route::Unknown => Err(ApiError::not_found_route()),
+            Route::Uploads { .. } | Route::Upload { .. } => Err(ApiError::method_not_allowed()),
+            Route::Referrers { .. } | Route::Token | Route::Admin { .. } | Route::Unknown => {
+                Err(ApiError::not_found_route())
+            }
         }?;
         if let Some(ns) = ns {
             if let Ok(v) = HeaderValue::from_str(ns) {

@@ -31,8 +31,35 @@ pub enum Route<'a> {
         /// Digest.
         digest: &'a str,
     },
-    /// Push endpoints: not supported by a read-only mirror.
-    Upload,
+    /// `/v2/<name>/blobs/uploads/`: starts an upload (POST), monolithic
+    /// with `?digest=`, or a cross-repository mount with `?mount=&from=`.
+    Uploads {
+        /// Repository name.
+        name: &'a str,
+    },
+    /// `/v2/<name>/blobs/uploads/<id>`: an upload session (GET status,
+    /// PATCH a chunk, PUT to finish, DELETE to cancel).
+    Upload {
+        /// Repository name.
+        name: &'a str,
+        /// Session id as sent (validated by the upload handler).
+        id: &'a str,
+    },
+    /// `/v2/<name>/referrers/<digest>`: the OCI 1.1 referrers API.
+    Referrers {
+        /// Repository name.
+        name: &'a str,
+        /// Digest of the subject manifest.
+        digest: &'a str,
+    },
+    /// `/token`: hoard's own Bearer token issuer (the realm of its
+    /// `WWW-Authenticate` challenge).
+    Token,
+    /// `/_hoard/<rest>`: the operator API (prefetch, pins, listing).
+    Admin {
+        /// What follows `/_hoard/`.
+        rest: &'a str,
+    },
     /// `/metrics`.
     Metrics,
     /// `/healthz`.
@@ -52,7 +79,11 @@ impl<'a> Route<'a> {
             "/metrics" => return Route::Metrics,
             "/healthz" => return Route::Health,
             "/readyz" => return Route::Ready,
+            "/token" => return Route::Token,
             _ => {}
+        }
+        if let Some(rest) = path.strip_prefix("/_hoard/") {
+            return Route::Admin { rest };
         }
         let Some(rest) = path.strip_prefix("/v2/") else {
             return Route::Unknown;
@@ -60,8 +91,17 @@ impl<'a> Route<'a> {
         if let Some(name) = rest.strip_suffix("/tags/list") {
             return Route::Tags { name };
         }
-        if rest.contains("/blobs/uploads") {
-            return Route::Upload;
+        if let Some(name) = rest
+            .strip_suffix("/blobs/uploads/")
+            .or_else(|| rest.strip_suffix("/blobs/uploads"))
+        {
+            return Route::Uploads { name };
+        }
+        if let Some((name, id)) = rest.rsplit_once("/blobs/uploads/") {
+            if id.is_empty() || id.contains('/') {
+                return Route::Unknown;
+            }
+            return Route::Upload { name, id };
         }
         let Some((head, last)) = rest.rsplit_once('/') else {
             return Route::Unknown;
@@ -75,6 +115,7 @@ impl<'a> Route<'a> {
                 reference: last,
             },
             "blobs" => Route::Blob { name, digest: last },
+            "referrers" => Route::Referrers { name, digest: last },
             _ => Route::Unknown,
         }
     }
@@ -137,7 +178,31 @@ mod tests {
             }
         );
         assert_eq!(Route::parse("/v2/a/tags/list"), Route::Tags { name: "a" });
-        assert_eq!(Route::parse("/v2/a/blobs/uploads/"), Route::Upload);
+        assert_eq!(
+            Route::parse("/v2/a/b/blobs/uploads/"),
+            Route::Uploads { name: "a/b" }
+        );
+        assert_eq!(
+            Route::parse("/v2/a/blobs/uploads"),
+            Route::Uploads { name: "a" }
+        );
+        assert_eq!(
+            Route::parse("/v2/a/b/blobs/uploads/3f2a-11"),
+            Route::Upload {
+                name: "a/b",
+                id: "3f2a-11"
+            }
+        );
+        assert_eq!(Route::parse("/v2/a/blobs/uploads/x/y"), Route::Unknown);
+        assert_eq!(
+            Route::parse("/v2/a/referrers/sha256:x"),
+            Route::Referrers {
+                name: "a",
+                digest: "sha256:x"
+            }
+        );
+        assert_eq!(Route::parse("/token"), Route::Token);
+        assert_eq!(Route::parse("/_hoard/pins"), Route::Admin { rest: "pins" });
         assert_eq!(Route::parse("/readyz"), Route::Ready);
         assert_eq!(Route::parse("/v2/a"), Route::Unknown);
         assert_eq!(Route::parse("/etc/passwd"), Route::Unknown);

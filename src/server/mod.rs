@@ -213,6 +213,17 @@ async fn accept_opt(listener: Option<&TcpListener>) -> std::io::Result<(TcpStrea
 
 /// One of the `max_connections` slots, held for a connection's life; keeps
 /// `hoard_connections_open` equal to the slots in use.
+/// Who is on the other end of a request's connection, as a request
+/// extension: failed-login rate limits key on the peer address, loopback-only
+/// admin endpoints check it, and token realms need the scheme.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnInfo {
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// Whether the connection is TLS.
+    pub tls: bool,
+}
+
 struct Slot {
     _permit: OwnedSemaphorePermit,
     metrics: Arc<Metrics>,
@@ -291,8 +302,8 @@ impl ConnCtx {
                 };
                 match sniffed {
                     Sniffed::TlsHello => sniff::reject_tls(stream).await,
-                    Sniffed::Http1 => self.http(stream, false, peer, watcher).await,
-                    Sniffed::Http2 => self.http(stream, true, peer, watcher).await,
+                    Sniffed::Http1 => self.http(stream, false, peer, false, watcher).await,
+                    Sniffed::Http2 => self.http(stream, true, peer, false, watcher).await,
                     Sniffed::Closed => {}
                     Sniffed::TimedOut => {
                         tracing::debug!(%peer, "no request within header_read_timeout; closing");
@@ -311,7 +322,7 @@ impl ConnCtx {
                 match done {
                     Ok(Ok(tls)) => {
                         let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
-                        self.http(tls, h2, peer, watcher).await;
+                        self.http(tls, h2, peer, true, watcher).await;
                     }
                     // Scanners and clients that distrust the certificate end
                     // here; their side of the story is in their own logs.
@@ -323,13 +334,14 @@ impl ConnCtx {
     }
 
     /// Serves HTTP on an established stream under graceful shutdown.
-    async fn http<I>(&self, io: I, h2: bool, peer: SocketAddr, watcher: Watcher)
+    async fn http<I>(&self, io: I, h2: bool, peer: SocketAddr, tls: bool, watcher: Watcher)
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let registry = self.registry.clone();
-        let service = service_fn(move |req| {
+        let service = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
             let registry = registry.clone();
+            req.extensions_mut().insert(ConnInfo { peer, tls });
             async move { Ok::<_, Infallible>(registry.handle(req).await) }
         });
         let builder = if h2 { &self.h2 } else { &self.h1 };
