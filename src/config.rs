@@ -87,6 +87,9 @@ pub struct Config {
     pub tls: Option<TlsConfig>,
     /// Configured upstream registries by name.
     pub upstreams: BTreeMap<String, UpstreamConfig>,
+    /// Access control (`[auth]`); off when absent.
+    #[serde(default)]
+    pub auth: Option<crate::auth::AuthConfig>,
 }
 
 /// A TLS listener beside the plain one.
@@ -250,6 +253,9 @@ impl Config {
         }
         if self.cache_dir.as_os_str().is_empty() {
             return Err(invalid("cache_dir", "must not be empty".into()));
+        }
+        if let Some(auth) = &self.auth {
+            auth.validate()?;
         }
         for (name, up) in &self.upstreams {
             let key = |k: &str| format!("upstreams.\"{name}\".{k}");

@@ -26,6 +26,8 @@ pub struct ApiError {
     pub message: String,
     /// `Content-Range: bytes */size` for 416 answers.
     pub range_size: Option<u64>,
+    /// `WWW-Authenticate` for 401 and 403 answers of access control.
+    pub challenge: Option<String>,
 }
 
 impl ApiError {
@@ -36,6 +38,7 @@ impl ApiError {
             code,
             message: message.into(),
             range_size: None,
+            challenge: None,
         }
     }
 
@@ -114,6 +117,13 @@ impl ApiError {
             if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
                 h.insert(header::CONTENT_RANGE, v);
             }
+        }
+        if let Some(v) = self
+            .challenge
+            .as_deref()
+            .and_then(|c| HeaderValue::from_str(c).ok())
+        {
+            h.insert(header::WWW_AUTHENTICATE, v);
         }
         if self.status == StatusCode::TOO_MANY_REQUESTS
             || self.status == StatusCode::SERVICE_UNAVAILABLE

@@ -6,6 +6,7 @@
 //! what it has seen with the upstream gone.
 //!
 //! # Layout
+//! - [`auth`]: access control: htpasswd users, rules, hoard's own tokens.
 //! - [`config`]: `mirror.toml` -> validated [`Config`].
 //! - [`error`]: the API error, mapped once to HTTP status and OCI code.
 //! - [`metrics`]: Prometheus metrics on hoard's own registry.
@@ -15,6 +16,7 @@
 //! - [`cache`]: content-addressed store, tag records, in-flight fills, index.
 //! - [`server`]: listeners (plain and TLS), connection limits, graceful shutdown.
 
+pub mod auth;
 pub mod body;
 pub mod cache;
 pub mod commands;
@@ -98,12 +100,10 @@ pub async fn run_listeners(
     let cache =
         cache::Cache::open(&config.cache_dir, config.max_size.as_u64(), metrics.clone()).await?;
     let limits = server::Limits::from_config(&config);
-    let registry = Arc::new(registry::Registry::new(
-        config,
-        upstreams,
-        cache.clone(),
-        metrics.clone(),
-    ));
+    let auth = auth::Auth::from_config(config.auth.as_ref(), metrics.clone())?;
+    let registry = Arc::new(
+        registry::Registry::new(config, upstreams, cache.clone(), metrics.clone()).with_auth(auth),
+    );
     if let Ok(addr) = plain.local_addr() {
         tracing::info!(%addr, scheme = "http", "hoard listening");
     }

@@ -89,6 +89,25 @@ impl FillResult {
     }
 }
 
+/// An access-control outcome (see `src/auth`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthOutcome {
+    /// A user name and password were accepted.
+    LoginOk,
+    /// A user name and password were refused (unknown user or wrong password).
+    LoginFailed,
+    /// A login was refused unchecked: too many recent failures.
+    LoginRateLimited,
+    /// `/token` issued a token.
+    TokenIssued,
+    /// A Bearer token was refused (forged, expired, malformed).
+    TokenRefused,
+    /// A request without valid credentials was answered 401.
+    Unauthenticated,
+    /// A known user was answered 403: the rules do not allow it.
+    Forbidden,
+}
+
 /// All of hoard's metrics.
 pub struct Metrics {
     registry: Registry,
@@ -115,6 +134,9 @@ pub struct Metrics {
     ratelimit_limit: IntGaugeVec,
     connections_open: IntGauge,
     connections_rejected: IntCounter,
+    auth_logins: IntCounterVec,
+    auth_tokens: IntCounterVec,
+    auth_denied: IntCounterVec,
 }
 
 impl Metrics {
@@ -211,7 +233,25 @@ impl Metrics {
                 .expect("metric registered once");
             g
         };
+        let auth_logins = counter(
+            "hoard_auth_logins_total",
+            "Password checks (Basic credentials, also at /token), by result: ok, failed, rate_limited.",
+            &["result"],
+        );
+        let auth_tokens = counter(
+            "hoard_auth_tokens_total",
+            "Bearer tokens issued by /token or refused on a request (forged, expired).",
+            &["result"],
+        );
+        let auth_denied = counter(
+            "hoard_auth_denied_total",
+            "Requests refused by access control: unauthenticated (401) or forbidden (403).",
+            &["reason"],
+        );
         Metrics {
+            auth_logins,
+            auth_tokens,
+            auth_denied,
             cache_limit: gauge("hoard_cache_limit_bytes", "The disk budget (max_size)."),
             evictions: plain_counter("hoard_evictions_total", "Blobs evicted to stay within max_size or to free a full disk."),
             evicted_bytes: plain_counter("hoard_evicted_bytes_total", "Bytes evicted."),
@@ -373,6 +413,21 @@ impl Metrics {
     /// Counts a connection refused for being over max_connections.
     pub fn connection_rejected(&self) {
         self.connections_rejected.inc();
+    }
+
+    /// Counts an access-control outcome.
+    pub fn auth(&self, outcome: AuthOutcome) {
+        use AuthOutcome as A;
+        let (vec, label) = match outcome {
+            A::LoginOk => (&self.auth_logins, "ok"),
+            A::LoginFailed => (&self.auth_logins, "failed"),
+            A::LoginRateLimited => (&self.auth_logins, "rate_limited"),
+            A::TokenIssued => (&self.auth_tokens, "issued"),
+            A::TokenRefused => (&self.auth_tokens, "refused"),
+            A::Unauthenticated => (&self.auth_denied, "unauthenticated"),
+            A::Forbidden => (&self.auth_denied, "forbidden"),
+        };
+        vec.with_label_values(&[label]).inc();
     }
 
     /// Observes the time to answer a client.

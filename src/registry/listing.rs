@@ -80,11 +80,13 @@ pub async fn tags(
 }
 
 /// `GET /v2/_catalog`: repositories with cached tags, named as a client
-/// would pull them (path-prefixed for upstreams other than the default).
+/// would pull them (path-prefixed for upstreams other than the default),
+/// and only those the client may pull.
 pub fn catalog(
     reg: &Registry,
     query: Option<&str>,
     head: bool,
+    grant: &crate::auth::Grant,
 ) -> Result<Response<Body>, ApiError> {
     let (n, last) = pagination(query)?;
     let mut names: Vec<String> = reg
@@ -98,6 +100,7 @@ pub fn catalog(
                 format!("{up}/{repo}")
             }
         })
+        .filter(|name| grant.may_pull(name))
         .collect();
     names.sort();
     names.dedup();

@@ -4,6 +4,7 @@
 //! [`Cache`] and [`Upstream`](crate::upstream::Upstream). Every error goes
 //! through [`ApiError`], which picks the status and OCI code in one place.
 
+pub mod access;
 mod blobs;
 mod listing;
 mod manifests;
@@ -42,6 +43,8 @@ pub struct Registry {
     metrics: Arc<Metrics>,
     /// One revalidation or fetch per tag at a time; idle locks expire.
     tag_locks: moka::sync::Cache<TagKey, Arc<tokio::sync::Mutex<()>>>,
+    /// Access control; checked before any handler runs.
+    auth: crate::auth::Auth,
 }
 
 impl Registry {
@@ -61,7 +64,14 @@ impl Registry {
             tag_locks: moka::sync::Cache::builder()
                 .time_to_idle(Duration::from_secs(120))
                 .build(),
+            auth: crate::auth::Auth::off(),
         }
+    }
+
+    /// Puts requests under `auth` (the default is [`crate::auth::Auth::off`]).
+    pub fn with_auth(mut self, auth: crate::auth::Auth) -> Registry {
+        self.auth = auth;
+        self
     }
 
     /// Answers one request. Never fails: errors become OCI error responses.
@@ -102,6 +112,7 @@ impl Registry {
         let method = req.method();
         let head = method == Method::HEAD;
         let route = Route::parse(req.uri().path());
+        let grant = self.auth.authorize(req, &route, ns).await?;
         if matches!(route, Route::Uploads { .. } | Route::Upload { .. }) {
             return Err(ApiError::new(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -138,7 +149,7 @@ impl Registry {
                 );
                 Ok(r)
             }
-            Route::Catalog => listing::catalog(self, req.uri().query(), head),
+            Route::Catalog => listing::catalog(self, req.uri().query(), head, &grant),
             Route::Tags { name } => {
                 let target = resolve::resolve(self, name, ns)?;
                 listing::tags(self, &target, name, req.uri().query(), head).await
@@ -158,7 +169,8 @@ impl Registry {
                 blobs::get(self, &target, digest, range, head).await
             }
             Route::Uploads { .. } | Route::Upload { .. } => Err(ApiError::method_not_allowed()),
-            Route::Referrers { .. } | Route::Token | Route::Admin { .. } | Route::Unknown => {
+            Route::Token => self.auth.token_endpoint(req, head).await,
+            Route::Referrers { .. } | Route::Admin { .. } | Route::Unknown => {
                 Err(ApiError::not_found_route())
             }
         }?;

@@ -1,0 +1,86 @@
+//! Failed-login limits: after `max_failures` failures within
+//! `failure_window` from one client address, or for one user name, further
+//! logins are refused without looking at the password.
+//!
+//! Counting per address stops one client guessing; counting per name stops
+//! many addresses guessing one password. Unknown names are counted like
+//! known ones, so the limit reveals nothing about which names exist. The
+//! refusal happens before bcrypt runs, so a flood of guesses cannot eat the
+//! CPU either.
+
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What is counted.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Key {
+    Peer(IpAddr),
+    User(String),
+}
+
+/// Fixed windows of failure counts; an entry expires `window` after the
+/// first failure it counts.
+pub struct FailureLimit {
+    max: u32,
+    counts: moka::sync::Cache<Key, Arc<AtomicU32>>,
+}
+
+impl FailureLimit {
+    /// `max` failures per `window`.
+    pub fn new(max: u32, window: Duration) -> FailureLimit {
+        FailureLimit {
+            max,
+            counts: moka::sync::Cache::builder()
+                .time_to_live(window)
+                // Bounded, so a spray of names cannot grow memory without end.
+                .max_capacity(100_000)
+                .build(),
+        }
+    }
+
+    /// Whether a login from `peer` as `user` is refused for now.
+    pub fn limited(&self, peer: Option<IpAddr>, user: &str) -> bool {
+        let over = |k: Key| {
+            self.counts
+                .get(&k)
+                .is_some_and(|c| c.load(Ordering::Relaxed) >= self.max)
+        };
+        peer.is_some_and(|p| over(Key::Peer(p))) || over(Key::User(user.to_owned()))
+    }
+
+    /// Counts a failed login.
+    pub fn failed(&self, peer: Option<IpAddr>, user: &str) {
+        let keys = peer
+            .map(Key::Peer)
+            .into_iter()
+            .chain(std::iter::once(Key::User(user.to_owned())));
+        for k in keys {
+            self.counts
+                .get_with(k, || Arc::new(AtomicU32::new(0)))
+                .fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_per_peer_and_per_user() {
+        let l = FailureLimit::new(2, Duration::from_secs(60));
+        let a: IpAddr = "127.0.0.1".parse().unwrap();
+        let b: IpAddr = "127.0.0.2".parse().unwrap();
+        l.failed(Some(a), "alice");
+        assert!(!l.limited(Some(a), "bob"));
+        l.failed(Some(a), "bob");
+        // Peer a is over; another peer for another user is not.
+        assert!(l.limited(Some(a), "carol"));
+        assert!(!l.limited(Some(b), "carol"));
+        l.failed(Some(b), "alice");
+        // alice failed from a and b: the name is over on any address.
+        assert!(l.limited(Some("127.0.0.3".parse().unwrap()), "alice"));
+    }
+}
