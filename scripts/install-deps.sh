@@ -12,6 +12,8 @@
 set -euo pipefail
 
 packages=(docker-registry skopeo containerd runc openssl curl ca-certificates python3 mount prometheus)
+# tests/e2e/auth.py: htpasswd -B (apache2-utils) makes the user file, podman logs in and pushes.
+packages+=(apache2-utils podman)
 
 missing=()
 for pkg in "${packages[@]}"; do

@@ -424,6 +424,15 @@ async fn bearer_flow_with_scope_intersection() {
         .await
         .unwrap();
     assert_oci_error(resp, 401, &["UNAUTHORIZED"]).await;
+    // The OAuth2 POST form is not spoken: 404 tells clients to use GET.
+    let resp = env
+        .req(reqwest::Method::POST, "/token")
+        .basic_auth("alice", Some("a-pw"))
+        .body("grant_type=password&service=hoard&scope=repository:team/app:pull")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
     let m = env.mirror.metrics().await;
     assert!(m.sum("hoard_auth_tokens_total", &[("result", "issued")]) >= 5.0);
 }

@@ -226,15 +226,19 @@ impl Auth {
         Err(e)
     }
 
-    /// Answers `GET /token` (404 when access control is off).
+    /// Answers `GET /token`. 404 when access control is off, and for the
+    /// OAuth2 `POST` form, which clients then retry as `GET` (the token
+    /// spec's "404 means use GET").
     pub async fn token_endpoint<B>(
         &self,
         req: &Request<B>,
-        head: bool,
     ) -> Result<http::Response<crate::body::Body>, ApiError> {
+        let head = req.method() == http::Method::HEAD;
         match &self.policy {
-            None => Err(ApiError::not_found_route()),
-            Some(p) => endpoint::issue(p, req, head).await,
+            Some(p) if req.method() == http::Method::GET || head => {
+                endpoint::issue(p, req, head).await
+            }
+            _ => Err(ApiError::not_found_route()),
         }
     }
 }

@@ -113,6 +113,9 @@ impl Registry {
         let head = method == Method::HEAD;
         let route = Route::parse(req.uri().path());
         let grant = self.auth.authorize(req, &route, ns).await?;
+        if route == Route::Token {
+            return self.auth.token_endpoint(req).await;
+        }
         if matches!(route, Route::Uploads { .. } | Route::Upload { .. }) {
             return Err(ApiError::new(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -169,8 +172,7 @@ impl Registry {
                 blobs::get(self, &target, digest, range, head).await
             }
             Route::Uploads { .. } | Route::Upload { .. } => Err(ApiError::method_not_allowed()),
-            Route::Token => self.auth.token_endpoint(req, head).await,
-            Route::Referrers { .. } | Route::Admin { .. } | Route::Unknown => {
+            Route::Referrers { .. } | Route::Token | Route::Admin { .. } | Route::Unknown => {
                 Err(ApiError::not_found_route())
             }
         }?;

@@ -67,7 +67,7 @@ def mirror_keys():
                 section = None
             if section is not None:
                 table = m.group(1)
-                if section == "tls" or section == "top":
+                if section in ("tls", "auth", "top"):
                     keys["top"].add(section)
                 keys.setdefault(section, set())
                 in_list = False
@@ -117,6 +117,7 @@ def documented_rows(sections, marker):
 
 
 SECTION_MARKERS = {"top": "Top-level", "tls": "[tls]", "upstreams": "[upstreams."}
+SECTION_MARKERS["auth"] = "[auth]"
 
 
 def check_config_doc():
