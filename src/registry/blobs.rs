@@ -25,7 +25,10 @@ pub async fn get(
     range_header: Option<&str>,
     head: bool,
 ) -> Result<Response<Body>, ApiError> {
-    let result = serve(reg, target, &digest, range_header, head).await;
+    let result = match private_check(reg, target, &digest).await {
+        Ok(()) => serve(reg, target, &digest, range_header, head).await,
+        Err(e) => Err(e),
+    };
     match result {
         Ok((mut r, outcome)) => {
             reg.metrics.request(Kind::Blob, outcome);
@@ -99,6 +102,18 @@ async fn serve(
         return Ok((response(digest, size, range, body::stream(stream)), outcome));
     }
     Err(ApiError::internal("blob lookup did not settle", digest))
+}
+
+/// Pushed content is private to the local repositories that link it: the
+/// store is shared, but an upstream name serves a blob that a push holds
+/// only when that upstream confirms it has the blob too (a base layer both
+/// pushed and pulled), so a digest alone cannot read a private layer.
+async fn private_check(reg: &Registry, target: &Target, digest: &Digest) -> Result<(), ApiError> {
+    use crate::cache::Holder;
+    if reg.cache.is_held_by(digest, Holder::Local) && !reg.cache.is_held_by(digest, Holder::Pin) {
+        upstream_size(target, digest).await?;
+    }
+    Ok(())
 }
 
 /// Streams `range` of a stored blob of `size` bytes; `None` when its

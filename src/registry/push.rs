@@ -161,6 +161,8 @@ fn progress(status: StatusCode, s: &Session, size: u64) -> Response<Body> {
     let mut r = Response::new(body::empty());
     *r.status_mut() = status;
     session_headers(&mut r, s, size);
+    r.headers_mut()
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(0));
     r
 }
 
@@ -173,7 +175,6 @@ fn session_headers(r: &mut Response<Body>, s: &Session, size: u64) {
     );
     set(h, header::RANGE, &format!("0-{}", size.saturating_sub(1)));
     set(h, "docker-upload-uuid", &s.id);
-    h.insert(header::CONTENT_LENGTH, HeaderValue::from(0));
 }
 
 fn set<K: header::IntoHeaderName>(h: &mut http::HeaderMap, k: K, v: &str) {
