@@ -1,9 +1,9 @@
 //! The online garbage collector of local repositories.
 //!
 //! Mark: every blob a repository's manifests reference (config, layers,
-//! children, the manifests themselves) stays linked there; a blob linked
-//! less than `gc_grace` ago stays too (an upload whose manifest has not
-//! arrived yet). Sweep: other links are dropped, and a blob no repository
+//! children, the manifests themselves) stays linked there; a blob linked or
+//! looked at (`HEAD`) less than `gc_grace` ago stays too (an upload, or a
+//! layer a client found present, whose manifest has not arrived yet). Sweep: other links are dropped, and a blob no repository
 //! links any more is released from [`Holder::Local`] and deleted unless
 //! something else (a pin) holds it. Pulls and uploads go on meanwhile;
 //! only record changes wait for the sweep (they take the same `commit`
@@ -32,6 +32,11 @@ impl Local {
         let _order = self.commit.lock().await;
         let now = now_secs();
         let grace = self.config.gc_grace.as_secs();
+        let seen = {
+            let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+            seen.retain(|_, at| now.saturating_sub(*at) < grace);
+            seen.clone()
+        };
         let before: BTreeSet<Digest> = self
             .read()
             .values()
@@ -43,9 +48,11 @@ impl Local {
             .filter_map(|(name, repo)| {
                 let keep = repo.referenced();
                 let mut swept = repo.clone();
-                swept
-                    .blobs
-                    .retain(|d, l| keep.contains(d) || now.saturating_sub(l.linked_at) < grace);
+                swept.blobs.retain(|d, l| {
+                    keep.contains(d)
+                        || now.saturating_sub(l.linked_at) < grace
+                        || seen.contains_key(d)
+                });
                 (swept != *repo).then(|| (name.clone(), swept))
             })
             .collect();

@@ -94,6 +94,11 @@ pub struct Local {
     commit: tokio::sync::Mutex<()>,
     /// Open upload sessions.
     pub uploads: Uploads,
+    /// Blobs a client looked at recently (`HEAD` before deciding not to
+    /// upload them), unix seconds: the GC keeps them like fresh links, so a
+    /// push that found a layer present can still reference it.
+    /// std lock: map operations only.
+    seen: std::sync::Mutex<HashMap<Digest, u64>>,
     /// Wakes the GC early (after a delete).
     gc_wake: Arc<tokio::sync::Notify>,
 }
@@ -154,6 +159,7 @@ impl Local {
             repos: RwLock::new(loaded.repos),
             commit: tokio::sync::Mutex::new(()),
             uploads,
+            seen: std::sync::Mutex::new(HashMap::new()),
             gc_wake: Arc::new(tokio::sync::Notify::new()),
         }))
     }
@@ -186,9 +192,14 @@ impl Local {
     }
 
     /// The size of a blob `name` may serve, when linked and in the store.
+    /// Counts as a use for the GC's grace period.
     pub fn blob(&self, name: &RepoName, digest: &Digest) -> Option<u64> {
         self.read().get(name)?.blobs.get(digest)?;
-        self.cache.blob_size(digest)
+        let size = self.cache.blob_size(digest)?;
+        if let Ok(mut seen) = self.seen.lock() {
+            seen.insert(digest.clone(), now_secs());
+        }
+        Some(size)
     }
 
     /// A manifest of `name` by tag or digest: its digest, media type and bytes.
