@@ -85,6 +85,9 @@ pub struct Config {
     pub max_header_bytes: usize,
     /// TLS listener (optional).
     pub tls: Option<TlsConfig>,
+    /// Local (pushed) repositories beside the mirror.
+    #[serde(default)]
+    pub local: crate::local::LocalConfig,
     /// Configured upstream registries by name.
     pub upstreams: BTreeMap<String, UpstreamConfig>,
     /// Access control (`[auth]`); off when absent.
@@ -251,6 +254,9 @@ impl Config {
                 "must be more than 0s".into(),
             ));
         }
+        self.local
+            .validate()
+            .map_err(|(key, msg)| ConfigError::Invalid { key, msg })?;
         if self.cache_dir.as_os_str().is_empty() {
             return Err(invalid("cache_dir", "must not be empty".into()));
         }

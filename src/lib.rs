@@ -14,6 +14,7 @@
 //! - [`registry`]: the `/v2` protocol: routing and the cache policy.
 //! - [`upstream`]: the client for configured registries (tokens, redirects).
 //! - [`cache`]: content-addressed store, tag records, in-flight fills, index.
+//! - [`local`]: pushed repositories: uploads, manifests, records, GC.
 //! - [`server`]: listeners (plain and TLS), connection limits, graceful shutdown.
 
 pub mod auth;
@@ -22,6 +23,7 @@ pub mod cache;
 pub mod commands;
 pub mod config;
 pub mod error;
+pub mod local;
 pub mod metrics;
 pub mod oci;
 pub mod registry;
@@ -42,6 +44,9 @@ pub enum Error {
     /// Opening the cache.
     #[error("cannot open the cache directory: {0}")]
     Cache(#[from] cache::Error),
+    /// Loading local repositories' records.
+    #[error("cannot open local repositories: {0}")]
+    Local(#[from] local::Error),
     /// Loading the TLS certificate or key (the message names the key and file).
     #[error(transparent)]
     Tls(#[from] server::TlsError),
@@ -97,12 +102,29 @@ pub async fn run_listeners(
     };
     let metrics = Arc::new(metrics::Metrics::new());
     let upstreams = upstream::Upstreams::new(&config, metrics.clone())?;
-    let cache =
-        cache::Cache::open(&config.cache_dir, config.max_size.as_u64(), metrics.clone()).await?;
+    // Local records first: the cache must know what they hold before it
+    // applies its budget to what it finds on disk.
+    let loaded = local::Local::load(&config.cache_dir).await?;
+    let cache = cache::Cache::open_holding(
+        &config.cache_dir,
+        config.max_size.as_u64(),
+        metrics.clone(),
+        &loaded.held(),
+    )
+    .await?;
+    let local = local::Local::open(
+        loaded,
+        config.local.clone(),
+        &config.cache_dir,
+        cache.clone(),
+        metrics.clone(),
+    )?;
+    local.spawn_background();
     let limits = server::Limits::from_config(&config);
     let auth = auth::Auth::from_config(config.auth.as_ref(), metrics.clone())?;
     let registry = Arc::new(
-        registry::Registry::new(config, upstreams, cache.clone(), metrics.clone()).with_auth(auth),
+        registry::Registry::new(config, upstreams, cache.clone(), local, metrics.clone())
+            .with_auth(auth),
     );
     if let Ok(addr) = plain.local_addr() {
         tracing::info!(%addr, scheme = "http", "hoard listening");

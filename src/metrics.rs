@@ -137,6 +137,10 @@ pub struct Metrics {
     auth_logins: IntCounterVec,
     auth_tokens: IntCounterVec,
     auth_denied: IntCounterVec,
+    push_bytes: IntCounter,
+    blob_mounts: IntCounter,
+    gc_blobs: IntCounter,
+    gc_bytes: IntCounter,
 }
 
 impl Metrics {
@@ -267,6 +271,10 @@ impl Metrics {
                 &["upstream"],
             ),
             connections_open: gauge("hoard_connections_open", "Client connections open now."),
+            push_bytes: plain_counter("hoard_push_bytes_total", "Bytes received in blob uploads to local repositories."),
+            blob_mounts: plain_counter("hoard_blob_mounts_total", "Cross-repository mounts answered by linking, copying no bytes."),
+            gc_blobs: plain_counter("hoard_gc_reclaimed_blobs_total", "Local blobs deleted by the garbage collector."),
+            gc_bytes: plain_counter("hoard_gc_reclaimed_bytes_total", "Bytes of local blobs deleted by the garbage collector."),
             connections_rejected: plain_counter(
                 "hoard_connections_rejected_total",
                 "Client connections closed at once because max_connections were open.",
@@ -369,6 +377,22 @@ impl Metrics {
         };
         b.set(i64::try_from(bytes).unwrap_or(i64::MAX));
         n.set(i64::try_from(blobs).unwrap_or(i64::MAX));
+    }
+
+    /// Counts bytes received by blob uploads.
+    pub fn pushed(&self, bytes: u64) {
+        self.push_bytes.inc_by(bytes);
+    }
+
+    /// Counts a cross-repository mount.
+    pub fn mounted(&self) {
+        self.blob_mounts.inc();
+    }
+
+    /// Counts a blob reclaimed by the garbage collector.
+    pub fn reclaimed(&self, bytes: u64) {
+        self.gc_blobs.inc();
+        self.gc_bytes.inc_by(bytes);
     }
 
     /// Counts a stale tag served.

@@ -15,7 +15,7 @@
 //! verified and the file synced, so a crash at any moment leaves either the
 //! whole verified blob or nothing (plus a temp file removed at next start).
 
-mod atomic;
+pub mod atomic;
 pub mod fill;
 pub mod index;
 mod layout;

@@ -25,7 +25,10 @@ pub async fn get(
     range_header: Option<&str>,
     head: bool,
 ) -> Result<Response<Body>, ApiError> {
-    let result = serve(reg, target, &digest, range_header, head).await;
+    let result = match private_check(reg, target, &digest).await {
+        Ok(()) => serve(reg, target, &digest, range_header, head).await,
+        Err(e) => Err(e),
+    };
     match result {
         Ok((mut r, outcome)) => {
             reg.metrics.request(Kind::Blob, outcome);
@@ -57,19 +60,8 @@ async fn serve(
             if head {
                 return Ok((headers_only(digest, size, range), Outcome::Hit));
             }
-            let (start, end) = bounds(range, size);
-            if let Some(reader) = reg.cache.open_blob(digest, start, end).await? {
-                let metrics = reg.metrics.clone();
-                let stream = tokio_util::io::ReaderStream::with_capacity(reader, CACHE_CHUNK);
-                let stream = futures_util::StreamExt::inspect(stream, move |chunk| {
-                    if let Ok(c) = chunk {
-                        metrics.served(Source::Cache, c.len() as u64);
-                    }
-                });
-                return Ok((
-                    response(digest, size, range, body::stream(stream)),
-                    Outcome::Hit,
-                ));
+            if let Some(r) = from_store(reg, digest, size, range).await? {
+                return Ok((r, Outcome::Hit));
             }
             continue;
         }
@@ -110,6 +102,67 @@ async fn serve(
         return Ok((response(digest, size, range, body::stream(stream)), outcome));
     }
     Err(ApiError::internal("blob lookup did not settle", digest))
+}
+
+/// Pushed content is private to the local repositories that link it: the
+/// store is shared, but an upstream name serves a blob that a push holds
+/// only when that upstream confirms it has the blob too (a base layer both
+/// pushed and pulled), so a digest alone cannot read a private layer.
+async fn private_check(reg: &Registry, target: &Target, digest: &Digest) -> Result<(), ApiError> {
+    use crate::cache::Holder;
+    if reg.cache.is_held_by(digest, Holder::Local) && !reg.cache.is_held_by(digest, Holder::Pin) {
+        upstream_size(target, digest).await?;
+    }
+    Ok(())
+}
+
+/// Streams `range` of a stored blob of `size` bytes; `None` when its
+/// file vanished (the caller treats it as absent).
+async fn from_store(
+    reg: &Registry,
+    digest: &Digest,
+    size: u64,
+    range: Option<ByteRange>,
+) -> Result<Option<Response<Body>>, ApiError> {
+    let (start, end) = bounds(range, size);
+    let Some(reader) = reg.cache.open_blob(digest, start, end).await? else {
+        return Ok(None);
+    };
+    let metrics = reg.metrics.clone();
+    let stream = tokio_util::io::ReaderStream::with_capacity(reader, CACHE_CHUNK);
+    let stream = futures_util::StreamExt::inspect(stream, move |chunk| {
+        if let Ok(c) = chunk {
+            metrics.served(Source::Cache, c.len() as u64);
+        }
+    });
+    Ok(Some(response(digest, size, range, body::stream(stream))))
+}
+
+/// `GET`/`HEAD` of a blob linked to a local repository: from the store
+/// only, never from an upstream.
+pub async fn get_local(
+    reg: &Registry,
+    name: &crate::oci::RepoName,
+    digest: Digest,
+    range_header: Option<&str>,
+    head: bool,
+) -> Result<Response<Body>, ApiError> {
+    let unknown = || {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "BLOB_UNKNOWN",
+            format!("blob {digest} is not in repository {name}"),
+        )
+    };
+    let size = reg.local.blob(name, &digest).ok_or_else(unknown)?;
+    let range = range::parse(range_header, size)?;
+    reg.metrics.request(Kind::Blob, Outcome::Hit);
+    if head {
+        return Ok(headers_only(&digest, size, range));
+    }
+    from_store(reg, &digest, size, range)
+        .await?
+        .ok_or_else(unknown)
 }
 
 /// A blob's size from an upstream `HEAD`.

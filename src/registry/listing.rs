@@ -1,5 +1,6 @@
-//! `tags/list` (upstream when reachable, cached tags otherwise) and
-//! `_catalog` (repositories in the cache), with `n`/`last` pagination.
+//! `tags/list` (local repositories from their records; upstream ones from
+//! the upstream when reachable, cached tags otherwise) and `_catalog`
+//! (local and cached repositories), with `n`/`last` pagination.
 
 use http::{header, HeaderValue, Response, StatusCode};
 
@@ -79,9 +80,33 @@ pub async fn tags(
     Ok(r)
 }
 
-/// `GET /v2/_catalog`: repositories with cached tags, named as a client
-/// would pull them (path-prefixed for upstreams other than the default),
-/// and only those the client may pull.
+/// `GET /v2/<name>/tags/list` of a local repository.
+pub fn local_tags(
+    reg: &Registry,
+    name: &crate::oci::RepoName,
+    query: Option<&str>,
+    head: bool,
+) -> Result<Response<Body>, ApiError> {
+    let (n, last) = pagination(query)?;
+    let tags = reg.local.tags(name).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "NAME_UNKNOWN",
+            format!("repository {name} is not known"),
+        )
+    })?;
+    let (page, next) = paginate(tags, n, last.as_deref());
+    let json = serde_json::json!({ "name": name.as_str(), "tags": page });
+    let mut r = json_response(json.to_string().into_bytes(), head);
+    if let Some(next) = next {
+        link_header(&mut r, &format!("/v2/{name}/tags/list"), &next, n);
+    }
+    Ok(r)
+}
+
+/// `GET /v2/_catalog`: local repositories and repositories with cached
+/// tags, named as a client would pull them (path-prefixed for upstreams
+/// other than the default), and only those the client may pull.
 pub fn catalog(
     reg: &Registry,
     query: Option<&str>,
@@ -100,6 +125,7 @@ pub fn catalog(
                 format!("{up}/{repo}")
             }
         })
+        .chain(reg.local.names())
         .filter(|name| grant.may_pull(name))
         .collect();
     names.sort();

@@ -8,6 +8,8 @@ pub mod access;
 mod blobs;
 mod listing;
 mod manifests;
+mod push;
+mod pushed;
 pub mod range;
 mod resolve;
 pub mod route;
@@ -21,8 +23,11 @@ use crate::body::{self, Body};
 use crate::cache::{Cache, TagKey};
 use crate::config::Config;
 pub use crate::error::ApiError;
+use crate::local::Local;
 use crate::metrics::Metrics;
 use crate::upstream::Upstreams;
+pub use push::ReqBody;
+use resolve::Place;
 use route::Route;
 
 /// How a manifest or blob request was served, for the request log line.
@@ -40,6 +45,7 @@ pub struct Registry {
     default_upstream: String,
     config: Config,
     cache: Arc<Cache>,
+    local: Arc<Local>,
     metrics: Arc<Metrics>,
     /// One revalidation or fetch per tag at a time; idle locks expire.
     tag_locks: moka::sync::Cache<TagKey, Arc<tokio::sync::Mutex<()>>>,
@@ -53,6 +59,7 @@ impl Registry {
         config: Config,
         upstreams: Upstreams,
         cache: Arc<Cache>,
+        local: Arc<Local>,
         metrics: Arc<Metrics>,
     ) -> Registry {
         Registry {
@@ -60,6 +67,7 @@ impl Registry {
             default_upstream: config.default_upstream.clone(),
             config,
             cache,
+            local,
             metrics,
             tag_locks: moka::sync::Cache::builder()
                 .time_to_idle(Duration::from_secs(120))
@@ -75,11 +83,15 @@ impl Registry {
     }
 
     /// Answers one request. Never fails: errors become OCI error responses.
-    pub async fn handle<B>(self: Arc<Self>, req: Request<B>) -> Response<Body> {
+    /// The body is streamed by the handlers that take one (uploads,
+    /// manifest pushes) and ignored by the rest.
+    pub async fn handle<B: ReqBody>(self: Arc<Self>, req: Request<B>) -> Response<Body> {
         let started = Instant::now();
+        let (parts, body) = req.into_parts();
+        let req = Request::from_parts(parts, ());
         let head = req.method() == Method::HEAD;
         let ns = route::query_param(req.uri().query(), "ns").filter(|s| !s.is_empty());
-        let mut resp = match self.dispatch(&req, ns.as_deref()).await {
+        let mut resp = match self.dispatch(&req, body, ns.as_deref()).await {
             Ok(r) => r,
             Err(e) => e.into_response(head),
         };
@@ -104,9 +116,10 @@ impl Registry {
         resp
     }
 
-    async fn dispatch<B>(
+    async fn dispatch<B: ReqBody>(
         &self,
-        req: &Request<B>,
+        req: &Request<()>,
+        body: B,
         ns: Option<&str>,
     ) -> Result<Response<Body>, ApiError> {
         let method = req.method();
@@ -116,12 +129,8 @@ impl Registry {
         if route == Route::Token {
             return self.auth.token_endpoint(req).await;
         }
-        if matches!(route, Route::Uploads { .. } | Route::Upload { .. }) {
-            return Err(ApiError::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "UNSUPPORTED",
-                "pushing is not supported: hoard is a pull-through mirror",
-            ));
+        if let Some(resp) = self.write(req, &route, body, ns).await {
+            return resp;
         }
         if !(method == Method::GET || head) {
             return Err(ApiError::method_not_allowed());
@@ -153,28 +162,65 @@ impl Registry {
                 Ok(r)
             }
             Route::Catalog => listing::catalog(self, req.uri().query(), head, &grant),
-            Route::Tags { name } => {
-                let target = resolve::resolve(self, name, ns)?;
-                listing::tags(self, &target, name, req.uri().query(), head).await
-            }
+            Route::Tags { name } => match resolve::place(self, name, ns)? {
+                Place::Local(repo) => listing::local_tags(self, &repo, req.uri().query(), head),
+                Place::Remote(target) => {
+                    listing::tags(self, &target, name, req.uri().query(), head).await
+                }
+            },
             Route::Manifest { name, reference } => {
                 let reference = reference.parse()?;
-                let target = resolve::resolve(self, name, ns)?;
-                manifests::get(self, &target, reference, accept_list(req.headers()), head).await
+                match resolve::place(self, name, ns)? {
+                    Place::Local(repo) => pushed::get(self, &repo, reference, head).await,
+                    Place::Remote(target) => {
+                        let accept = accept_list(req.headers());
+                        manifests::get(self, &target, reference, accept, head).await
+                    }
+                }
             }
             Route::Blob { name, digest } => {
                 let digest = digest.parse()?;
-                let target = resolve::resolve(self, name, ns)?;
                 let range = req
                     .headers()
                     .get(header::RANGE)
                     .map(|v| v.to_str().unwrap_or("invalid"));
-                blobs::get(self, &target, digest, range, head).await
+                match resolve::place(self, name, ns)? {
+                    Place::Local(repo) => blobs::get_local(self, &repo, digest, range, head).await,
+                    // Before pushing a layer, clients HEAD it in the
+                    // target repository: for a name a push would create
+                    // locally, "not here" is the answer, not the
+                    // upstream's 401 or 503.
+                    Place::Remote(target) => {
+                        let got = blobs::get(self, &target, digest.clone(), range, head).await;
+                        match got {
+                            Err(_) if head && resolve::push_target(self, name, ns).is_ok() => {
+                                Err(ApiError::new(
+                                    StatusCode::NOT_FOUND,
+                                    "BLOB_UNKNOWN",
+                                    format!("blob {digest} is not in {name}"),
+                                ))
+                            }
+                            other => other,
+                        }
+                    }
+                }
+            }
+            Route::Referrers { name, digest } => {
+                let digest = digest.parse()?;
+                match resolve::place(self, name, ns)? {
+                    Place::Local(repo) => {
+                        pushed::referrers(self, &repo, digest, req.uri().query(), head)
+                    }
+                    // Upstream repositories: no referrers known here; an
+                    // empty index is the spec's answer for "none".
+                    Place::Remote(_) => {
+                        let repo: crate::oci::RepoName = name.parse()?;
+                        pushed::referrers(self, &repo, digest, req.uri().query(), head)
+                    }
+                }
             }
             Route::Uploads { .. } | Route::Upload { .. } => Err(ApiError::method_not_allowed()),
-            Route::Referrers { .. } | Route::Token | Route::Admin { .. } | Route::Unknown => {
-                Err(ApiError::not_found_route())
-            }
+            Route::Token | Route::Admin { .. } | Route::Unknown => Err(ApiError::not_found_route()),
         }?;
         if let Some(ns) = ns {
             if let Ok(v) = HeaderValue::from_str(ns) {
@@ -182,6 +228,57 @@ impl Registry {
             }
         }
         Ok(resp)
+    }
+
+    /// Writes: uploads, manifest pushes, deletes. `None` when the request
+    /// is not a write (the read path takes it).
+    async fn write<B: ReqBody>(
+        &self,
+        req: &Request<()>,
+        route: &Route<'_>,
+        body: B,
+        ns: Option<&str>,
+    ) -> Option<Result<Response<Body>, ApiError>> {
+        let method = req.method().clone();
+        let result = match (route, method) {
+            (Route::Uploads { name }, Method::POST) => {
+                let target = resolve::push_target(self, name, ns);
+                match target {
+                    Ok(repo) => push::start(self, req, repo, body).await,
+                    Err(e) => Err(e),
+                }
+            }
+            (Route::Upload { name, id }, _) => match resolve::push_target(self, name, ns) {
+                Ok(repo) => push::session(self, req, repo, id, body).await,
+                Err(e) => Err(e),
+            },
+            (Route::Manifest { name, reference }, Method::PUT) => {
+                let target = resolve::push_target(self, name, ns)
+                    .and_then(|repo| Ok((repo, reference.parse()?)));
+                match target {
+                    Ok((repo, reference)) => pushed::put(self, req, repo, reference, body).await,
+                    Err(e) => Err(e),
+                }
+            }
+            (Route::Manifest { name, reference }, Method::DELETE) => {
+                let target = resolve::push_target(self, name, ns)
+                    .and_then(|repo| Ok((repo, reference.parse()?)));
+                match target {
+                    Ok((repo, reference)) => pushed::delete(self, &repo, reference).await,
+                    Err(e) => Err(e),
+                }
+            }
+            (Route::Blob { name, digest }, Method::DELETE) => {
+                let target = resolve::push_target(self, name, ns)
+                    .and_then(|repo| Ok((repo, digest.parse()?)));
+                match target {
+                    Ok((repo, digest)) => pushed::delete_blob(self, &repo, digest).await,
+                    Err(e) => Err(e),
+                }
+            }
+            _ => return None,
+        };
+        Some(result)
     }
 
     /// Tag TTL of an upstream.

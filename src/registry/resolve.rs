@@ -1,11 +1,19 @@
-//! Which upstream a request is for, and the repository name to ask it for.
+//! Which repository a request is for: a local one or an upstream's.
 //!
-//! In order: `?ns=<registry>` (containerd, k3s); a first path component that
-//! names a configured upstream (`/v2/ghcr.io/org/app/...`, path-prefix
-//! mirrors); the default upstream. A registry that is not configured is
-//! refused: hoard never forwards to a host its operator did not name.
+//! In order: `?ns=<registry>` (containerd, k3s) always means that
+//! upstream's cache, and pushes with it are refused; a repository that
+//! exists locally is served locally; a first path component that names a
+//! configured upstream (`/v2/ghcr.io/org/app/...`, path-prefix mirrors)
+//! goes to that upstream (pushes refused); anything else is pulled from the
+//! default upstream and created locally by a push, unless `[local]`
+//! forbids the name. A registry that is not configured is refused: hoard
+//! never forwards to a host its operator did not name. A push can only
+//! ever write local records, so it cannot change what an upstream's cache
+//! serves.
 
 use std::sync::Arc;
+
+use http::StatusCode;
 
 use super::ApiError;
 use crate::oci::RepoName;
@@ -23,6 +31,91 @@ pub struct Target {
     pub upstream: Arc<Upstream>,
     /// The repository as named upstream (`library/alpine`).
     pub repo: RepoName,
+}
+
+/// Where a read goes.
+pub enum Place {
+    /// A local (pushed) repository.
+    Local(RepoName),
+    /// An upstream's cache.
+    Remote(Target),
+}
+
+/// Resolves a read (`GET`/`HEAD`) of `name` with `ns`.
+pub fn place(reg: &super::Registry, name: &str, ns: Option<&str>) -> Result<Place, ApiError> {
+    if ns.is_none() {
+        let parsed: RepoName = name.parse()?;
+        if reg.local.exists(&parsed) {
+            return Ok(Place::Local(parsed));
+        }
+    }
+    resolve(reg, name, ns).map(Place::Remote)
+}
+
+/// Resolves a write (upload, manifest `PUT`, `DELETE`) of `name`: the
+/// local repository it creates or changes, or why it is refused.
+pub fn push_target(
+    reg: &super::Registry,
+    name: &str,
+    ns: Option<&str>,
+) -> Result<RepoName, ApiError> {
+    let name: RepoName = name.parse()?;
+    let denied = |why: String| ApiError::new(StatusCode::FORBIDDEN, "DENIED", why);
+    let cfg = reg.local.config();
+    if let Some(ns) = ns {
+        return Err(denied(format!(
+            "pushes with ?ns={ns} are refused: {ns} is mirrored read-only; push without ns to a local repository"
+        )));
+    }
+    if !cfg.push {
+        return Err(ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "UNSUPPORTED",
+            "pushing is disabled: set push = true under [local] in mirror.toml",
+        ));
+    }
+    if reg.local.exists(&name) {
+        return Ok(name);
+    }
+    if let Some((first, _)) = name.strip_first() {
+        if reg.upstreams.get(first).is_some() {
+            return Err(denied(format!(
+                "{first} is a mirrored upstream: pushes to {name} are refused (its cache is read-only)"
+            )));
+        }
+        if first.contains('.') || first.contains(':') {
+            return Err(denied(format!(
+                "{first} looks like a registry host that is not configured: push to a name without a host"
+            )));
+        }
+    }
+    if !cfg.may_push(name.as_str()) {
+        return Err(denied(format!(
+            "{name} is outside the pushable prefixes ([local] push_prefixes)"
+        )));
+    }
+    if !cfg.shadow_docker_hub {
+        let hub = reg.default_upstream == DOCKER_HUB;
+        let upstream_name = if hub {
+            name.clone().with_library()
+        } else {
+            name.clone()
+        };
+        let official =
+            hub && (!name.as_str().contains('/') || name.as_str().starts_with("library/"));
+        let cached = reg
+            .cache
+            .repositories()
+            .iter()
+            .any(|(up, repo)| *up == reg.default_upstream && *repo == upstream_name);
+        if official || cached {
+            return Err(denied(format!(
+                "{name} is a name of the default upstream ({}): a local repository must not shadow it; push to a name with a team prefix (team/app) or set shadow_docker_hub = true under [local]",
+                reg.default_upstream
+            )));
+        }
+    }
+    Ok(name)
 }
 
 /// Resolves `name` (as the client sent it) and `ns`.

@@ -34,6 +34,10 @@ pub struct Cfg {
     default_upstream: String,
     tag_ttl: String,
     upstreams: Vec<(String, Vec<(String, String)>)>,
+    /// Extra top-level `key = value` lines (value as TOML).
+    top: Vec<(String, String)>,
+    /// `[local]` keys (value as TOML).
+    local: Vec<(String, String)>,
 }
 
 impl Cfg {
@@ -44,7 +48,21 @@ impl Cfg {
             default_upstream: "docker.io".to_string(),
             tag_ttl: "5m".to_string(),
             upstreams: Vec::new(),
+            top: Vec::new(),
+            local: Vec::new(),
         }
+    }
+
+    /// Adds a top-level `key = value` (value given as TOML).
+    pub fn top(mut self, key: &str, toml_value: &str) -> Cfg {
+        self.top.push((key.to_string(), toml_value.to_string()));
+        self
+    }
+
+    /// Adds `key = value` (value given as TOML) under `[local]`.
+    pub fn local(mut self, key: &str, toml_value: &str) -> Cfg {
+        self.local.push((key.to_string(), toml_value.to_string()));
+        self
     }
 
     pub fn default_upstream(mut self, name: &str) -> Cfg {
@@ -87,6 +105,15 @@ impl Cfg {
             toml_str(&self.default_upstream),
             toml_str(&self.tag_ttl),
         );
+        for (k, v) in &self.top {
+            out.push_str(&format!("{k} = {v}\n"));
+        }
+        if !self.local.is_empty() {
+            out.push_str("\n[local]\n");
+            for (k, v) in &self.local {
+                out.push_str(&format!("{k} = {v}\n"));
+            }
+        }
         for (name, keys) in &self.upstreams {
             out.push_str(&format!("\n[upstreams.{}]\n", toml_str(name)));
             for (k, v) in keys {

@@ -1,0 +1,427 @@
+//! Local repositories: images pushed to hoard, kept beside the mirror's
+//! cache in the same content-addressed store, outside its size budget.
+//!
+//! - [`config`]: the `[local]` table.
+//! - [`records`]: each repository's linked blobs, manifests and tags,
+//!   persisted atomically under `local/`.
+//! - [`uploads`]: upload sessions streaming to `uploads/`.
+//! - [`manifest`]: what a pushed manifest references.
+//! - [`gc`]: the online garbage collector.
+//!
+//! Bytes live in the cache's blob store, held by [`Holder::Local`] so the
+//! budget never evicts them. A repository serves only blobs linked to it
+//! (uploaded, mounted, or referenced by a manifest pushed to it). One async
+//! lock, `commit`, orders every change of the records against the GC's
+//! sweep: "check a manifest's references and record it" and "link an
+//! uploaded blob" never interleave with "find unreferenced blobs and delete
+//! them", so the GC cannot delete a blob a push is about to reference.
+
+pub mod config;
+pub mod gc;
+pub mod manifest;
+pub mod records;
+pub mod uploads;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use bytes::Bytes;
+
+use crate::cache::{self, index::now_secs, Cache, Holder};
+use crate::metrics::Metrics;
+use crate::oci::{Digest, Reference, RepoName};
+pub use config::LocalConfig;
+use records::{Link, ManifestRecord, RepoRecord};
+use uploads::Uploads;
+
+/// A failure of a local repository operation (mapped to an OCI error in
+/// `registry::push`).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Local disk.
+    #[error("local repository I/O: {0}")]
+    Io(#[from] std::io::Error),
+    /// The cache store.
+    #[error(transparent)]
+    Cache(#[from] cache::Error),
+    /// No such upload session (never started, finished, cancelled, expired).
+    #[error("upload session unknown or expired: start a new one")]
+    UploadUnknown,
+    /// A chunk does not continue the upload; `size` bytes are held.
+    #[error("chunk does not continue the upload")]
+    RangeInvalid {
+        /// Bytes received so far.
+        size: u64,
+    },
+    /// The uploaded bytes do not hash to the digest given.
+    #[error("uploaded content has digest {actual}, not {expected}")]
+    DigestInvalid {
+        /// Digest the client named.
+        expected: Digest,
+        /// Digest of what arrived.
+        actual: Digest,
+    },
+    /// The request body broke off.
+    #[error("request body: {0}")]
+    Body(String),
+    /// A manifest that cannot be parsed or does not match its reference.
+    #[error("{0}")]
+    ManifestInvalid(String),
+    /// A manifest references a blob the repository does not have.
+    #[error("blob {0} is not in this repository: push it first")]
+    ManifestBlobUnknown(Digest),
+    /// A manifest references a child manifest the repository does not have.
+    #[error("manifest {0} is not in this repository: push it first")]
+    ChildUnknown(Digest),
+    /// No such manifest or tag.
+    #[error("manifest {0} is not in this repository")]
+    ManifestUnknown(String),
+    /// No such blob in this repository.
+    #[error("blob {0} is not in this repository")]
+    BlobUnknown(Digest),
+}
+
+/// The local repositories.
+pub struct Local {
+    config: LocalConfig,
+    dir: PathBuf,
+    cache: Arc<Cache>,
+    metrics: Arc<Metrics>,
+    /// std lock: reads and swaps of records, never across an await.
+    repos: RwLock<BTreeMap<RepoName, RepoRecord>>,
+    /// Orders record changes against the GC (see the module doc).
+    commit: tokio::sync::Mutex<()>,
+    /// Open upload sessions.
+    pub uploads: Uploads,
+    /// Blobs a client looked at recently (`HEAD` before deciding not to
+    /// upload them), unix seconds: the GC keeps them like fresh links, so a
+    /// push that found a layer present can still reference it.
+    /// std lock: map operations only.
+    seen: std::sync::Mutex<HashMap<Digest, u64>>,
+    /// Wakes the GC early (after a delete).
+    gc_wake: Arc<tokio::sync::Notify>,
+}
+
+/// Records read at start, before the cache opens (it must know what they hold).
+pub struct Loaded {
+    repos: BTreeMap<RepoName, RepoRecord>,
+}
+
+impl Loaded {
+    /// Blobs the records hold, for [`Cache::open_holding`].
+    pub fn held(&self) -> HashMap<Digest, Vec<Holder>> {
+        records::held(&self.repos)
+    }
+}
+
+impl Local {
+    /// Reads the records under `cache_dir/local` (creates nothing: the
+    /// cache claims the directory first).
+    pub async fn load(cache_dir: &Path) -> Result<Loaded, Error> {
+        let dir = cache_dir.join("local");
+        let repos = tokio::task::spawn_blocking(move || records::load(&dir))
+            .await
+            .map_err(std::io::Error::other)??;
+        Ok(Loaded { repos })
+    }
+
+    /// The local repositories over an opened cache; empties `uploads/`.
+    pub fn open(
+        loaded: Loaded,
+        config: LocalConfig,
+        cache_dir: &Path,
+        cache: Arc<Cache>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Arc<Local>, Error> {
+        let uploads = Uploads::open(&cache_dir.join("uploads"), config.upload_timeout)?;
+        let missing: usize = loaded
+            .repos
+            .values()
+            .flat_map(|r| r.blobs.keys())
+            .filter(|d| cache.blob_size(d).is_none())
+            .count();
+        if missing > 0 {
+            tracing::error!(
+                missing,
+                "blobs of local repositories are missing from the store; pulls of them will fail"
+            );
+        }
+        tracing::info!(
+            repositories = loaded.repos.len(),
+            "local repositories loaded"
+        );
+        Ok(Arc::new(Local {
+            config,
+            dir: cache_dir.join("local"),
+            cache,
+            metrics,
+            repos: RwLock::new(loaded.repos),
+            commit: tokio::sync::Mutex::new(()),
+            uploads,
+            seen: std::sync::Mutex::new(HashMap::new()),
+            gc_wake: Arc::new(tokio::sync::Notify::new()),
+        }))
+    }
+
+    /// The `[local]` configuration.
+    pub fn config(&self) -> &LocalConfig {
+        &self.config
+    }
+
+    /// The metrics (uploads count their bytes).
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Whether `name` is a local repository.
+    pub fn exists(&self, name: &RepoName) -> bool {
+        self.read().contains_key(name)
+    }
+
+    /// Names of local repositories.
+    pub fn names(&self) -> Vec<String> {
+        self.read().keys().map(|n| n.to_string()).collect()
+    }
+
+    /// Tags of a local repository, sorted; `None` when it does not exist.
+    pub fn tags(&self, name: &RepoName) -> Option<Vec<String>> {
+        self.read()
+            .get(name)
+            .map(|r| r.tags.keys().cloned().collect())
+    }
+
+    /// The size of a blob `name` may serve, when linked and in the store.
+    /// Counts as a use for the GC's grace period.
+    pub fn blob(&self, name: &RepoName, digest: &Digest) -> Option<u64> {
+        self.read().get(name)?.blobs.get(digest)?;
+        let size = self.cache.blob_size(digest)?;
+        if let Ok(mut seen) = self.seen.lock() {
+            seen.insert(digest.clone(), now_secs());
+        }
+        Some(size)
+    }
+
+    /// A manifest of `name` by tag or digest: its digest, media type and bytes.
+    pub async fn manifest(
+        &self,
+        name: &RepoName,
+        reference: &Reference,
+    ) -> Result<(Digest, String, Bytes), Error> {
+        let unknown = || Error::ManifestUnknown(reference.to_string());
+        let (digest, media_type) = {
+            let repos = self.read();
+            let repo = repos.get(name).ok_or_else(unknown)?;
+            let digest = match reference {
+                Reference::Digest(d) => d.clone(),
+                Reference::Tag(t) => repo.tags.get(t.as_str()).ok_or_else(unknown)?.clone(),
+            };
+            let m = repo.manifests.get(&digest).ok_or_else(unknown)?;
+            (digest, m.media_type.clone())
+        };
+        let bytes = self.cache.read_small(&digest).await?.ok_or_else(unknown)?;
+        Ok((digest, media_type, bytes))
+    }
+
+    /// Commits an uploaded, verified file as `digest` and links it into
+    /// `name` (creating the repository).
+    pub async fn commit_upload(
+        &self,
+        name: &RepoName,
+        digest: &Digest,
+        staged: &Path,
+        size: u64,
+    ) -> Result<(), Error> {
+        let _order = self.commit.lock().await;
+        self.cache
+            .commit_held(digest, staged, size, Holder::Local)
+            .await?;
+        self.link(name, digest, size).await
+    }
+
+    /// Cross-repository mount: links a blob `from` has into `name` without
+    /// copying a byte. `false` when `from` does not have it.
+    pub async fn mount(
+        &self,
+        name: &RepoName,
+        from: &RepoName,
+        digest: &Digest,
+    ) -> Result<bool, Error> {
+        let _order = self.commit.lock().await;
+        let Some(size) = self.blob(from, digest) else {
+            return Ok(false);
+        };
+        if !self.cache.hold(digest, Holder::Local) {
+            return Ok(false);
+        }
+        self.link(name, digest, size).await?;
+        self.metrics.mounted();
+        tracing::info!(repo = %name, %from, %digest, bytes_copied = 0, "blob mounted");
+        Ok(true)
+    }
+
+    /// `PUT` of a manifest: checks that every blob and child it references
+    /// is in `name`, stores its bytes as pushed and records it (and the tag).
+    pub async fn put_manifest(
+        &self,
+        name: &RepoName,
+        reference: &Reference,
+        content_type: Option<&str>,
+        bytes: Bytes,
+    ) -> Result<(Digest, Option<Digest>), Error> {
+        let digest = Digest::of(&bytes);
+        if let Reference::Digest(d) = reference {
+            if *d != digest {
+                return Err(Error::DigestInvalid {
+                    expected: d.clone(),
+                    actual: digest,
+                });
+            }
+        }
+        let record = manifest::parse(&bytes, content_type)?;
+        let _order = self.commit.lock().await;
+        {
+            let repos = self.read();
+            let repo = repos.get(name);
+            let has_blob = |d: &Digest| {
+                repo.is_some_and(|r| r.blobs.contains_key(d)) && self.cache.blob_size(d).is_some()
+            };
+            if let Some(d) = record.blobs.iter().find(|d| !has_blob(d)) {
+                return Err(Error::ManifestBlobUnknown(d.clone()));
+            }
+            let has_child = |d: &Digest| repo.is_some_and(|r| r.manifests.contains_key(d));
+            if let Some(d) = record.children.iter().find(|d| !has_child(d)) {
+                return Err(Error::ChildUnknown(d.clone()));
+            }
+        }
+        let size = bytes.len() as u64;
+        self.cache
+            .store_bytes(&digest, bytes, Some(Holder::Local))
+            .await?;
+        let subject = record.subject.clone();
+        let mut repo = self.read().get(name).cloned().unwrap_or_default();
+        repo.blobs.insert(
+            digest.clone(),
+            Link {
+                size,
+                linked_at: now_secs(),
+            },
+        );
+        repo.manifests.insert(digest.clone(), record);
+        if let Reference::Tag(t) = reference {
+            repo.tags.insert(t.as_str().to_owned(), digest.clone());
+        }
+        self.save(name, repo).await?;
+        Ok((digest, subject))
+    }
+
+    /// Deletes a tag, or a manifest (with every tag pointing at it) by
+    /// digest; its blobs go at the next GC if nothing else references them.
+    pub async fn delete_manifest(
+        &self,
+        name: &RepoName,
+        reference: &Reference,
+    ) -> Result<(), Error> {
+        let _order = self.commit.lock().await;
+        let unknown = || Error::ManifestUnknown(reference.to_string());
+        let mut repo = self.read().get(name).cloned().ok_or_else(unknown)?;
+        match reference {
+            Reference::Tag(t) => {
+                repo.tags.remove(t.as_str()).ok_or_else(unknown)?;
+            }
+            Reference::Digest(d) => {
+                repo.manifests.remove(d).ok_or_else(unknown)?;
+                repo.tags.retain(|_, v| v != d);
+            }
+        }
+        self.save(name, repo).await?;
+        self.gc_wake.notify_one();
+        Ok(())
+    }
+
+    /// Unlinks a blob from `name` (reclaimed by the GC if unreferenced).
+    pub async fn delete_blob(&self, name: &RepoName, digest: &Digest) -> Result<(), Error> {
+        let _order = self.commit.lock().await;
+        let mut repo = self
+            .read()
+            .get(name)
+            .cloned()
+            .ok_or_else(|| Error::BlobUnknown(digest.clone()))?;
+        repo.blobs
+            .remove(digest)
+            .ok_or_else(|| Error::BlobUnknown(digest.clone()))?;
+        self.save(name, repo).await?;
+        self.gc_wake.notify_one();
+        Ok(())
+    }
+
+    /// Manifests of `name` whose `subject` is `digest`, with an optional
+    /// `artifactType` filter, as OCI descriptors.
+    pub fn referrers(
+        &self,
+        name: &RepoName,
+        digest: &Digest,
+        artifact_type: Option<&str>,
+    ) -> Vec<serde_json::Value> {
+        let repos = self.read();
+        let Some(repo) = repos.get(name) else {
+            return Vec::new();
+        };
+        repo.manifests
+            .iter()
+            .filter(|(_, m)| m.subject.as_ref() == Some(digest))
+            .filter(|(_, m)| artifact_type.is_none_or(|t| m.artifact_type.as_deref() == Some(t)))
+            .map(|(d, m)| descriptor(d, m))
+            .collect()
+    }
+
+    /// Links a committed blob into `name` (caller holds `commit`).
+    async fn link(&self, name: &RepoName, digest: &Digest, size: u64) -> Result<(), Error> {
+        let mut repo = self.read().get(name).cloned().unwrap_or_default();
+        repo.blobs.insert(
+            digest.clone(),
+            Link {
+                size,
+                linked_at: now_secs(),
+            },
+        );
+        self.save(name, repo).await
+    }
+
+    /// Persists a repository's record, then makes it visible (caller holds
+    /// `commit`, so records change one at a time).
+    async fn save(&self, name: &RepoName, repo: RepoRecord) -> Result<(), Error> {
+        let (dir, tmp) = (self.dir.clone(), self.cache.tmp_dir().to_owned());
+        let (n, r) = (name.clone(), repo.clone());
+        tokio::task::spawn_blocking(move || records::save(&dir, &tmp, &n, &r))
+            .await
+            .map_err(std::io::Error::other)??;
+        let mut repos = self.repos.write().unwrap_or_else(|p| p.into_inner());
+        if repo.is_empty() {
+            repos.remove(name);
+        } else {
+            repos.insert(name.clone(), repo);
+        }
+        Ok(())
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<RepoName, RepoRecord>> {
+        self.repos.read().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// An OCI descriptor of a recorded manifest (referrers API).
+fn descriptor(digest: &Digest, m: &ManifestRecord) -> serde_json::Value {
+    let mut d = serde_json::json!({
+        "mediaType": m.media_type,
+        "digest": digest.to_string(),
+        "size": m.size,
+    });
+    if let Some(t) = &m.artifact_type {
+        d["artifactType"] = serde_json::Value::String(t.clone());
+    }
+    if let Some(a) = &m.annotations {
+        d["annotations"] = serde_json::json!(a);
+    }
+    d
+}

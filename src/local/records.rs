@@ -1,0 +1,189 @@
+//! Records of local repositories: linked blobs, manifests, tags.
+//!
+//! One JSON file per repository, `local/<sha256 of the name>.json`, written
+//! with temp file + fsync + rename (like the cache's tag records), so a
+//! crash leaves the old or the new record, never half of one. The name
+//! inside the file is what counts; the file name is only derived from it,
+//! so no client text ever becomes a path. Everything is loaded at start.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::io;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::cache::Holder;
+use crate::oci::{Digest, RepoName, Tag};
+
+/// A blob linked into a repository (uploaded, mounted, or a manifest).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Link {
+    /// Its size in bytes.
+    pub size: u64,
+    /// Unix seconds when it was last linked (the GC's grace period).
+    pub linked_at: u64,
+}
+
+/// A pushed manifest: what the GC, the referrers API and the validation
+/// of indexes need without reading its bytes again.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ManifestRecord {
+    /// Media type as pushed (the `Content-Type` of the PUT).
+    pub media_type: String,
+    /// Size of its bytes.
+    pub size: u64,
+    /// Blobs it references (config, layers).
+    #[serde(default)]
+    pub blobs: Vec<Digest>,
+    /// Manifests it references (an index's children).
+    #[serde(default)]
+    pub children: Vec<Digest>,
+    /// The manifest it refers to (OCI 1.1 `subject`).
+    #[serde(default)]
+    pub subject: Option<Digest>,
+    /// `artifactType`, or the config's media type (referrers API).
+    #[serde(default)]
+    pub artifact_type: Option<String>,
+    /// Its `annotations` (referrers API).
+    #[serde(default)]
+    pub annotations: Option<BTreeMap<String, String>>,
+}
+
+/// One local repository.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RepoRecord {
+    /// Blobs this repository may serve, by digest.
+    #[serde(default)]
+    pub blobs: BTreeMap<Digest, Link>,
+    /// Manifests pushed to it, by digest.
+    #[serde(default)]
+    pub manifests: BTreeMap<Digest, ManifestRecord>,
+    /// Tag -> manifest digest.
+    #[serde(default)]
+    pub tags: BTreeMap<String, Digest>,
+}
+
+impl RepoRecord {
+    /// A repository with nothing left in it stops existing.
+    pub fn is_empty(&self) -> bool {
+        self.blobs.is_empty() && self.manifests.is_empty() && self.tags.is_empty()
+    }
+
+    /// Blobs that its manifests reference (kept by the GC regardless of age).
+    pub fn referenced(&self) -> BTreeSet<Digest> {
+        let mut out = BTreeSet::new();
+        for (d, m) in &self.manifests {
+            out.insert(d.clone());
+            out.extend(m.blobs.iter().cloned());
+            out.extend(m.children.iter().cloned());
+        }
+        out
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct RepoFile {
+    name: String,
+    #[serde(flatten)]
+    record: RepoRecord,
+}
+
+/// Where a repository's record lives: named by the hash of its name.
+pub fn path_of(dir: &Path, name: &RepoName) -> PathBuf {
+    dir.join(format!(
+        "{}.json",
+        Digest::of(name.as_str().as_bytes()).hex()
+    ))
+}
+
+/// Writes a repository's record durably (blocking); an empty one is removed.
+pub fn save(dir: &Path, tmp: &Path, name: &RepoName, record: &RepoRecord) -> io::Result<()> {
+    let path = path_of(dir, name);
+    if record.is_empty() {
+        return match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        };
+    }
+    let file = RepoFile {
+        name: name.to_string(),
+        record: record.clone(),
+    };
+    let bytes = serde_json::to_vec(&file).map_err(io::Error::other)?;
+    crate::cache::atomic::write_durable(tmp, &path, &bytes)
+}
+
+/// Every record under `dir` (blocking; `dir` may not exist yet). A record
+/// that cannot be read is skipped with an error in the log and left in
+/// place for the operator: its blobs are then not held.
+pub fn load(dir: &Path) -> io::Result<BTreeMap<RepoName, RepoRecord>> {
+    let mut out = BTreeMap::new();
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        let path = entry?.path();
+        let parsed = std::fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<RepoFile>(&b).ok())
+            .and_then(|f| Some((f.name.parse::<RepoName>().ok()?, f.record)))
+            .filter(|(name, rec)| {
+                path_of(dir, name) == path && rec.tags.keys().all(|t| t.parse::<Tag>().is_ok())
+            });
+        match parsed {
+            Some((name, record)) => {
+                out.insert(name, record);
+            }
+            None => {
+                tracing::error!(path = %path.display(), "unreadable local repository record skipped; move it away or fix it")
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Every blob some local repository links, for [`crate::cache::Cache::open_holding`].
+pub fn held(repos: &BTreeMap<RepoName, RepoRecord>) -> HashMap<Digest, Vec<Holder>> {
+    repos
+        .values()
+        .flat_map(|r| r.blobs.keys())
+        .map(|d| (d.clone(), vec![Holder::Local]))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_empty_removes() {
+        let dir = tempfile::tempdir().unwrap();
+        let (recs, tmp) = (dir.path().join("local"), dir.path().to_owned());
+        let name: RepoName = "team/app".parse().unwrap();
+        let mut rec = RepoRecord::default();
+        rec.blobs.insert(
+            Digest::of(b"x"),
+            Link {
+                size: 1,
+                linked_at: 5,
+            },
+        );
+        rec.tags.insert("v1".into(), Digest::of(b"m"));
+        save(&recs, &tmp, &name, &rec).unwrap();
+        let loaded = load(&recs).unwrap();
+        assert_eq!(loaded.get(&name), Some(&rec));
+        save(&recs, &tmp, &name, &RepoRecord::default()).unwrap();
+        assert!(load(&recs).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_record_under_the_wrong_file_name_is_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let recs = dir.path().join("local");
+        std::fs::create_dir_all(&recs).unwrap();
+        std::fs::write(recs.join("x.json"), br#"{"name":"team/app"}"#).unwrap();
+        assert!(load(&recs).unwrap().is_empty());
+    }
+}

@@ -1,0 +1,288 @@
+//! Blob upload sessions: bytes stream to a file in `uploads/`, hashed as
+//! they pass, so memory stays flat for multi-GiB layers and the digest is
+//! known the moment the last byte lands.
+//!
+//! A session is in memory only (a restart drops it; `uploads/` is emptied
+//! at start). Each session takes one request at a time: its state sits
+//! behind an async mutex held while a chunk streams in. Sessions idle for
+//! `upload_timeout` are dropped with their file by [`Uploads::sweep`].
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use tokio::io::AsyncWriteExt;
+
+use super::Error;
+use crate::oci::{Digest, Hasher, RepoName};
+
+/// One upload session.
+pub struct Session {
+    /// Repository it was started in.
+    pub repo: RepoName,
+    /// Its id (hex, made here: the only text that names its file).
+    pub id: String,
+    state: tokio::sync::Mutex<State>,
+    /// std lock: a timestamp read or written, never across an await.
+    touched: Mutex<Instant>,
+}
+
+struct State {
+    path: PathBuf,
+    file: Option<tokio::fs::File>,
+    size: u64,
+    hasher: Hasher,
+}
+
+/// Every open session.
+pub struct Uploads {
+    dir: PathBuf,
+    timeout: Duration,
+    /// std lock: map operations only.
+    sessions: Mutex<HashMap<String, Arc<Session>>>,
+}
+
+impl Uploads {
+    /// Sessions staged in `dir`, which is emptied now (leftovers of a
+    /// previous run were never verified).
+    pub fn open(dir: &Path, timeout: Duration) -> std::io::Result<Uploads> {
+        match std::fs::remove_dir_all(dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        std::fs::create_dir_all(dir)?;
+        Ok(Uploads {
+            dir: dir.to_owned(),
+            timeout,
+            sessions: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Starts a session in `repo`.
+    pub async fn start(&self, repo: RepoName) -> Result<Arc<Session>, Error> {
+        let id = new_id();
+        let path = self.dir.join(&id);
+        let file = tokio::fs::File::create(&path).await?;
+        let session = Arc::new(Session {
+            repo,
+            id: id.clone(),
+            state: tokio::sync::Mutex::new(State {
+                path,
+                file: Some(file),
+                size: 0,
+                hasher: Hasher::new(),
+            }),
+            touched: Mutex::new(Instant::now()),
+        });
+        self.lock().insert(id, session.clone());
+        Ok(session)
+    }
+
+    /// The live session `id` of `repo`; an expired one is dropped now.
+    pub async fn get(&self, repo: &RepoName, id: &str) -> Result<Arc<Session>, Error> {
+        let found = self.lock().get(id).cloned();
+        let Some(s) = found.filter(|s| &s.repo == repo) else {
+            return Err(Error::UploadUnknown);
+        };
+        if s.idle() > self.timeout {
+            self.cancel(&s).await;
+            return Err(Error::UploadUnknown);
+        }
+        s.touch();
+        Ok(s)
+    }
+
+    /// Bytes received so far.
+    pub async fn size(&self, s: &Session) -> u64 {
+        s.state.lock().await.size
+    }
+
+    /// Appends a chunk. With `range` (`start-end`, inclusive), `start` must
+    /// be the current size and the body exactly that long; otherwise
+    /// nothing is kept and [`Error::RangeInvalid`] says what we have.
+    pub async fn append<B>(
+        &self,
+        s: &Session,
+        range: Option<(u64, u64)>,
+        body: B,
+        pushed: &crate::metrics::Metrics,
+    ) -> Result<u64, Error>
+    where
+        B: hyper::body::Body<Data = Bytes> + Unpin,
+        B::Error: std::fmt::Display,
+    {
+        let mut st = s.state.lock().await;
+        if let Some((start, end)) = range {
+            if start != st.size || end < start {
+                return Err(Error::RangeInvalid { size: st.size });
+            }
+        }
+        let (before, hasher) = (st.size, st.hasher.clone());
+        let written = st.write(body, pushed).await;
+        s.touch();
+        let fits = match (&written, range) {
+            (Ok(n), Some((start, end))) => *n == end - start + 1,
+            _ => true,
+        };
+        match written {
+            Ok(_) if fits => Ok(st.size),
+            other => {
+                st.rewind(before, hasher).await?;
+                other?;
+                Err(Error::RangeInvalid { size: before })
+            }
+        }
+    }
+
+    /// Takes the final chunk (may be empty), closes the file and checks the
+    /// digest. On success the session is gone and its synced file, ready
+    /// to be committed by a rename, is returned with its size. On a wrong
+    /// digest the session and its bytes are dropped: nothing is stored.
+    pub async fn finish<B>(
+        &self,
+        s: &Session,
+        expected: &Digest,
+        body: B,
+        pushed: &crate::metrics::Metrics,
+    ) -> Result<(PathBuf, u64), Error>
+    where
+        B: hyper::body::Body<Data = Bytes> + Unpin,
+        B::Error: std::fmt::Display,
+    {
+        let mut st = s.state.lock().await;
+        let (before, hasher) = (st.size, st.hasher.clone());
+        if let Err(e) = st.write(body, pushed).await {
+            st.rewind(before, hasher).await?;
+            return Err(e);
+        }
+        let mut file = st.file.take().ok_or(Error::UploadUnknown)?;
+        file.flush().await?;
+        file.sync_all().await?;
+        drop(file);
+        let actual = std::mem::take(&mut st.hasher).finish();
+        self.lock().remove(&s.id);
+        if actual != *expected {
+            let _ = tokio::fs::remove_file(&st.path).await;
+            return Err(Error::DigestInvalid {
+                expected: expected.clone(),
+                actual,
+            });
+        }
+        Ok((st.path.clone(), st.size))
+    }
+
+    /// Drops a session and its bytes.
+    pub async fn cancel(&self, s: &Session) {
+        self.lock().remove(&s.id);
+        let mut st = s.state.lock().await;
+        st.file = None;
+        let _ = tokio::fs::remove_file(&st.path).await;
+    }
+
+    /// Drops sessions idle longer than the timeout (skipping one that is
+    /// receiving a chunk right now). Returns how many went.
+    pub async fn sweep(&self) -> usize {
+        let expired: Vec<Arc<Session>> = self
+            .lock()
+            .values()
+            .filter(|s| s.idle() > self.timeout)
+            .cloned()
+            .collect();
+        let mut dropped = 0;
+        for s in expired {
+            if s.state.try_lock().is_ok() {
+                self.cancel(&s).await;
+                tracing::info!(repo = %s.repo, upload = %s.id, "abandoned upload session dropped");
+                dropped += 1;
+            }
+        }
+        dropped
+    }
+
+    /// Open sessions.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether no session is open.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Session>>> {
+        self.sessions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Session {
+    fn idle(&self) -> Duration {
+        self.touched.lock().map(|t| t.elapsed()).unwrap_or_default()
+    }
+
+    fn touch(&self) {
+        if let Ok(mut t) = self.touched.lock() {
+            *t = Instant::now();
+        }
+    }
+}
+
+impl State {
+    /// Streams `body` to the end of the file, hashing as it goes.
+    async fn write<B>(
+        &mut self,
+        mut body: B,
+        pushed: &crate::metrics::Metrics,
+    ) -> Result<u64, Error>
+    where
+        B: hyper::body::Body<Data = Bytes> + Unpin,
+        B::Error: std::fmt::Display,
+    {
+        let file = self.file.as_mut().ok_or(Error::UploadUnknown)?;
+        let mut n = 0u64;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| Error::Body(e.to_string()))?;
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            file.write_all(&data).await?;
+            self.hasher.update(&data);
+            n += data.len() as u64;
+            pushed.pushed(data.len() as u64);
+        }
+        file.flush().await?;
+        self.size += n;
+        Ok(n)
+    }
+
+    /// Undoes a failed chunk: back to `size` bytes and the hash state
+    /// before it.
+    async fn rewind(&mut self, size: u64, hasher: Hasher) -> Result<(), Error> {
+        if let Some(f) = self.file.as_mut() {
+            f.set_len(size).await?;
+            use tokio::io::AsyncSeekExt;
+            f.seek(std::io::SeekFrom::Start(size)).await?;
+        }
+        self.size = size;
+        self.hasher = hasher;
+        Ok(())
+    }
+}
+
+/// A session id: 128 random bits from the kernel, as hex. Unguessable, so
+/// one client cannot write into another's session.
+fn new_id() -> String {
+    use std::io::Read;
+    let mut raw = [0u8; 16];
+    let random = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut raw));
+    if random.is_err() {
+        // No /dev/urandom: fall back to a hash of time and a counter.
+        static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let seed = format!("{:?}-{n}-{}", Instant::now(), std::process::id());
+        raw.copy_from_slice(&Digest::of(seed.as_bytes()).hex().as_bytes()[..16]);
+    }
+    hex::encode(raw)
+}
