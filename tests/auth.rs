@@ -35,6 +35,15 @@ allow = ["pull", "push", "delete", "admin"]
 
 const USERS: [(&str, &str); 3] = [("alice", "a-pw"), ("bob", "b-pw"), ("root", "r-pw")];
 
+/// Credentials a test request carries.
+#[derive(Clone, Copy)]
+enum As<'a> {
+    Anonymous,
+    /// Basic, with the user's password from [`USERS`].
+    User(&'a str),
+    Token(&'a str),
+}
+
 struct AuthEnv {
     hub: FakeRegistry,
     mirror: TestMirror,
@@ -67,17 +76,29 @@ impl AuthEnv {
         self.mirror.client.request(method, self.mirror.url(path))
     }
 
-    /// A token from `/token` for `scope`, as `user` (None: anonymous).
-    async fn token(&self, user: Option<(&str, &str)>, scope: &str) -> String {
-        let mut r = self.req(
-            reqwest::Method::GET,
-            &format!("/token?service=hoard&scope={scope}"),
-        );
-        if let Some((u, p)) = user {
-            r = r.basic_auth(u, Some(p));
-        }
-        let resp = r.send().await.unwrap();
-        assert_eq!(resp.status(), 200, "token for {user:?} {scope}");
+    /// Sends `method path` with `who`'s credentials.
+    async fn send(&self, method: reqwest::Method, path: &str, who: As<'_>) -> reqwest::Response {
+        let r = self.req(method, path);
+        let r = match who {
+            As::Anonymous => r,
+            As::User(u) => {
+                let pw = USERS
+                    .iter()
+                    .find(|(n, _)| *n == u)
+                    .expect("a user of USERS")
+                    .1;
+                r.basic_auth(u, Some(pw))
+            }
+            As::Token(t) => r.bearer_auth(t),
+        };
+        r.send().await.unwrap_or_else(|e| panic!("{path}: {e}"))
+    }
+
+    /// A token from `/token` for `scope`, asked for by `who`.
+    async fn token(&self, who: As<'_>, scope: &str) -> String {
+        let path = format!("/token?service=hoard&scope={scope}");
+        let resp = self.send(reqwest::Method::GET, &path, who).await;
+        assert_eq!(resp.status(), 200, "token for {scope}");
         let json: serde_json::Value = serde_json::from_slice(&resp.bytes().await.unwrap()).unwrap();
         json["token"].as_str().expect("token").to_owned()
     }
@@ -137,10 +158,12 @@ async fn default_rules_allow_anonymous_pull_and_challenge_a_push() {
 
     // The push is refused before any push handler runs.
     let resp = env
-        .req(reqwest::Method::POST, "/v2/team/app/blobs/uploads/")
-        .send()
-        .await
-        .unwrap();
+        .send(
+            reqwest::Method::POST,
+            "/v2/team/app/blobs/uploads/",
+            As::Anonymous,
+        )
+        .await;
     let challenge = header(&resp, "WWW-Authenticate");
     assert_eq!(
         challenge,
@@ -153,13 +176,12 @@ async fn default_rules_allow_anonymous_pull_and_challenge_a_push() {
 
     // A mount also asks for pull on the source.
     let resp = env
-        .req(
+        .send(
             reqwest::Method::POST,
             "/v2/team/app/blobs/uploads/?mount=sha256:00&from=other/app",
+            As::Anonymous,
         )
-        .send()
-        .await
-        .unwrap();
+        .await;
     assert!(
         header(&resp, "WWW-Authenticate")
             .ends_with("scope=\"repository:other/app:pull repository:team/app:pull,push\""),
@@ -170,11 +192,12 @@ async fn default_rules_allow_anonymous_pull_and_challenge_a_push() {
 
     // Any logged-in user may push with the default rules.
     let resp = env
-        .req(reqwest::Method::POST, "/v2/team/app/blobs/uploads/")
-        .basic_auth("bob", Some("b-pw"))
-        .send()
-        .await
-        .unwrap();
+        .send(
+            reqwest::Method::POST,
+            "/v2/team/app/blobs/uploads/",
+            As::User("bob"),
+        )
+        .await;
     assert_eq!(
         resp.status(),
         202,
@@ -199,12 +222,7 @@ async fn pulls_can_require_credentials() {
         "refused before the upstream"
     );
 
-    let resp = env
-        .req(reqwest::Method::GET, &path)
-        .basic_auth("bob", Some("b-pw"))
-        .send()
-        .await
-        .unwrap();
+    let resp = env.send(reqwest::Method::GET, &path, As::User("bob")).await;
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.bytes().await.unwrap(), image.manifest);
 
@@ -220,11 +238,8 @@ async fn pulls_can_require_credentials() {
     );
     assert_eq!(resp.status(), 401);
     let resp = env
-        .req(reqwest::Method::GET, "/v2/")
-        .basic_auth("alice", Some("a-pw"))
-        .send()
-        .await
-        .unwrap();
+        .send(reqwest::Method::GET, "/v2/", As::User("alice"))
+        .await;
     assert_eq!(resp.status(), 200);
     // Health, readiness and metrics stay open for probes and scrapers.
     for open in ["/healthz", "/readyz", "/metrics"] {
@@ -260,10 +275,12 @@ allow = ["pull"]
 async fn basic_challenge_and_forbidden_users() {
     let env = AuthEnv::start(&format!("challenge = \"basic\"\n{RULES}")).await;
     let resp = env
-        .req(reqwest::Method::POST, "/v2/team/app/blobs/uploads/")
-        .send()
-        .await
-        .unwrap();
+        .send(
+            reqwest::Method::POST,
+            "/v2/team/app/blobs/uploads/",
+            As::Anonymous,
+        )
+        .await;
     assert_eq!(
         header(&resp, "WWW-Authenticate"),
         "Basic realm=\"hoard\",charset=\"UTF-8\""
@@ -272,48 +289,46 @@ async fn basic_challenge_and_forbidden_users() {
 
     // bob is known but may not push: 403 DENIED.
     let resp = env
-        .req(reqwest::Method::POST, "/v2/team/app/blobs/uploads/")
-        .basic_auth("bob", Some("b-pw"))
-        .send()
-        .await
-        .unwrap();
+        .send(
+            reqwest::Method::POST,
+            "/v2/team/app/blobs/uploads/",
+            As::User("bob"),
+        )
+        .await;
     assert_oci_error(resp, 403, &["DENIED"]).await;
     // alice may push under team, not elsewhere.
     let resp = env
-        .req(reqwest::Method::POST, "/v2/team/app/blobs/uploads/")
-        .basic_auth("alice", Some("a-pw"))
-        .send()
-        .await
-        .unwrap();
+        .send(
+            reqwest::Method::POST,
+            "/v2/team/app/blobs/uploads/",
+            As::User("alice"),
+        )
+        .await;
     assert_eq!(resp.status(), 202);
     let resp = env
-        .req(reqwest::Method::PUT, "/v2/teams/app/manifests/v1")
-        .basic_auth("alice", Some("a-pw"))
-        .send()
-        .await
-        .unwrap();
+        .send(
+            reqwest::Method::PUT,
+            "/v2/teams/app/manifests/v1",
+            As::User("alice"),
+        )
+        .await;
     assert_oci_error(resp, 403, &["DENIED"]).await;
     let resp = env
-        .req(reqwest::Method::DELETE, "/v2/team/app/manifests/v1")
-        .basic_auth("alice", Some("a-pw"))
-        .send()
-        .await
-        .unwrap();
+        .send(
+            reqwest::Method::DELETE,
+            "/v2/team/app/manifests/v1",
+            As::User("alice"),
+        )
+        .await;
     assert_oci_error(resp, 403, &["DENIED"]).await;
     // The operator API needs admin.
     let resp = env
-        .req(reqwest::Method::GET, "/_hoard/pins")
-        .basic_auth("alice", Some("a-pw"))
-        .send()
-        .await
-        .unwrap();
+        .send(reqwest::Method::GET, "/_hoard/pins", As::User("alice"))
+        .await;
     assert_oci_error(resp, 403, &["DENIED"]).await;
     let resp = env
-        .req(reqwest::Method::GET, "/_hoard/pins")
-        .basic_auth("root", Some("r-pw"))
-        .send()
-        .await
-        .unwrap();
+        .send(reqwest::Method::GET, "/_hoard/pins", As::User("root"))
+        .await;
     assert!(
         ![401, 403].contains(&resp.status().as_u16()),
         "{}",
@@ -329,15 +344,7 @@ async fn bearer_flow_with_scope_intersection() {
     let env = AuthEnv::start(RULES).await;
     let image = env.hub.add_simple_image("team/app", "1", 4);
 
-    let resp = env
-        .req(
-            reqwest::Method::GET,
-            "/token?service=hoard&scope=repository:team/app:pull,push,delete&scope=repository:other:pull,push&scope=repository:team/new:push",
-        )
-        .basic_auth("alice", Some("a-pw"))
-        .send()
-        .await
-        .unwrap();
+    let resp = env.send(reqwest::Method::GET, "/token?service=hoard&scope=repository:team/app:pull,push,delete&scope=repository:other:pull,push&scope=repository:team/new:push", As::User("alice")).await;
     assert_eq!(resp.status(), 200);
     assert_eq!(header(&resp, "Cache-Control"), "no-store");
     let json: serde_json::Value = serde_json::from_slice(&resp.bytes().await.unwrap()).unwrap();
@@ -352,72 +359,76 @@ async fn bearer_flow_with_scope_intersection() {
 
     // The token pulls team/app and may push to team/new...
     let resp = env
-        .req(reqwest::Method::GET, &manifest_path("team/app", "1"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
+        .send(
+            reqwest::Method::GET,
+            &manifest_path("team/app", "1"),
+            As::Token(&token),
+        )
+        .await;
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.bytes().await.unwrap(), image.manifest);
     // (team/app is in the cache, so the push side keeps it for the
     // upstream: push to a new name.)
     let resp = env
-        .req(reqwest::Method::POST, "/v2/team/new/blobs/uploads/")
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
+        .send(
+            reqwest::Method::POST,
+            "/v2/team/new/blobs/uploads/",
+            As::Token(&token),
+        )
+        .await;
     assert_eq!(resp.status(), 202);
     // ...and /v2/.
     let resp = env
-        .req(reqwest::Method::GET, "/v2/")
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
+        .send(reqwest::Method::GET, "/v2/", As::Token(&token))
+        .await;
     assert_eq!(resp.status(), 200);
 
     // A token without the scope: 401 insufficient_scope, so the client
     // fetches a better one (alice would be given it).
     let narrow = env
-        .token(Some(("alice", "a-pw")), "repository:team/app:pull")
+        .token(As::User("alice"), "repository:team/app:pull")
         .await;
     let resp = env
-        .req(reqwest::Method::POST, "/v2/team/app/blobs/uploads/")
-        .bearer_auth(&narrow)
-        .send()
-        .await
-        .unwrap();
+        .send(
+            reqwest::Method::POST,
+            "/v2/team/app/blobs/uploads/",
+            As::Token(&narrow),
+        )
+        .await;
     assert!(header(&resp, "WWW-Authenticate")
         .ends_with("scope=\"repository:team/app:pull,push\",error=\"insufficient_scope\""));
     assert_oci_error(resp, 401, &["UNAUTHORIZED"]).await;
 
     // bob asks for push and gets pull only; pushing with it is forbidden.
     let bob = env
-        .token(Some(("bob", "b-pw")), "repository:team/app:pull,push")
+        .token(As::User("bob"), "repository:team/app:pull,push")
         .await;
     assert_eq!(granted(&bob, "team/app"), ["pull"]);
     let resp = env
-        .req(reqwest::Method::POST, "/v2/team/app/blobs/uploads/")
-        .bearer_auth(&bob)
-        .send()
-        .await
-        .unwrap();
+        .send(
+            reqwest::Method::POST,
+            "/v2/team/app/blobs/uploads/",
+            As::Token(&bob),
+        )
+        .await;
     assert!(header(&resp, "WWW-Authenticate").contains("error=\"insufficient_scope\""));
     assert_oci_error(resp, 403, &["DENIED"]).await;
 
     // Anonymous tokens grant what anonymous may do: pull of public only.
-    let anon = env.token(None, "repository:public/x:pull,push").await;
+    let anon = env
+        .token(As::Anonymous, "repository:public/x:pull,push")
+        .await;
     assert_eq!(claims(&anon)["sub"], "");
     assert_eq!(granted(&anon, "public/x"), ["pull"]);
-    let anon = env.token(None, "repository:team/app:pull").await;
+    let anon = env.token(As::Anonymous, "repository:team/app:pull").await;
     assert!(granted(&anon, "team/app").is_empty());
     let resp = env
-        .req(reqwest::Method::GET, &manifest_path("team/app", "1"))
-        .bearer_auth(&anon)
-        .send()
-        .await
-        .unwrap();
+        .send(
+            reqwest::Method::GET,
+            &manifest_path("team/app", "1"),
+            As::Token(&anon),
+        )
+        .await;
     assert_oci_error(resp, 401, &["UNAUTHORIZED"]).await;
     // The OAuth2 POST form is not spoken: 404 tells clients to use GET.
     let resp = env
@@ -487,11 +498,12 @@ async fn failed_logins_are_rate_limited() {
     assert_oci_error(resp, 429, &["TOOMANYREQUESTS"]).await;
     // Also at the token endpoint, and for another name from this address.
     let resp = env
-        .req(reqwest::Method::GET, "/token?service=hoard")
-        .basic_auth("bob", Some("b-pw"))
-        .send()
-        .await
-        .unwrap();
+        .send(
+            reqwest::Method::GET,
+            "/token?service=hoard",
+            As::User("bob"),
+        )
+        .await;
     assert_eq!(resp.status(), 429);
     let m = env.mirror.metrics().await;
     assert_eq!(
@@ -547,11 +559,8 @@ async fn expired_and_forged_tokens_are_refused() {
     // A token minted with the shared key works: replicas can share tokens.
     let good = mint(key, "alice", "team/app", now + 60);
     let resp = env
-        .req(reqwest::Method::GET, &path)
-        .bearer_auth(&good)
-        .send()
-        .await
-        .unwrap();
+        .send(reqwest::Method::GET, &path, As::Token(&good))
+        .await;
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.bytes().await.unwrap(), image.manifest);
 
@@ -573,11 +582,8 @@ async fn expired_and_forged_tokens_are_refused() {
         ("garbage", "not-a-token"),
     ] {
         let resp = env
-            .req(reqwest::Method::GET, &path)
-            .bearer_auth(token)
-            .send()
-            .await
-            .unwrap();
+            .send(reqwest::Method::GET, &path, As::Token(token))
+            .await;
         assert!(
             header(&resp, "WWW-Authenticate").starts_with("Bearer realm="),
             "{what}"
@@ -587,11 +593,12 @@ async fn expired_and_forged_tokens_are_refused() {
     // A token naming a user the rules do not allow is no better than its user.
     let bob = mint(key, "bob", "team/app", now + 60);
     let resp = env
-        .req(reqwest::Method::POST, "/v2/team/app/blobs/uploads/")
-        .bearer_auth(&bob)
-        .send()
-        .await
-        .unwrap();
+        .send(
+            reqwest::Method::POST,
+            "/v2/team/app/blobs/uploads/",
+            As::Token(&bob),
+        )
+        .await;
     assert_oci_error(resp, 403, &["DENIED"]).await;
     let m = env.mirror.metrics().await;
     assert_eq!(
@@ -607,11 +614,12 @@ async fn catalog_lists_only_what_the_client_may_pull() {
     for (i, repo) in ["public/a", "team/b", "other/c"].iter().enumerate() {
         env.hub.add_simple_image(repo, "1", 10 + i as u64);
         let resp = env
-            .req(reqwest::Method::GET, &manifest_path(repo, "1"))
-            .basic_auth("root", Some("r-pw"))
-            .send()
-            .await
-            .unwrap();
+            .send(
+                reqwest::Method::GET,
+                &manifest_path(repo, "1"),
+                As::User("root"),
+            )
+            .await;
         assert_eq!(resp.status(), 200, "{repo}");
     }
     let list = |resp: reqwest::Response| async move {
@@ -620,11 +628,8 @@ async fn catalog_lists_only_what_the_client_may_pull() {
         json["repositories"].clone()
     };
     let all = list(
-        env.req(reqwest::Method::GET, "/v2/_catalog")
-            .basic_auth("root", Some("r-pw"))
-            .send()
-            .await
-            .unwrap(),
+        env.send(reqwest::Method::GET, "/v2/_catalog", As::User("root"))
+            .await,
     )
     .await;
     assert_eq!(all, serde_json::json!(["other/c", "public/a", "team/b"]));
@@ -639,15 +644,10 @@ async fn catalog_lists_only_what_the_client_may_pull() {
     let resp = closed.mirror.get("/v2/_catalog").await;
     assert!(header(&resp, "WWW-Authenticate").ends_with("scope=\"registry:catalog:*\""));
     assert_eq!(resp.status(), 401);
-    let token = closed
-        .token(Some(("alice", "a-pw")), "registry:catalog:*")
-        .await;
+    let token = closed.token(As::User("alice"), "registry:catalog:*").await;
     let resp = closed
-        .req(reqwest::Method::GET, "/v2/_catalog")
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
+        .send(reqwest::Method::GET, "/v2/_catalog", As::Token(&token))
+        .await;
     assert_eq!(resp.status(), 200);
 }
 
