@@ -14,8 +14,11 @@
 //! - [`upstream`]: the client for configured registries (tokens, redirects).
 //! - [`cache`]: content-addressed store, tag records, in-flight fills, index.
 //! - [`server`]: listeners (plain and TLS), connection limits, graceful shutdown.
+//! - [`bundle`]: `hoard export` / `hoard import`: images to and from one
+//!   OCI-layout tar, to carry a warmed cache to a disconnected site.
 
 pub mod body;
+pub mod bundle;
 pub mod cache;
 pub mod commands;
 pub mod config;
