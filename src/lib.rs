@@ -16,6 +16,7 @@
 //! - [`server`]: listeners (plain and TLS), connection limits, graceful shutdown.
 //! - [`bundle`]: `hoard export` / `hoard import`: images to and from one
 //!   OCI-layout tar, to carry a warmed cache to a disconnected site.
+//! - [`pins`]: pinned images kept outside the budget, the cache directory lock.
 
 pub mod body;
 pub mod bundle;
@@ -25,6 +26,7 @@ pub mod config;
 pub mod error;
 pub mod metrics;
 pub mod oci;
+pub mod pins;
 pub mod registry;
 pub mod server;
 pub mod upstream;
@@ -46,6 +48,9 @@ pub enum Error {
     /// Loading the TLS certificate or key (the message names the key and file).
     #[error(transparent)]
     Tls(#[from] server::TlsError),
+    /// Another process writes the cache directory.
+    #[error(transparent)]
+    Lock(#[from] pins::LockError),
 }
 
 /// Serves the mirror on `listener` (plain HTTP only) until `shutdown`
@@ -98,15 +103,22 @@ pub async fn run_listeners(
     };
     let metrics = Arc::new(metrics::Metrics::new());
     let upstreams = upstream::Upstreams::new(&config, metrics.clone())?;
-    let cache =
-        cache::Cache::open(&config.cache_dir, config.max_size.as_u64(), metrics.clone()).await?;
-    let limits = server::Limits::from_config(&config);
-    let registry = Arc::new(registry::Registry::new(
-        config,
-        upstreams,
-        cache.clone(),
+    // One writer per cache directory; pinned blobs are held before the
+    // budget is applied at open.
+    let _lock = pins::CacheLock::acquire(&config.cache_dir)?;
+    let pins = load_pins(&config.cache_dir).await?;
+    let cache = cache::Cache::open_holding(
+        &config.cache_dir,
+        config.max_size.as_u64(),
         metrics.clone(),
-    ));
+        &pins.held(),
+    )
+    .await?;
+    let limits = server::Limits::from_config(&config);
+    let registry = Arc::new(
+        registry::Registry::new(config, upstreams, cache.clone(), metrics.clone())
+            .with_pins(pins.clone()),
+    );
     if let Ok(addr) = plain.local_addr() {
         tracing::info!(%addr, scheme = "http", "hoard listening");
     }
@@ -121,4 +133,15 @@ pub async fn run_listeners(
     };
     server::serve(listeners, shared, limits, shutdown, reload).await;
     Ok(())
+}
+
+/// Reads the pin records of `cache_dir` off the runtime.
+pub async fn load_pins(cache_dir: &std::path::Path) -> Result<Arc<pins::Pins>, Error> {
+    let dir = cache_dir.to_owned();
+    let pins = tokio::task::spawn_blocking(move || pins::Pins::load(&dir))
+        .await
+        .map_err(std::io::Error::other)
+        .and_then(|r| r)
+        .map_err(cache::Error::from)?;
+    Ok(Arc::new(pins))
 }

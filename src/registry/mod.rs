@@ -42,6 +42,8 @@ pub struct Registry {
     metrics: Arc<Metrics>,
     /// One revalidation or fetch per tag at a time; idle locks expire.
     tag_locks: moka::sync::Cache<TagKey, Arc<tokio::sync::Mutex<()>>>,
+    /// Pinned images (air-gap): their tags never move.
+    pins: Option<Arc<crate::pins::Pins>>,
 }
 
 impl Registry {
@@ -61,7 +63,19 @@ impl Registry {
             tag_locks: moka::sync::Cache::builder()
                 .time_to_idle(Duration::from_secs(120))
                 .build(),
+            pins: None,
         }
+    }
+
+    /// Serves pinned tags as their pinned digests (see [`crate::pins`]).
+    pub fn with_pins(mut self, pins: Arc<crate::pins::Pins>) -> Registry {
+        self.pins = Some(pins);
+        self
+    }
+
+    /// The pinned digest of a tag, if it is pinned.
+    fn pinned_tag(&self, key: &TagKey) -> Option<crate::oci::Digest> {
+        self.pins.as_ref()?.tag(key)
     }
 
     /// Answers one request. Never fails: errors become OCI error responses.
