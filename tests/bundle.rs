@@ -117,8 +117,9 @@ async fn import_into(
 ) -> (Result<import::Summary, Error>, Arc<Cache>) {
     // The upstream of the disconnected site: nothing listens there.
     let config = config(dir, "http://127.0.0.1:9");
+    let pins = hoard::pins::Pins::load(dir).expect("pins");
     let cache = open(dir).await;
-    let r = import::import(cache.clone(), &config, archive, placement, true).await;
+    let r = import::import(cache.clone(), &config, archive, placement, &pins, true).await;
     (r, cache)
 }
 
@@ -260,6 +261,19 @@ async fn exported_images_import_into_an_empty_cache_and_serve_offline() {
     }
     assert!(files_in_tmp(site.path()).is_empty(), "no staged files left");
     drop(cache);
+    // Durable pins: every digest of both images is held from the next start.
+    let pins = hoard::pins::Pins::load(site.path()).expect("pins");
+    let keys: Vec<String> = pins.list().iter().map(|p| p.key()).collect();
+    assert_eq!(
+        keys,
+        ["docker.io/library/multi:latest", "docker.io/team/app:v1"]
+    );
+    let held = pins.held();
+    for (path, data) in &blobs {
+        let d: Digest = sha256_digest(data).parse().unwrap();
+        assert!(held.contains_key(&d), "{path} pinned");
+    }
+    assert_eq!(held.len(), 13);
 
     let m = offline_mirror(site.path()).await;
     assert_serves(&m, "multi", "latest", &w.index.1).await;
@@ -313,6 +327,13 @@ async fn platform_filter_exports_only_those_children() {
     let site = tempfile::tempdir().unwrap();
     let (r, _cache) = import_into(site.path(), &archive, &Placement::default()).await;
     assert_eq!(r.expect("import").absent_children, 1);
+    let pins = hoard::pins::Pins::load(site.path()).expect("pins");
+    let pin = &pins.list()[0];
+    assert_eq!(pin.platforms, ["linux/arm64"], "the pin says what it holds");
+    assert_eq!(
+        pin.manifests,
+        [w.children[1].digest.parse::<Digest>().unwrap()]
+    );
 }
 
 #[tokio::test]
@@ -521,6 +542,7 @@ async fn a_tag_only_archive_needs_repo_and_then_serves() {
     let (r, cache) = import_into(site.path(), &archive, &placement).await;
     let s = r.expect("import with --repo");
     assert_eq!(s.tags, [format!("docker.io/team/app:v1@{}", app.digest)]);
+    assert_eq!(s.pins, ["docker.io/team/app:v1"]);
     drop(cache);
     let m = offline_mirror(site.path()).await;
     assert_serves(&m, "team/app", "v1", &app.manifest).await;

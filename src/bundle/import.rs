@@ -31,6 +31,7 @@ use super::{blocking, Error};
 use crate::cache::{Cache, Holder, TagKey, TagRecord};
 use crate::config::Config;
 use crate::oci::{is_index, Digest, Hasher, RepoName, Tag};
+use crate::pins::{Pin, Pins};
 use crate::upstream::FetchedManifest;
 
 /// Largest `index.json` or `oci-layout` read into memory.
@@ -64,8 +65,11 @@ pub struct Summary {
     pub unreferenced: usize,
     /// Platforms of indexes that the archive does not carry.
     pub absent_children: usize,
-    /// Images with no name: reachable by digest only.
+    /// Images with no name: reachable by digest only, and not pinned past
+    /// the next start.
     pub unnamed: Vec<Digest>,
+    /// Pins recorded (`upstream/repo:tag` or `upstream/repo@digest`).
+    pub pins: Vec<String>,
 }
 
 /// A verified blob from the archive.
@@ -112,12 +116,15 @@ struct Image {
 }
 
 /// Imports `archive` into `cache`, placing images by their names in the
-/// archive, `placement` and `config`'s upstreams.
+/// archive, `placement` and `config`'s upstreams, and records a pin for
+/// each named image in `pins` (so it survives restarts and the budget, and
+/// its tag does not move).
 pub async fn import(
     cache: Arc<Cache>,
     config: &Config,
     archive: &Path,
     placement: &Placement,
+    pins: &Pins,
     quiet: bool,
 ) -> Result<Summary, Error> {
     let total = std::fs::metadata(archive)
@@ -153,8 +160,10 @@ pub async fn import(
             })
         })
         .collect::<Result<Vec<_>, Error>>()?;
-    let (manifests, blobs) = check(&cache, &staged, &images, config, &mut summary).await?;
+    let (manifests, blobs, contents) =
+        check(&cache, &staged, &images, config, &mut summary).await?;
     commit(&cache, staged, &images, manifests, blobs, &mut summary).await?;
+    pin(&cache, pins, &images, contents, &mut summary).await?;
     Ok(summary)
 }
 
@@ -398,38 +407,67 @@ fn split_name(
 
 type Manifests = BTreeMap<Digest, (Bytes, String)>;
 
+/// What one image of the archive consists of, for its pin.
+#[derive(Default)]
+struct Content {
+    /// Child manifests present (an index's selected platforms).
+    children: Vec<Digest>,
+    /// Configs and layers.
+    blobs: Vec<Digest>,
+    /// Bytes of all of it, the top manifest included.
+    bytes: u64,
+    /// Platforms of the children present, when some are absent (a
+    /// filtered export); empty when the image is complete.
+    platforms: Vec<String>,
+}
+
 /// Phase 2: every image's manifests are in the archive (or the cache), and
-/// so is every config and layer they need.
+/// so is every config and layer they need. Returns every manifest (parsed
+/// once), every blob, and each image's content.
 async fn check(
     cache: &Cache,
     staged: &Staged,
     images: &[Image],
     config: &Config,
     summary: &mut Summary,
-) -> Result<(Manifests, BTreeSet<Digest>), Error> {
+) -> Result<(Manifests, BTreeSet<Digest>, Vec<Content>), Error> {
     let mut manifests = Manifests::new();
     let mut blobs = BTreeSet::new();
+    let mut contents = Vec::new();
     for image in images {
+        let mut content = Content::default();
+        let mut seen = BTreeSet::new();
+        let mut present_platforms = Vec::new();
+        let mut absent = 0;
+        let top = &image.digest;
         let mut stack = vec![(
-            image.digest.clone(),
+            top.clone(),
             image.descriptor.size,
             image.descriptor.media_type.clone(),
+            None,
         )];
-        let mut top = true;
-        while let Some((digest, size, hint)) = stack.pop() {
-            let was_top = std::mem::replace(&mut top, false);
-            if manifests.contains_key(&digest) {
+        while let Some((digest, size, hint, platform)) = stack.pop() {
+            if !seen.insert(digest.clone()) {
                 continue;
             }
-            let Some(bytes) = manifest_bytes(cache, staged, &digest, config).await? else {
-                if was_top {
-                    return Err(Error::archive(
-                        &image.entry,
-                        format!("its manifest {digest} is not in the archive"),
-                    ));
-                }
-                summary.absent_children += 1;
-                continue;
+            let (bytes, media_type) = match manifests.get(&digest) {
+                Some((b, t)) => (b.clone(), t.clone()),
+                None => match manifest_bytes(cache, staged, &digest, config).await? {
+                    Some(b) => {
+                        let t = layout::media_type_of(&hint, &b);
+                        (b, t)
+                    }
+                    None if digest == *top => {
+                        return Err(Error::archive(
+                            &image.entry,
+                            format!("its manifest {digest} is not in the archive"),
+                        ))
+                    }
+                    None => {
+                        absent += 1;
+                        continue;
+                    }
+                },
             };
             if bytes.len() as u64 != size {
                 return Err(Error::archive(
@@ -440,11 +478,15 @@ async fn check(
                     ),
                 ));
             }
-            let media_type = layout::media_type_of(&hint, &bytes);
+            content.bytes += size;
+            if digest != *top {
+                content.children.push(digest.clone());
+                present_platforms.extend(platform.map(|p: layout::Platform| p.to_string()));
+            }
             match layout::needs(&digest, &media_type, &bytes)? {
                 Needs::Children(children) => {
                     for c in children {
-                        stack.push((c.digest, c.size, c.media_type));
+                        stack.push((c.digest, c.size, c.media_type, c.platform));
                     }
                 }
                 Needs::Blobs(needed) => {
@@ -460,7 +502,11 @@ async fn check(
                                     ),
                                 ))
                             }
-                            Some(_) => {
+                            Some(have) => {
+                                if !content.blobs.contains(&n.digest) {
+                                    content.bytes += have.size();
+                                    content.blobs.push(n.digest.clone());
+                                }
                                 blobs.insert(n.digest);
                             }
                             None if n.optional => {}
@@ -477,10 +523,15 @@ async fn check(
                     }
                 }
             }
-            manifests.insert(digest, (bytes, media_type));
+            manifests.entry(digest).or_insert((bytes, media_type));
         }
+        if absent > 0 {
+            summary.absent_children += absent;
+            content.platforms = present_platforms;
+        }
+        contents.push(content);
     }
-    Ok((manifests, blobs))
+    Ok((manifests, blobs, contents))
 }
 
 /// A manifest's bytes from the archive (or the cache, which had them).
@@ -587,8 +638,40 @@ async fn commit(
                     .tags
                     .push(format!("{upstream}/{repo}:{tag}@{}", image.digest));
             }
-            Some(_) | None => summary.unnamed.push(image.digest.clone()),
+            Some(_) => {}
+            None => summary.unnamed.push(image.digest.clone()),
         }
+    }
+    Ok(())
+}
+
+/// Records a pin for each image that has a name (upstream and repository):
+/// by its tag, or by digest when the archive gave none. Unnamed images are
+/// held only until the next start (reported in the summary).
+async fn pin(
+    cache: &Cache,
+    pins: &Pins,
+    images: &[Image],
+    contents: Vec<Content>,
+    summary: &mut Summary,
+) -> Result<(), Error> {
+    for (image, content) in images.iter().zip(contents) {
+        let Some((upstream, repo, tag)) = &image.place else {
+            continue;
+        };
+        let pin = Pin {
+            upstream: upstream.clone(),
+            repo: repo.clone(),
+            tag: tag.clone(),
+            digest: image.digest.clone(),
+            manifests: content.children,
+            blobs: content.blobs,
+            platforms: content.platforms,
+            bytes: content.bytes,
+            pinned_at: SystemTime::now(),
+        };
+        summary.pins.push(pin.key());
+        pins.put(cache, pin).await?;
     }
     Ok(())
 }

@@ -92,6 +92,9 @@ pub enum Error {
     /// The cache.
     #[error(transparent)]
     Cache(#[from] crate::cache::Error),
+    /// Recording a pin.
+    #[error(transparent)]
+    Pin(#[from] crate::pins::PinError),
 }
 
 impl Error {

@@ -108,6 +108,17 @@ class Carry:
             ensure(not missing, f"archive lacks {missing}")
             ensure("oci-layout" in names, "no oci-layout file")
 
+        def refused_while_serving():
+            # One writer per cache directory: the running hoard holds its lock.
+            proc = self.hoard("export", "--config", self.config, IMAGES[2], "-o", self.s.path("busy.tar"),
+                              check=False)
+            err = proc.stderr.decode()
+            ensure(proc.returncode == 1 and "in use" in err, f"exit {proc.returncode}: {err}")
+            ensure(not os.path.exists(self.s.path("busy.tar")), "an archive was written anyway")
+
+        check("hoard export on a serving hoard's cache is refused (cache directory in use)", refused_while_serving,
+              self.logs)
+        self.report.require("first hoard stopped (the connected site's mirror)", self.s.hoard.stop, self.logs)
         self.report.require("hoard export multi, dlist, team/app to one OCI-layout tar", export, self.logs)
 
         sk = Skopeo(self.s.path("skopeo-archive"), f"127.0.0.1:{self.s.dead}", self.s.dead, self.s.env)
@@ -195,6 +206,9 @@ class Carry:
             out = self.hoard("import", "--config", self.config, "--cache-dir", cache, self.bundle).stdout.decode()
             for ref in IMAGES:
                 ensure(f"tagged {ref}@" in out, f"summary does not tag {ref}: {out!r}")
+                ensure(f"pinned {ref}" in out, f"summary does not pin {ref}: {out!r}")
+            pins = os.listdir(os.path.join(cache, "pins"))
+            ensure(len(pins) == 3, f"pins/ holds {pins}, want one record per image")
 
         self.report.require("hoard import bundle.tar into an empty cache", load)
 
@@ -209,11 +223,7 @@ class Carry:
 
         check("hoard import of a skopeo-made archive (ref.name only a tag) needs --repo, then loads", tag_only)
 
-        def stop_upstream():
-            self.s.hoard.stop()
-            self.s.stop_upstream()
-
-        self.report.require("first hoard, upstream registry and token service stopped", stop_upstream, self.logs)
+        self.s.stop_upstream()
 
         def start():
             self.carried_port = free_port()
