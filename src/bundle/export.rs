@@ -203,116 +203,106 @@ fn write_archive(
     out: Output,
     progress: &Progress,
 ) -> Result<(), Error> {
-    let (sink, partial): (Box<dyn Write + Send>, Option<Partial>) = match &out {
-        Output::Stdout => (Box::new(io::stdout()), None),
+    let (sink, partial, target): (Box<dyn Write + Send>, _, _) = match out {
+        Output::Stdout => (Box::new(io::stdout()), None, PathBuf::from("<stdout>")),
         Output::File(path) => {
-            let partial = Partial::create(path)?;
-            let file = partial.file()?;
-            (Box::new(file), Some(partial))
+            let partial = Partial::create(&path)?;
+            (Box::new(partial.file()?), Some(partial), path)
         }
     };
-    let target = match &out {
-        Output::File(p) => p.clone(),
-        Output::Stdout => PathBuf::from("<stdout>"),
-    };
-    let io_err = Error::file(&target);
     let mut tar = tar::Builder::new(io::BufWriter::with_capacity(1 << 20, sink));
-    let layout_file = serde_json::to_vec(&LayoutFile {
-        image_layout_version: layout::LAYOUT_VERSION.to_owned(),
-    })
-    .map_err(io::Error::other);
-    let index = serde_json::to_vec_pretty(&Index {
-        schema_version: 2,
-        media_type: Some(layout::OCI_INDEX.to_owned()),
-        manifests: plan.entries,
-    })
-    .map_err(io::Error::other);
-    let written = (|| -> Result<(), Error> {
-        let io = |e| Error::file(&target)(e);
-        append(
-            &mut tar,
-            layout::OCI_LAYOUT,
-            &layout_file.map_err(io)?[..],
-            None,
-        )
-        .map_err(io)?;
-        append(&mut tar, layout::INDEX_JSON, &index.map_err(io)?[..], None).map_err(io)?;
-        for dir in ["blobs/", "blobs/sha256/"] {
-            let mut h = header(0);
-            h.set_entry_type(tar::EntryType::Directory);
-            h.set_mode(0o755);
-            tar.append_data(&mut h, dir, io::empty()).map_err(io)?;
-        }
-        for (digest, bytes) in &plan.manifests {
-            progress.item(&format!("manifest {digest}"));
-            append(&mut tar, &blob_path(digest), &bytes[..], None).map_err(io)?;
-            progress.add(bytes.len() as u64);
-        }
-        for (digest, (size, image)) in &plan.blobs {
-            progress.item(&format!("blob {digest}"));
-            let reader = handle
-                .block_on(cache.open_blob(digest, 0, *size))?
-                .ok_or_else(|| Error::Missing {
-                    image: image.clone(),
-                    what: "blob".into(),
-                    digest: digest.clone(),
-                    hint: " (it vanished from the cache during the export)".into(),
-                })?;
-            let reader = tokio_util::io::SyncIoBridge::new_with_handle(reader, handle.clone());
-            let mut hashing = Hashing {
-                inner: reader,
-                hasher: Hasher::new(),
-                read: 0,
-                progress,
-            };
-            append(&mut tar, &blob_path(digest), &mut hashing, Some(*size)).map_err(io)?;
-            let (read, actual) = (hashing.read, hashing.hasher.finish());
-            if read != *size || actual != *digest {
-                return Err(Error::Damaged {
-                    image: image.clone(),
-                    digest: digest.clone(),
-                    actual,
-                });
-            }
-        }
-        let mut buffered = tar.into_inner().map_err(io)?;
-        buffered.flush().map_err(io)?;
-        Ok(())
-    })();
-    written?;
+    write_entries(&mut tar, cache, handle, &plan, progress, &target)?;
+    let io = Error::file(&target);
+    tar.into_inner().and_then(|mut w| w.flush()).map_err(io)?;
     match partial {
-        Some(p) => p.commit().map_err(io_err),
+        Some(p) => p.commit().map_err(Error::file(&target)),
         None => Ok(()),
     }
 }
 
-/// Appends one regular file of `size` bytes (the data's length if `None`).
-fn append(
+/// `oci-layout`, `index.json`, then every manifest and blob once, sorted by
+/// digest (the same cache content always makes the same archive).
+fn write_entries(
     tar: &mut tar::Builder<impl Write>,
-    path: &str,
-    data: impl Read,
-    size: Option<u64>,
-) -> io::Result<()> {
-    let mut data = data;
-    let mut h = header(0);
-    if let Some(s) = size {
-        h.set_size(s);
-        return tar.append_data(&mut h, path, &mut data);
+    cache: &Cache,
+    handle: &tokio::runtime::Handle,
+    plan: &Plan,
+    progress: &Progress,
+    target: &Path,
+) -> Result<(), Error> {
+    let io = |e: io::Error| Error::File {
+        path: target.to_owned(),
+        source: e,
+    };
+    let json = |v: serde_json::Result<Vec<u8>>| v.map_err(io::Error::other).map_err(io);
+    let layout_file = json(serde_json::to_vec(&LayoutFile {
+        image_layout_version: layout::LAYOUT_VERSION.to_owned(),
+    }))?;
+    let index = json(serde_json::to_vec_pretty(&Index {
+        schema_version: 2,
+        media_type: Some(layout::OCI_INDEX.to_owned()),
+        manifests: plan.entries.clone(),
+    }))?;
+    let mut append = |path: &str, size: u64, data: &mut dyn Read| {
+        tar.append_data(&mut header(path, size), path, data)
+            .map_err(io)
+    };
+    append(
+        layout::OCI_LAYOUT,
+        layout_file.len() as u64,
+        &mut &layout_file[..],
+    )?;
+    append(layout::INDEX_JSON, index.len() as u64, &mut &index[..])?;
+    append("blobs/", 0, &mut io::empty())?;
+    append("blobs/sha256/", 0, &mut io::empty())?;
+    for (digest, bytes) in &plan.manifests {
+        progress.item(&format!("manifest {digest}"));
+        append(&blob_path(digest), bytes.len() as u64, &mut &bytes[..])?;
+        progress.add(bytes.len() as u64);
     }
-    let mut buf = Vec::new();
-    data.read_to_end(&mut buf)?;
-    h.set_size(buf.len() as u64);
-    tar.append_data(&mut h, path, &buf[..])
+    for (digest, (size, image)) in &plan.blobs {
+        progress.item(&format!("blob {digest}"));
+        let reader = handle
+            .block_on(cache.open_blob(digest, 0, *size))?
+            .ok_or_else(|| Error::Missing {
+                image: image.clone(),
+                what: "blob".into(),
+                digest: digest.clone(),
+                hint: " (it left the cache during the export)".into(),
+            })?;
+        let mut hashing = Hashing {
+            inner: tokio_util::io::SyncIoBridge::new_with_handle(reader, handle.clone()),
+            hasher: Hasher::new(),
+            read: 0,
+            progress,
+        };
+        append(&blob_path(digest), *size, &mut hashing)?;
+        let (read, actual) = (hashing.read, hashing.hasher.finish());
+        if read != *size || actual != *digest {
+            return Err(Error::Damaged {
+                image: image.clone(),
+                digest: digest.clone(),
+                actual,
+            });
+        }
+    }
+    Ok(())
 }
 
-/// A GNU header (sizes past 8 GiB fit), read-only for all, time 0 so the
-/// same cache content always makes the same archive.
-fn header(size: u64) -> tar::Header {
+/// A GNU header (sizes past 8 GiB fit), time 0 so the same cache content
+/// always makes the same archive: a directory for a path ending in `/`,
+/// else a regular file readable by all.
+fn header(path: &str, size: u64) -> tar::Header {
     let mut h = tar::Header::new_gnu();
     h.set_size(size);
-    h.set_mode(0o644);
     h.set_mtime(0);
-    h.set_entry_type(tar::EntryType::Regular);
+    if path.ends_with('/') {
+        h.set_entry_type(tar::EntryType::Directory);
+        h.set_mode(0o755);
+    } else {
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_mode(0o644);
+    }
     h
 }
 

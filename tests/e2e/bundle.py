@@ -122,6 +122,15 @@ class Carry:
         self.report.require("hoard export multi, dlist, team/app to one OCI-layout tar", export, self.logs)
 
         sk = Skopeo(self.s.path("skopeo-archive"), f"127.0.0.1:{self.s.dead}", self.s.dead, self.s.env)
+        def stdout_same():
+            # `-o -` streams the same archive (the same cache content always gives the same bytes).
+            proc = self.hoard("export", "--config", self.config, *IMAGES, "-o", "-")
+            with open(self.bundle, "rb") as f:
+                ensure(proc.stdout == f.read(), f"`-o -` wrote {len(proc.stdout)} bytes that differ from bundle.tar")
+            ensure(b"exported 3 images" in proc.stderr, f"summary not on stderr: {proc.stderr[-300:]!r}")
+
+        check("hoard export -o - writes the identical archive to stdout", stdout_same)
+
         # skopeo's OCI layout reader only looks at index.json entries of OCI media types; the
         # Docker manifest list keeps its own type (its digest is what clients pull by), so skopeo
         # cannot address it in the archive. containerd and umoci can (checked below).
