@@ -102,7 +102,7 @@ pub fn export(
         s.images,
         s.manifests,
         s.blobs,
-        bytesize::ByteSize::b(s.bytes),
+        bytesize::ByteSize::b(s.bytes).to_string_as(true),
         output.display(),
         started.elapsed().as_secs_f64()
     ))
@@ -125,7 +125,7 @@ pub fn import(
         archive.display(),
         started.elapsed().as_secs_f64(),
         s.new_blobs,
-        bytesize::ByteSize::b(s.new_bytes),
+        bytesize::ByteSize::b(s.new_bytes).to_string_as(true),
         s.present_blobs,
     );
     for tag in &s.tags {
