@@ -16,9 +16,13 @@
 //! - [`cache`]: content-addressed store, tag records, in-flight fills, index.
 //! - [`local`]: pushed repositories: uploads, manifests, records, GC.
 //! - [`server`]: listeners (plain and TLS), connection limits, graceful shutdown.
+//! - [`bundle`]: `hoard export` / `hoard import`: images to and from one
+//!   OCI-layout tar, to carry a warmed cache to a disconnected site.
+//! - [`pins`]: pinned images kept outside the budget, the cache directory lock.
 
 pub mod auth;
 pub mod body;
+pub mod bundle;
 pub mod cache;
 pub mod commands;
 pub mod config;
@@ -26,6 +30,7 @@ pub mod error;
 pub mod local;
 pub mod metrics;
 pub mod oci;
+pub mod pins;
 pub mod registry;
 pub mod server;
 pub mod upstream;
@@ -50,6 +55,9 @@ pub enum Error {
     /// Loading the TLS certificate or key (the message names the key and file).
     #[error(transparent)]
     Tls(#[from] server::TlsError),
+    /// Another process writes the cache directory.
+    #[error(transparent)]
+    Lock(#[from] pins::LockError),
 }
 
 /// Serves the mirror on `listener` (plain HTTP only) until `shutdown`
@@ -102,14 +110,21 @@ pub async fn run_listeners(
     };
     let metrics = Arc::new(metrics::Metrics::new());
     let upstreams = upstream::Upstreams::new(&config, metrics.clone())?;
-    // Local records first: the cache must know what they hold before it
-    // applies its budget to what it finds on disk.
+    // One writer per cache directory.
+    let _lock = pins::CacheLock::acquire(&config.cache_dir)?;
+    // Local records and pins first: the cache must know what they hold
+    // before it applies its budget to what it finds on disk.
     let loaded = local::Local::load(&config.cache_dir).await?;
+    let pins = load_pins(&config.cache_dir).await?;
+    let mut held = loaded.held();
+    for (digest, holders) in pins.held() {
+        held.entry(digest).or_default().extend(holders);
+    }
     let cache = cache::Cache::open_holding(
         &config.cache_dir,
         config.max_size.as_u64(),
         metrics.clone(),
-        &loaded.held(),
+        &held,
     )
     .await?;
     let local = local::Local::open(
@@ -124,7 +139,8 @@ pub async fn run_listeners(
     let auth = auth::Auth::from_config(config.auth.as_ref(), metrics.clone())?;
     let registry = Arc::new(
         registry::Registry::new(config, upstreams, cache.clone(), local, metrics.clone())
-            .with_auth(auth),
+            .with_auth(auth)
+            .with_pins(pins.clone()),
     );
     if let Ok(addr) = plain.local_addr() {
         tracing::info!(%addr, scheme = "http", "hoard listening");
@@ -140,4 +156,15 @@ pub async fn run_listeners(
     };
     server::serve(listeners, shared, limits, shutdown, reload).await;
     Ok(())
+}
+
+/// Reads the pin records of `cache_dir` off the runtime.
+pub async fn load_pins(cache_dir: &std::path::Path) -> Result<Arc<pins::Pins>, Error> {
+    let dir = cache_dir.to_owned();
+    let pins = tokio::task::spawn_blocking(move || pins::Pins::load(&dir))
+        .await
+        .map_err(std::io::Error::other)
+        .and_then(|r| r)
+        .map_err(cache::Error::from)?;
+    Ok(Arc::new(pins))
 }

@@ -43,6 +43,47 @@ enum Command {
     },
     /// Print the embedded default configuration.
     DefaultConfig,
+    /// Write cached images (every manifest, config and layer, with their
+    /// tags) to one OCI-layout tar, for `hoard import`, skopeo
+    /// (`oci-archive:`) or umoci. Reads the cache only.
+    Export {
+        /// Images: `alpine:3.19`, `ghcr.io/org/app:v1`, `team/app@sha256:...`.
+        #[arg(required = true)]
+        images: Vec<String>,
+        /// The archive to write (`-` for standard output).
+        #[arg(long, short)]
+        output: PathBuf,
+        /// Only these platforms of multi-platform images
+        /// (`linux/amd64,linux/arm64`); default: all.
+        #[arg(long)]
+        platform: Option<String>,
+        /// Configuration file (cache_dir, upstreams); default: the embedded mirror.toml.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Cache directory (overrides the config).
+        #[arg(long)]
+        cache_dir: Option<PathBuf>,
+    },
+    /// Load an OCI-layout tar (from `hoard export` or `skopeo copy ...
+    /// oci-archive:`) into the cache, verifying every digest, and pin it.
+    /// Run it on a stopped server's cache.
+    Import {
+        /// The archive.
+        archive: PathBuf,
+        /// Put every image under this upstream (a key of [upstreams]).
+        #[arg(long)]
+        upstream: Option<String>,
+        /// Put every image in this repository (needed when the archive names
+        /// images only by a tag).
+        #[arg(long)]
+        repo: Option<String>,
+        /// Configuration file (cache_dir, upstreams); default: the embedded mirror.toml.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Cache directory (overrides the config).
+        #[arg(long)]
+        cache_dir: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -66,6 +107,25 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Export {
+            images,
+            output,
+            platform,
+            config,
+            cache_dir,
+        } => offline(config, cache_dir, output.as_os_str() == "-", |c| {
+            hoard::commands::export(c, &images, platform.as_deref(), &output)
+        }),
+        Command::Import {
+            archive,
+            upstream,
+            repo,
+            config,
+            cache_dir,
+        } => offline(config, cache_dir, false, |c| {
+            let placement = hoard::bundle::import::Placement { upstream, repo };
+            hoard::commands::import(c, &archive, &placement)
+        }),
         Command::DefaultConfig => {
             print!("{}", hoard::config::DEFAULT_CONFIG);
             ExitCode::SUCCESS
@@ -99,6 +159,39 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+/// Runs an offline command: exit 2 for a bad config, 1 when the command
+/// failed (its message on stderr), 0 with its summary on stdout (stderr
+/// when stdout carries the command's output).
+fn offline(
+    config: Option<PathBuf>,
+    cache_dir: Option<PathBuf>,
+    stdout_busy: bool,
+    command: impl FnOnce(&Config) -> Result<String, String>,
+) -> ExitCode {
+    let config = match load(config, None, cache_dir) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("hoard: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_tracing(config.log_format);
+    match command(&config) {
+        Ok(summary) if stdout_busy => {
+            eprintln!("{summary}");
+            ExitCode::SUCCESS
+        }
+        Ok(summary) => {
+            println!("{summary}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("hoard: {e}");
+            ExitCode::FAILURE
         }
     }
 }

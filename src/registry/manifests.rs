@@ -157,6 +157,10 @@ async fn by_tag(
         repo: target.repo.clone(),
         tag,
     };
+    // A pinned tag never moves, whatever the upstream says (src/pins).
+    if let Some(digest) = reg.pinned_tag(&key) {
+        return by_digest(reg, target, &digest, accept).await;
+    }
     let ttl = reg.tag_ttl(&key.upstream);
     let fresh = |r: &TagRecord| {
         r.checked_at.elapsed().map(|age| age < ttl).unwrap_or(true) && !ttl.is_zero()

@@ -51,6 +51,8 @@ pub struct Registry {
     tag_locks: moka::sync::Cache<TagKey, Arc<tokio::sync::Mutex<()>>>,
     /// Access control; checked before any handler runs.
     auth: crate::auth::Auth,
+    /// Pinned images (air-gap): their tags never move.
+    pins: Option<Arc<crate::pins::Pins>>,
 }
 
 impl Registry {
@@ -73,6 +75,7 @@ impl Registry {
                 .time_to_idle(Duration::from_secs(120))
                 .build(),
             auth: crate::auth::Auth::off(),
+            pins: None,
         }
     }
 
@@ -80,6 +83,17 @@ impl Registry {
     pub fn with_auth(mut self, auth: crate::auth::Auth) -> Registry {
         self.auth = auth;
         self
+    }
+
+    /// Serves pinned tags as their pinned digests (see [`crate::pins`]).
+    pub fn with_pins(mut self, pins: Arc<crate::pins::Pins>) -> Registry {
+        self.pins = Some(pins);
+        self
+    }
+
+    /// The pinned digest of a tag, if it is pinned.
+    fn pinned_tag(&self, key: &TagKey) -> Option<crate::oci::Digest> {
+        self.pins.as_ref()?.tag(key)
     }
 
     /// Answers one request. Never fails: errors become OCI error responses.
