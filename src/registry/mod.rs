@@ -174,21 +174,17 @@ impl Registry {
                     Place::Local(repo) => blobs::get_local(self, &repo, digest, range, head).await,
                     // Before pushing a layer, clients HEAD it in the
                     // target repository: for a name a push would create
-                    // locally, "not here" is the answer, not the
-                    // upstream's 401 or 503.
-                    Place::Remote(target) => {
-                        let got = blobs::get(self, &target, digest.clone(), range, head).await;
-                        match got {
-                            Err(_) if head && resolve::push_target(self, name, ns).is_ok() => {
-                                Err(ApiError::new(
-                                    StatusCode::NOT_FOUND,
-                                    "BLOB_UNKNOWN",
-                                    format!("blob {digest} is not in {name}"),
-                                ))
-                            }
-                            other => other,
-                        }
+                    // locally, the answer must be about the local
+                    // repository (absent), not the upstream's namesake, or
+                    // the client skips the upload and its manifest fails.
+                    Place::Remote(_) if head && resolve::push_target(self, name, ns).is_ok() => {
+                        Err(ApiError::new(
+                            StatusCode::NOT_FOUND,
+                            "BLOB_UNKNOWN",
+                            format!("blob {digest} is not in local repository {name}"),
+                        ))
                     }
+                    Place::Remote(target) => blobs::get(self, &target, digest, range, head).await,
                 }
             }
             Route::Referrers { name, digest } => {

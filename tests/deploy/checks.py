@@ -67,7 +67,7 @@ def mirror_keys():
                 section = None
             if section is not None:
                 table = m.group(1)
-                if section == "tls" or section == "top":
+                if section in ("tls", "local", "top"):
                     keys["top"].add(section)
                 keys.setdefault(section, set())
                 in_list = False
@@ -116,7 +116,7 @@ def documented_rows(sections, marker):
     return rows if found else None
 
 
-SECTION_MARKERS = {"top": "Top-level", "tls": "[tls]", "upstreams": "[upstreams."}
+SECTION_MARKERS = {"top": "Top-level", "tls": "[tls]", "local": "[local]", "upstreams": "[upstreams."}
 
 
 def check_config_doc():
