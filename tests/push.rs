@@ -689,6 +689,18 @@ async fn the_routing_rule_keeps_pushes_away_from_upstream_names() {
         .await;
     assert_eq!(resp.status(), 404);
     assert!(env.hub.manifest_gets() + env.hub.manifest_heads() > before);
+    // A name the upstream also has, never pulled: before pushing, a client
+    // HEADs each layer; the answer is about the local repository (absent),
+    // or the client would skip the upload and its manifest would fail.
+    let namesake = env.hub.add_simple_image("team/dup", "v1", 5);
+    let layer = &namesake.layers[0];
+    let resp = m.head(&blob_path("team/dup", &layer.digest)).await;
+    assert_eq!(resp.status(), 404);
+    push_image(m, "team/dup", "v1", 6, &[layer.data.to_vec()]).await;
+    assert_eq!(
+        m.head(&blob_path("team/dup", &layer.digest)).await.status(),
+        200
+    );
     // The cached upstream tag is untouched by all of this.
     let resp = m.get(&manifest_path("redis", "7")).await;
     assert_eq!(header(&resp, "Docker-Content-Digest"), hub_image.digest);

@@ -32,7 +32,7 @@ use crate::cache::{self, index::now_secs, Cache, Holder};
 use crate::metrics::Metrics;
 use crate::oci::{Digest, Reference, RepoName};
 pub use config::LocalConfig;
-use records::{Link, ManifestRecord, RepoRecord};
+use records::{ManifestRecord, RepoRecord};
 use uploads::Uploads;
 
 /// A failure of a local repository operation (mapped to an OCI error in
@@ -300,13 +300,7 @@ impl Local {
             .await?;
         let subject = record.subject.clone();
         let mut repo = self.read().get(name).cloned().unwrap_or_default();
-        repo.blobs.insert(
-            digest.clone(),
-            Link {
-                size,
-                linked_at: now_secs(),
-            },
-        );
+        repo.link(digest.clone(), size);
         repo.manifests.insert(digest.clone(), record);
         if let Reference::Tag(t) = reference {
             repo.tags.insert(t.as_str().to_owned(), digest.clone());
@@ -378,13 +372,7 @@ impl Local {
     /// Links a committed blob into `name` (caller holds `commit`).
     async fn link(&self, name: &RepoName, digest: &Digest, size: u64) -> Result<(), Error> {
         let mut repo = self.read().get(name).cloned().unwrap_or_default();
-        repo.blobs.insert(
-            digest.clone(),
-            Link {
-                size,
-                linked_at: now_secs(),
-            },
-        );
+        repo.link(digest.clone(), size);
         self.save(name, repo).await
     }
 

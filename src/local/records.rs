@@ -69,6 +69,12 @@ impl RepoRecord {
         self.blobs.is_empty() && self.manifests.is_empty() && self.tags.is_empty()
     }
 
+    /// Links a blob now (a fresh link is in the GC's grace period).
+    pub fn link(&mut self, digest: Digest, size: u64) {
+        let linked_at = crate::cache::index::now_secs();
+        self.blobs.insert(digest, Link { size, linked_at });
+    }
+
     /// Blobs that its manifests reference (kept by the GC regardless of age).
     pub fn referenced(&self) -> BTreeSet<Digest> {
         let mut out = BTreeSet::new();
