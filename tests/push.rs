@@ -836,3 +836,34 @@ async fn local_repositories_survive_a_restart() {
     let x = m.metrics().await;
     assert!(x.get("hoard_local_bytes", &[]).unwrap_or(0.0) >= layer.len() as f64);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushed_blobs_are_private_but_pulled_base_layers_stay_public() {
+    let env = env_with(&[]).await;
+    let m = &env.mirror;
+    let base = env.hub.add_blob("library/alpine", pseudo_random(18, 5000));
+    assert_eq!(
+        m.get_ok(&blob_path("alpine", &base.digest)).await,
+        base.data
+    );
+    let own = pseudo_random(19, 4000);
+    push_image(m, "team/app", "v1", 1, &[base.data.to_vec(), own.clone()]).await;
+    let own = sha256_digest(&own);
+    // Only pushed: not readable under an upstream name by its digest.
+    let resp = m.get(&blob_path("alpine", &own)).await;
+    assert_oci_error(resp, 404, &["BLOB_UNKNOWN"]).await;
+    env.hub.go_down().await;
+    let resp = m.get(&blob_path("alpine", &own)).await;
+    assert_eq!(resp.status(), 503);
+    // The base layer came from the upstream first: still served offline
+    // under the upstream's name, and under the local one.
+    assert_eq!(
+        m.get_ok(&blob_path("alpine", &base.digest)).await,
+        base.data
+    );
+    assert_eq!(
+        m.get_ok(&blob_path("team/app", &base.digest)).await,
+        base.data
+    );
+    assert_eq!(m.get_ok(&blob_path("team/app", &own)).await.len(), 4000);
+}
