@@ -5,7 +5,8 @@
 # debugging, python3 for the runner itself, mount (umount) to clean up after a containerd that
 # died mid-unpack, prometheus for the Prometheus server that scrapes hoard during the run and
 # for promtool (`check metrics` on hoard's exposition, `check rules` on deploy/prometheus/), umoci
-# to read the OCI layout `hoard export` writes (tests/e2e/bundle.py).
+# to read the OCI layout `hoard export` writes (tests/e2e/bundle.py), podman for the push tests
+# (tests/e2e/push.py: `podman push` into hoard's local registry).
 #
 # Idempotent: when every package is present it does nothing (no network). Otherwise it runs
 # `apt-get update` once, then installs only the missing packages. Meant for root on Debian 12,

@@ -67,7 +67,7 @@ def mirror_keys():
                 section = None
             if section is not None:
                 table = m.group(1)
-                if section in ("tls", "auth", "top"):
+                if section in ("tls", "auth", "local", "top"):
                     keys["top"].add(section)
                 keys.setdefault(section, set())
                 in_list = False
