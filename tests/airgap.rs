@@ -339,3 +339,69 @@ async fn ls_lists_cached_and_pinned_images_and_errors_are_named() {
     let resp = env.mirror.get("/_hoard/nothing").await;
     assert_oci_error(resp, 404, &["NOT_FOUND"]).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_works_through_the_server_or_on_a_stopped_servers_cache() {
+    use hoard::commands::{self, Target};
+    let hub = FakeRegistry::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let toml = Cfg::new(dir.path())
+        .upstream("docker.io", &hub.url())
+        .toml();
+    let config = || Target::Local(Box::new(hoard::Config::from_toml(&toml).unwrap()));
+    let app = hub.add_simple_image("team/app", "v1", 1);
+    let late = hub.add_simple_image("library/late", "1", 2);
+    let mirror = TestMirror::start(&toml).await;
+    let server = || Target::Server(mirror.url(""));
+    let images = vec!["team/app:v1".to_string()];
+
+    assert_eq!(
+        commands::prefetch(server(), images.clone(), vec![], 2).await,
+        Ok(true)
+    );
+    assert_eq!(
+        commands::check(server(), images.clone(), vec![]).await,
+        Ok(true)
+    );
+    let missing = vec!["team/app:v1".to_string(), "late:1".to_string()];
+    assert_eq!(
+        commands::check(server(), missing.clone(), vec![]).await,
+        Ok(false)
+    );
+    let failed = commands::prefetch(server(), vec!["nope:1".into()], vec![], 2).await;
+    assert_eq!(failed, Ok(false), "an image failed: exit 1");
+    let busy = commands::check(config(), images.clone(), vec![]).await;
+    assert!(
+        busy.as_ref().is_err_and(|e| e.contains("in use")),
+        "{busy:?}"
+    );
+    mirror.stop().await;
+
+    // On the stopped server's directory, in-process.
+    assert_eq!(
+        commands::check(config(), images.clone(), vec![]).await,
+        Ok(true)
+    );
+    assert_eq!(
+        commands::prefetch(config(), vec!["late:1".into()], vec![], 2).await,
+        Ok(true)
+    );
+    assert_eq!(
+        commands::check(config(), missing.clone(), vec![]).await,
+        Ok(true)
+    );
+    assert_eq!(commands::unpin(config(), "late:1".into()).await, Ok(()));
+    assert!(commands::unpin(config(), "late:1".into()).await.is_err());
+    assert_eq!(
+        commands::pin(config(), "late:1".into(), vec![]).await,
+        Ok(())
+    );
+
+    hub.go_down().await;
+    let mirror = TestMirror::start(&toml).await;
+    assert_servable(&mirror, "team/app", &app).await;
+    assert_servable(&mirror, "late", &late).await;
+    let pins = get_json(&mirror, "/_hoard/pins").await;
+    assert_eq!(pins["pins"].as_array().map(Vec::len), Some(2), "{pins}");
+    mirror.stop().await;
+}

@@ -16,6 +16,7 @@
 //! A prefetch runs in its own task: a client that hangs up stops seeing
 //! progress, not the prefetch.
 
+pub mod client;
 pub mod ls;
 
 use std::sync::Arc;

@@ -14,6 +14,7 @@
 //! The same engine runs inside the server (`POST /_hoard/prefetch`, the
 //! `[prefetch]` schedule) and in the CLI on a stopped server's cache.
 
+pub mod display;
 pub mod manifest;
 pub mod reference;
 pub mod schedule;
