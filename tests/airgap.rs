@@ -184,7 +184,8 @@ async fn pinned_images_survive_a_budget_overflowed_by_other_pulls() {
         "library/kept",
         "v1",
         1,
-        &[pseudo_random(1, 600 * 1024), pseudo_random(2, 300 * 1024)],
+        // One layer larger than the whole budget: pinned content is outside it.
+        &[pseudo_random(1, 1536 * 1024), pseudo_random(2, 300 * 1024)],
     );
     let events = prefetch(&mirror, &["kept:v1"], &[]).await;
     assert_eq!(summary(&events)["failed"], 0, "{events:?}");

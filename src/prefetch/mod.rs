@@ -15,6 +15,7 @@
 //! `[prefetch]` schedule) and in the CLI on a stopped server's cache.
 
 pub mod display;
+mod held;
 pub mod manifest;
 pub mod reference;
 pub mod schedule;
@@ -144,7 +145,7 @@ pub struct Prefetcher {
     metrics: Arc<Metrics>,
 }
 
-type Events = mpsc::UnboundedSender<Event>;
+pub(crate) type Events = mpsc::UnboundedSender<Event>;
 
 impl Prefetcher {
     /// An engine over an opened cache and its pins, with its own clients
@@ -310,10 +311,21 @@ impl Prefetcher {
             cached_bytes,
         });
         let image_ref = &image;
+        // A blob over half the budget is downloaded straight into the held
+        // set: through the LRU it would push out most unpinned content, or
+        // itself, before the pin could hold it.
+        let max_size = self.config.max_size.as_u64();
+        let declared: std::collections::HashMap<Digest, u64> = plan.blobs.iter().cloned().collect();
+        let declared = &declared;
         let fetched: Vec<Result<u64, String>> = futures_util::stream::iter(missing)
             .map(|d: Digest| async move {
                 let _slot = slots.acquire().await.map_err(|e| e.to_string())?;
-                let size = self.fetch_blob(r, upstream, &d, image_ref, events).await?;
+                let size = if declared.get(&d).is_some_and(|s| s.saturating_mul(2) > max_size) {
+                    self.download_held(upstream, &r.repo, &d, image_ref, events)
+                        .await?
+                } else {
+                    self.fetch_blob(r, upstream, &d, image_ref, events).await?
+                };
                 if !self.pins.reserve(&self.cache, &d) {
                     return Err(format!(
                         "blob {d} left the cache before it could be pinned (is it larger than max_size?)"
