@@ -87,6 +87,9 @@ pub struct Config {
     pub tls: Option<TlsConfig>,
     /// Configured upstream registries by name.
     pub upstreams: BTreeMap<String, UpstreamConfig>,
+    /// Images kept prefetched and pinned (`[prefetch]`, see docs/airgap.md).
+    #[serde(default)]
+    pub prefetch: crate::prefetch::schedule::PrefetchConfig,
 }
 
 /// A TLS listener beside the plain one.

@@ -17,7 +17,10 @@
 //! - [`bundle`]: `hoard export` / `hoard import`: images to and from one
 //!   OCI-layout tar, to carry a warmed cache to a disconnected site.
 //! - [`pins`]: pinned images kept outside the budget, the cache directory lock.
+//! - [`prefetch`]: fetching whole images ahead of need, readiness checks.
+//! - [`admin`]: the operator API under `/_hoard/` (prefetch, pins, ls, check).
 
+pub mod admin;
 pub mod body;
 pub mod bundle;
 pub mod cache;
@@ -27,6 +30,7 @@ pub mod error;
 pub mod metrics;
 pub mod oci;
 pub mod pins;
+pub mod prefetch;
 pub mod registry;
 pub mod server;
 pub mod upstream;
@@ -101,6 +105,7 @@ pub async fn run_listeners(
         }
         (None, None) => None,
     };
+    config.prefetch.validate()?;
     let metrics = Arc::new(metrics::Metrics::new());
     let upstreams = upstream::Upstreams::new(&config, metrics.clone())?;
     // One writer per cache directory; pinned blobs are held before the
@@ -115,10 +120,18 @@ pub async fn run_listeners(
     )
     .await?;
     let limits = server::Limits::from_config(&config);
+    let engine = Arc::new(prefetch::Prefetcher::new(
+        config.clone(),
+        cache.clone(),
+        pins.clone(),
+        metrics.clone(),
+    )?);
     let registry = Arc::new(
         registry::Registry::new(config, upstreams, cache.clone(), metrics.clone())
-            .with_pins(pins.clone()),
+            .with_pins(pins.clone())
+            .with_admin(Arc::new(admin::Admin::new(engine.clone()))),
     );
+    let scheduled = prefetch::schedule::spawn(engine);
     if let Ok(addr) = plain.local_addr() {
         tracing::info!(%addr, scheme = "http", "hoard listening");
     }
@@ -132,6 +145,9 @@ pub async fn run_listeners(
         metrics,
     };
     server::serve(listeners, shared, limits, shutdown, reload).await;
+    if let Some(task) = scheduled {
+        task.abort();
+    }
     Ok(())
 }
 

@@ -44,6 +44,8 @@ pub struct Registry {
     tag_locks: moka::sync::Cache<TagKey, Arc<tokio::sync::Mutex<()>>>,
     /// Pinned images (air-gap): their tags never move.
     pins: Option<Arc<crate::pins::Pins>>,
+    /// The operator API under `/_hoard/` (prefetch, pins, ls, check).
+    admin: Option<Arc<crate::admin::Admin>>,
 }
 
 impl Registry {
@@ -64,7 +66,14 @@ impl Registry {
                 .time_to_idle(Duration::from_secs(120))
                 .build(),
             pins: None,
+            admin: None,
         }
+    }
+
+    /// Answers `/_hoard/` with the operator API.
+    pub fn with_admin(mut self, admin: Arc<crate::admin::Admin>) -> Registry {
+        self.admin = Some(admin);
+        self
     }
 
     /// Serves pinned tags as their pinned digests (see [`crate::pins`]).
@@ -79,7 +88,17 @@ impl Registry {
     }
 
     /// Answers one request. Never fails: errors become OCI error responses.
-    pub async fn handle<B>(self: Arc<Self>, req: Request<B>) -> Response<Body> {
+    pub async fn handle<B>(self: Arc<Self>, req: Request<B>) -> Response<Body>
+    where
+        B: hyper::body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        if let (Route::Admin { rest }, Some(admin)) = (Route::parse(req.uri().path()), &self.admin)
+        {
+            let rest = rest.to_owned();
+            return admin.handle(req, &rest).await;
+        }
         let started = Instant::now();
         let head = req.method() == Method::HEAD;
         let ns = route::query_param(req.uri().query(), "ns").filter(|s| !s.is_empty());
