@@ -164,7 +164,13 @@ fn offline_cache<'a, T, E: std::fmt::Display, F>(
 where
     F: std::future::Future<Output = Result<T, E>> + 'a,
 {
-    let _lock = crate::pins::CacheLock::acquire(&config.cache_dir).map_err(|e| e.to_string())?;
+    let _lock = crate::pins::CacheLock::acquire(&config.cache_dir).map_err(|e| match e {
+        crate::pins::LockError::Busy(dir) => format!(
+            "the cache directory {} is in use by another hoard process (a running `hoard serve`?): export and import work on a stopped server's cache; stop it first",
+            dir.display()
+        ),
+        other => other.to_string(),
+    })?;
     let runtime =
         tokio::runtime::Runtime::new().map_err(|e| format!("cannot start the runtime: {e}"))?;
     runtime.block_on(async {
