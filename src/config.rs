@@ -93,6 +93,9 @@ pub struct Config {
     /// Access control (`[auth]`); off when absent.
     #[serde(default)]
     pub auth: Option<crate::auth::AuthConfig>,
+    /// Images kept prefetched and pinned (`[prefetch]`, see docs/airgap.md).
+    #[serde(default)]
+    pub prefetch: crate::prefetch::schedule::PrefetchConfig,
 }
 
 /// A TLS listener beside the plain one.

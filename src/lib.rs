@@ -19,7 +19,10 @@
 //! - [`bundle`]: `hoard export` / `hoard import`: images to and from one
 //!   OCI-layout tar, to carry a warmed cache to a disconnected site.
 //! - [`pins`]: pinned images kept outside the budget, the cache directory lock.
+//! - [`prefetch`]: fetching whole images ahead of need, readiness checks.
+//! - [`admin`]: the operator API under `/_hoard/` (prefetch, pins, ls, check).
 
+pub mod admin;
 pub mod auth;
 pub mod body;
 pub mod bundle;
@@ -31,6 +34,7 @@ pub mod local;
 pub mod metrics;
 pub mod oci;
 pub mod pins;
+pub mod prefetch;
 pub mod registry;
 pub mod server;
 pub mod upstream;
@@ -108,6 +112,7 @@ pub async fn run_listeners(
         }
         (None, None) => None,
     };
+    config.prefetch.validate()?;
     let metrics = Arc::new(metrics::Metrics::new());
     let upstreams = upstream::Upstreams::new(&config, metrics.clone())?;
     // One writer per cache directory.
@@ -137,11 +142,19 @@ pub async fn run_listeners(
     local.spawn_background();
     let limits = server::Limits::from_config(&config);
     let auth = auth::Auth::from_config(config.auth.as_ref(), metrics.clone())?;
+    let engine = Arc::new(prefetch::Prefetcher::new(
+        config.clone(),
+        cache.clone(),
+        pins.clone(),
+        metrics.clone(),
+    )?);
     let registry = Arc::new(
         registry::Registry::new(config, upstreams, cache.clone(), local, metrics.clone())
             .with_auth(auth)
-            .with_pins(pins.clone()),
+            .with_pins(pins.clone())
+            .with_admin(Arc::new(admin::Admin::new(engine.clone()))),
     );
+    let scheduled = prefetch::schedule::spawn(engine);
     if let Ok(addr) = plain.local_addr() {
         tracing::info!(%addr, scheme = "http", "hoard listening");
     }
@@ -155,6 +168,9 @@ pub async fn run_listeners(
         metrics,
     };
     server::serve(listeners, shared, limits, shutdown, reload).await;
+    if let Some(task) = scheduled {
+        task.abort();
+    }
     Ok(())
 }
 

@@ -84,11 +84,117 @@ enum Command {
         #[arg(long)]
         cache_dir: Option<PathBuf>,
     },
+    /// Fetch whole images ahead of need and pin them (air-gap). Exits 1 when
+    /// an image failed.
+    Prefetch {
+        /// Images (`alpine:3.19`, `ghcr.io/org/app:v1`, `repo@sha256:...`).
+        images: Vec<String>,
+        /// File with one image a line (`#` comments).
+        #[arg(long)]
+        file: Option<PathBuf>,
+        /// Platforms of multi-platform images to keep (default: all).
+        #[arg(long, value_delimiter = ',')]
+        platform: Vec<String>,
+        /// Blobs fetched at once.
+        #[arg(long, default_value_t = hoard::prefetch::DEFAULT_JOBS)]
+        jobs: usize,
+        #[command(flatten)]
+        place: Place,
+    },
+    /// Pin an image that is complete in the cache (no network).
+    Pin {
+        /// Image reference.
+        image: String,
+        /// Platforms to pin (default: all in the cache's index).
+        #[arg(long, value_delimiter = ',')]
+        platform: Vec<String>,
+        #[command(flatten)]
+        place: Place,
+    },
+    /// Unpin an image: its content returns under the disk budget.
+    Unpin {
+        /// Image reference, as pinned.
+        image: String,
+        #[command(flatten)]
+        place: Place,
+    },
+    /// List cached and pinned images: size, last use, tag -> digest.
+    Ls {
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        place: Place,
+    },
+    /// Say whether images can be served with the network gone (never
+    /// contacts an upstream). Exits 1 when something is missing.
+    Check {
+        /// Images.
+        images: Vec<String>,
+        /// File with one image a line (`#` comments).
+        #[arg(long)]
+        file: Option<PathBuf>,
+        /// Platforms that must be there (default: what the index lists).
+        #[arg(long, value_delimiter = ',')]
+        platform: Vec<String>,
+        #[command(flatten)]
+        place: Place,
+    },
+}
+
+/// Where the air-gap commands work: a running server, or a cache directory
+/// (which must not be in use by a server).
+#[derive(clap::Args)]
+struct Place {
+    /// A running hoard's plain-HTTP address, e.g. http://127.0.0.1:5000
+    /// (its operator API answers loopback clients only).
+    #[arg(long, conflicts_with_all = ["config", "cache_dir"])]
+    server: Option<String>,
+    /// Configuration file (upstreams, cache_dir); default: the embedded mirror.toml.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Cache directory (overrides the config).
+    #[arg(long)]
+    cache_dir: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Prefetch {
+            images,
+            file,
+            platform,
+            jobs,
+            place,
+        } => air(place, |target| async move {
+            let images = hoard::commands::image_list(images, file.as_deref())?;
+            hoard::commands::prefetch(target, images, platform, jobs).await
+        }),
+        Command::Pin {
+            image,
+            platform,
+            place,
+        } => air(place, |t| async move {
+            hoard::commands::pin(t, image, platform)
+                .await
+                .map(|()| true)
+        }),
+        Command::Unpin { image, place } => air(place, |t| async move {
+            hoard::commands::unpin(t, image).await.map(|()| true)
+        }),
+        Command::Ls { json, place } => air(place, |t| async move {
+            hoard::commands::ls(t, json).await.map(|()| true)
+        }),
+        Command::Check {
+            images,
+            file,
+            platform,
+            place,
+        } => air(place, |target| async move {
+            let images = hoard::commands::image_list(images, file.as_deref())?;
+            hoard::commands::check(target, images, platform).await
+        }),
         Command::Verify { config, cache_dir } => {
             let config = match load(config, None, cache_dir) {
                 Ok(c) => c,
@@ -192,6 +298,48 @@ fn offline(
         Err(e) => {
             eprintln!("hoard: {e}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs an air-gap command: exit 0 when it returns `Ok(true)`, 1 for
+/// `Ok(false)` (an image failed or is missing), 2 for an error.
+fn air<F, Fut>(place: Place, run: F) -> ExitCode
+where
+    F: FnOnce(hoard::commands::Target) -> Fut,
+    Fut: std::future::Future<Output = Result<bool, String>>,
+{
+    // Errors only: the display reports failures and warnings itself, and
+    // log lines would tear through the progress bars.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let target = match place.server {
+        Some(url) => hoard::commands::Target::Server(url),
+        None => match load(place.config, None, place.cache_dir) {
+            Ok(c) => hoard::commands::Target::Local(Box::new(c)),
+            Err(e) => {
+                eprintln!("hoard: {e}");
+                return ExitCode::from(2);
+            }
+        },
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("hoard: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(run(target)) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("hoard: {e}");
+            ExitCode::from(2)
         }
     }
 }

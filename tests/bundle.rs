@@ -14,12 +14,12 @@ use std::sync::Arc;
 use bytes::Bytes;
 use common::*;
 use hoard::bundle::export::{self, Output};
-use hoard::bundle::image::ImageRef;
 use hoard::bundle::import::{self, Placement};
 use hoard::bundle::layout::Platforms;
 use hoard::bundle::Error;
 use hoard::cache::{Cache, Holder};
 use hoard::oci::Digest;
+use hoard::prefetch::ImageRef;
 
 /// A hub with `library/multi:latest` (an OCI index over two Docker
 /// images) and `team/app:v1` (one image), and a mirror that has pulled
@@ -86,7 +86,7 @@ async fn open(dir: &Path) -> Arc<Cache> {
 fn refs(config: &hoard::Config, images: &[&str]) -> Vec<ImageRef> {
     images
         .iter()
-        .map(|i| ImageRef::parse(i, config).expect("image ref"))
+        .map(|i| ImageRef::resolve(i, config).expect("image ref"))
         .collect()
 }
 

@@ -16,12 +16,12 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::image::ImageRef;
 use super::layout::{self, Descriptor, Index, LayoutFile, Needs, Platforms};
 use super::progress::Progress;
 use super::{blocking, Error};
 use crate::cache::{Cache, TagKey};
 use crate::oci::{Digest, Hasher};
+use crate::prefetch::ImageRef;
 
 /// Where the archive goes.
 #[derive(Debug, Clone)]
@@ -182,9 +182,12 @@ fn entry(image: &ImageRef, digest: &Digest, media_type: &str, size: u64) -> Desc
         (layout::HOARD_REPOSITORY.to_owned(), image.repo.to_string()),
     ]);
     if let Some(tag) = &image.tag {
+        // `upstream/repo:tag`: what skopeo's `oci-archive:bundle.tar:<name>`
+        // and containerd's import name the image by.
+        let name = format!("{}/{}:{tag}", image.upstream, image.repo);
         annotations.insert(layout::HOARD_TAG.to_owned(), tag.to_string());
-        annotations.insert(layout::REF_NAME.to_owned(), image.full_name());
-        annotations.insert(layout::CONTAINERD_NAME.to_owned(), image.full_name());
+        annotations.insert(layout::REF_NAME.to_owned(), name.clone());
+        annotations.insert(layout::CONTAINERD_NAME.to_owned(), name);
     }
     Descriptor {
         media_type: media_type.to_owned(),

@@ -24,7 +24,6 @@ use std::time::SystemTime;
 
 use bytes::Bytes;
 
-use super::image::{canonical_upstream, looks_like_host};
 use super::layout::{self, Descriptor, Index, LayoutFile, Needs};
 use super::progress::Progress;
 use super::{blocking, Error};
@@ -674,6 +673,22 @@ async fn pin(
         pins.put(cache, pin).await?;
     }
     Ok(())
+}
+
+/// The `[upstreams]` key for a registry name, Docker Hub's other names
+/// included (as `prefetch::reference` resolves them).
+fn canonical_upstream(name: &str, config: &Config) -> Option<String> {
+    if config.upstreams.contains_key(name) {
+        return Some(name.to_owned());
+    }
+    let hub = ["docker.io", "index.docker.io", "registry-1.docker.io"];
+    (hub.contains(&name) && config.upstreams.contains_key("docker.io")).then(|| "docker.io".into())
+}
+
+/// Whether a first name component is a registry host, as the Docker
+/// reference grammar decides.
+fn looks_like_host(first: &str) -> bool {
+    first.contains(['.', ':']) || first == "localhost"
 }
 
 /// Counts archive bytes as the tar reader consumes them.

@@ -114,30 +114,18 @@ impl std::fmt::Display for Platform {
     }
 }
 
-/// Platforms to keep from multi-platform images (`linux/amd64,linux/arm64/v8`).
-/// Empty: all of them.
+/// Platforms to keep from multi-platform images (`linux/amd64,linux/arm64/v8`),
+/// parsed as `hoard prefetch --platform` parses them. Empty: all of them.
 #[derive(Debug, Clone, Default)]
-pub struct Platforms(Vec<Platform>);
+pub struct Platforms(Vec<crate::prefetch::reference::Platform>);
 
 impl std::str::FromStr for Platforms {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Platforms, String> {
-        let mut out = Vec::new();
-        for p in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            let parts: Vec<&str> = p.split('/').collect();
-            match parts.as_slice() {
-                [os, arch] | [os, arch, _] if !os.is_empty() && !arch.is_empty() => {
-                    out.push(Platform {
-                        os: (*os).to_owned(),
-                        architecture: (*arch).to_owned(),
-                        variant: parts.get(2).map(|v| (*v).to_owned()),
-                    })
-                }
-                _ => return Err(format!("platform {p:?} is not os/arch[/variant]")),
-            }
-        }
-        Ok(Platforms(out))
+        crate::prefetch::reference::Platform::parse_list(&[s.to_owned()])
+            .map(Platforms)
+            .map_err(|e| e.to_string())
     }
 }
 
@@ -149,11 +137,9 @@ impl Platforms {
             return true;
         }
         let Some(p) = platform else { return false };
-        self.0.iter().any(|want| {
-            want.os == p.os
-                && want.architecture == p.architecture
-                && (want.variant.is_none() || want.variant == p.variant)
-        })
+        self.0
+            .iter()
+            .any(|want| want.matches(&p.os, &p.architecture, p.variant.as_deref()))
     }
 
     /// Whether every platform is kept.

@@ -9,9 +9,10 @@
 //! so digests stay what the upstream served and pulls by digest work on the
 //! other side.
 //!
+//! Images on the command line are resolved like `hoard prefetch`'s
+//! ([`crate::prefetch::ImageRef`]).
+//!
 //! # Layout
-//! - [`image`]: an image reference from the command line, resolved against
-//!   the configured upstreams, and the names written into `index.json`.
 //! - [`layout`]: the OCI layout's JSON (`index.json`, descriptors) and the
 //!   walk from a manifest to everything it needs.
 //! - [`export`]: cache -> archive, streaming each verified blob.
@@ -20,7 +21,6 @@
 //! - [`progress`]: a bar on a terminal, log lines otherwise.
 
 pub mod export;
-pub mod image;
 pub mod import;
 pub mod layout;
 pub mod progress;

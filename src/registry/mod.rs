@@ -55,6 +55,8 @@ pub struct Registry {
     auth: crate::auth::Auth,
     /// Pinned images (air-gap): their tags never move.
     pins: Option<Arc<crate::pins::Pins>>,
+    /// The operator API under `/_hoard/` (prefetch, pins, ls, check).
+    admin: Option<Arc<crate::admin::Admin>>,
 }
 
 impl Registry {
@@ -78,12 +80,19 @@ impl Registry {
                 .build(),
             auth: crate::auth::Auth::off(),
             pins: None,
+            admin: None,
         }
     }
 
     /// Puts requests under `auth` (the default is [`crate::auth::Auth::off`]).
     pub fn with_auth(mut self, auth: crate::auth::Auth) -> Registry {
         self.auth = auth;
+        self
+    }
+
+    /// Answers `/_hoard/` with the operator API.
+    pub fn with_admin(mut self, admin: Arc<crate::admin::Admin>) -> Registry {
+        self.admin = Some(admin);
         self
     }
 
@@ -100,8 +109,22 @@ impl Registry {
 
     /// Answers one request. Never fails: errors become OCI error responses.
     /// The body is streamed by the handlers that take one (uploads,
-    /// manifest pushes) and ignored by the rest.
-    pub async fn handle<B: ReqBody>(self: Arc<Self>, req: Request<B>) -> Response<Body> {
+    /// manifest pushes, operator requests) and ignored by the rest.
+    pub async fn handle<B>(self: Arc<Self>, req: Request<B>) -> Response<Body>
+    where
+        B: ReqBody + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let route = Route::parse(req.uri().path());
+        if let (Route::Admin { rest }, Some(admin)) = (&route, &self.admin) {
+            // Operator requests need the `admin` permission when access
+            // control is on, and a loopback peer always (checked by Admin).
+            if let Err(e) = self.auth.authorize(&req, &route, None).await {
+                return e.into_response(false);
+            }
+            let rest = (*rest).to_owned();
+            return admin.handle(req, &rest).await;
+        }
         let started = Instant::now();
         let (parts, body) = req.into_parts();
         let req = Request::from_parts(parts, ());

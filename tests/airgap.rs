@@ -1,0 +1,408 @@
+//! Air-gap readiness through the operator API: prefetch pins whole images,
+//! pinned content survives the budget and the upstream moving its tags,
+//! `check` tells ready from missing, `ls` lists what is kept.
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+
+/// POSTs `body` to `/_hoard/<what>`; returns status and body.
+async fn post(mirror: &TestMirror, what: &str, body: Value) -> (u16, Vec<u8>) {
+    let resp = mirror
+        .client
+        .post(mirror.url(&format!("/_hoard/{what}")))
+        .header("content-type", "application/json")
+        .body(serde_json::to_vec(&body).unwrap())
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("POST {what}: {e}"));
+    let status = resp.status().as_u16();
+    (status, resp.bytes().await.unwrap().to_vec())
+}
+
+/// Runs a prefetch and returns its NDJSON events (the summary last).
+async fn prefetch(mirror: &TestMirror, images: &[&str], platforms: &[&str]) -> Vec<Value> {
+    let (status, body) = post(
+        mirror,
+        "prefetch",
+        json!({"images": images, "platforms": platforms, "jobs": 3}),
+    )
+    .await;
+    let text = String::from_utf8_lossy(&body).to_string();
+    assert_eq!(status, 200, "prefetch: {text}");
+    let events: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert_eq!(
+        events.last().map(|e| e["event"].clone()),
+        Some(json!("summary")),
+        "{text}"
+    );
+    events
+}
+
+fn summary(events: &[Value]) -> &Value {
+    events.last().unwrap()
+}
+
+async fn get_json(mirror: &TestMirror, path: &str) -> Value {
+    serde_json::from_slice(&mirror.get_ok(path).await).unwrap()
+}
+
+/// Every manifest and blob of `image` answers 200 with the right bytes.
+async fn assert_servable(mirror: &TestMirror, name: &str, image: &Image) {
+    assert_eq!(
+        mirror.get_ok(&manifest_path(name, &image.digest)).await,
+        image.manifest
+    );
+    for blob in image.blobs() {
+        let body = mirror.get_ok(&blob_path(name, &blob.digest)).await;
+        assert!(body == blob.data, "{name} blob {}", blob.digest);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefetch_pins_whole_images_and_serves_them_offline() {
+    let env = Env::start().await;
+    let amd = env.hub.add_simple_image("library/multi", "amd64-only", 1);
+    let arm = env.hub.add_simple_image("library/multi", "arm64-only", 2);
+    let (index, index_bytes) = env.hub.add_index("library/multi", "latest", &[&amd, &arm]);
+    let app = env.hub.add_simple_image("team/app", "v1", 3);
+    // One layer was pulled before: the prefetch must not fetch it again.
+    env.mirror
+        .get_ok(&blob_path("team/app", &app.layers[0].digest))
+        .await;
+
+    let events = prefetch(&env.mirror, &["multi:latest", "docker.io/team/app:v1"], &[]).await;
+    let s = summary(&events);
+    assert_eq!(
+        (s["images"].as_u64(), s["failed"].as_u64()),
+        (Some(2), Some(0)),
+        "{events:?}"
+    );
+    assert_eq!(s["blobs"], 9, "3 per image manifest: {s}");
+    assert_eq!(s["cached_bytes"], app.layers[0].data.len(), "{s}");
+    let done: Vec<&Value> = events.iter().filter(|e| e["event"] == "done").collect();
+    assert_eq!(done.len(), 2, "{events:?}");
+    assert!(
+        events.iter().any(|e| e["event"] == "progress"),
+        "{events:?}"
+    );
+    let layer_gets = env
+        .hub
+        .log()
+        .iter()
+        .filter(|s| s.path.ends_with(&app.layers[0].digest))
+        .count();
+    assert_eq!(layer_gets, 1, "a cached blob is skipped, not fetched again");
+
+    let pins = get_json(&env.mirror, "/_hoard/pins").await;
+    let names: Vec<&str> = pins["pins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["image"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["docker.io/library/multi:latest", "docker.io/team/app:v1"]
+    );
+    let m = env.mirror.metrics().await;
+    assert!(m.sum("hoard_pinned_blobs", &[]) >= 11.0, "{}", m.0);
+
+    env.hub.go_down().await;
+    let resp = env
+        .mirror
+        .get_with(&manifest_path("multi", "latest"), &[("Accept", OCI_INDEX)])
+        .await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(header(&resp, "Docker-Content-Digest"), index);
+    assert_eq!(resp.bytes().await.unwrap(), index_bytes);
+    assert_servable(&env.mirror, "multi", &amd).await;
+    assert_servable(&env.mirror, "multi", &arm).await;
+    assert_servable(&env.mirror, "team/app", &app).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn platform_filter_fetches_only_the_asked_platforms() {
+    let env = Env::start().await;
+    let amd = env.hub.add_simple_image("library/multi", "a", 1);
+    let arm = env.hub.add_simple_image("library/multi", "b", 2);
+    env.hub.add_index("library/multi", "latest", &[&amd, &arm]);
+    let events = prefetch(&env.mirror, &["multi"], &["linux/arm64"]).await;
+    assert_eq!(summary(&events)["failed"], 0, "{events:?}");
+    let fetched: Vec<String> = env.hub.content_paths();
+    for blob in amd.blobs() {
+        assert!(
+            !fetched.iter().any(|p| p.ends_with(&blob.digest)),
+            "amd64 blob {} fetched",
+            blob.digest
+        );
+    }
+    let (_, body) = post(
+        &env.mirror,
+        "check",
+        json!({"images": ["multi"], "platforms": ["linux/arm64"]}),
+    )
+    .await;
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["ready"], true, "{v}");
+    let (_, body) = post(
+        &env.mirror,
+        "check",
+        json!({"images": ["multi"], "platforms": ["linux/amd64"]}),
+    )
+    .await;
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["ready"], false, "amd64 was not fetched: {v}");
+
+    // A platform the image does not have fails the image, named.
+    let events = prefetch(&env.mirror, &["multi"], &["linux/s390x"]).await;
+    let failed = &events[0];
+    assert_eq!(failed["event"], "failed", "{events:?}");
+    assert!(
+        failed["error"].as_str().unwrap().contains("linux/s390x"),
+        "{failed}"
+    );
+    assert_eq!(summary(&events)["failed"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pinned_images_survive_a_budget_overflowed_by_other_pulls() {
+    let hub = FakeRegistry::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let toml = format!(
+        "max_size = \"1MiB\"\n{}",
+        Cfg::new(dir.path())
+            .upstream("docker.io", &hub.url())
+            .toml()
+    );
+    let mirror = TestMirror::start(&toml).await;
+    let kept = hub.add_image(
+        "library/kept",
+        "v1",
+        1,
+        // One layer larger than the whole budget: pinned content is outside it.
+        &[pseudo_random(1, 1536 * 1024), pseudo_random(2, 300 * 1024)],
+    );
+    let events = prefetch(&mirror, &["kept:v1"], &[]).await;
+    assert_eq!(summary(&events)["failed"], 0, "{events:?}");
+
+    // 3 MiB of other pulls through a 1 MiB budget.
+    let mut others = Vec::new();
+    for n in 0..6 {
+        let img = hub.add_image(
+            "library/other",
+            &format!("t{n}"),
+            10 + n,
+            &[pseudo_random(20 + n, 512 * 1024)],
+        );
+        assert_servable(&mirror, "other", &img).await;
+        others.push(img);
+    }
+    let m = mirror
+        .wait_metrics("evictions", |m| m.sum("hoard_evictions_total", &[]) >= 3.0)
+        .await;
+    assert!(
+        m.sum("hoard_pinned_bytes", &[]) >= (900 * 1024) as f64,
+        "{}",
+        m.0
+    );
+
+    hub.go_down().await;
+    assert_servable(&mirror, "kept", &kept).await;
+    let resp = mirror.get(&manifest_path("kept", "v1")).await;
+    assert_eq!(resp.status(), 200, "pinned tag offline");
+    assert_eq!(header(&resp, "Docker-Content-Digest"), kept.digest);
+
+    // After a restart the pins are held before the budget applies.
+    mirror.stop().await;
+    let mirror = TestMirror::start(&toml).await;
+    assert_servable(&mirror, "kept", &kept).await;
+    let (_, body) = post(&mirror, "check", json!({"images": ["kept:v1", "other:t0"]})).await;
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["images"][0]["ready"], true, "{v}");
+    assert_eq!(v["images"][0]["pinned"], true, "{v}");
+    assert_eq!(v["images"][1]["ready"], false, "evicted by the budget: {v}");
+    assert_eq!(v["ready"], false);
+    mirror.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pinned_tag_is_not_moved_by_the_upstream_until_unpinned() {
+    let env = Env::start_with(|c| c.tag_ttl("0s")).await;
+    let old = env.hub.add_simple_image("library/alpine", "3.19", 1);
+    let events = prefetch(&env.mirror, &["alpine:3.19"], &[]).await;
+    assert_eq!(summary(&events)["failed"], 0, "{events:?}");
+    let new = env.hub.add_simple_image("library/alpine", "3.19", 2);
+
+    let resp = env.mirror.get(&manifest_path("alpine", "3.19")).await;
+    assert_eq!(header(&resp, "Docker-Content-Digest"), old.digest, "pinned");
+    let resp = env
+        .mirror
+        .client
+        .delete(env.mirror.url("/_hoard/pins?image=alpine:3.19"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let resp = env.mirror.get(&manifest_path("alpine", "3.19")).await;
+    assert_eq!(
+        header(&resp, "Docker-Content-Digest"),
+        new.digest,
+        "unpinned follows upstream"
+    );
+    let resp = env
+        .mirror
+        .client
+        .delete(env.mirror.url("/_hoard/pins?image=alpine:3.19"))
+        .send()
+        .await
+        .unwrap();
+    assert_oci_error(resp, 409, &["UNSUPPORTED"]).await;
+
+    // Pinning needs no upstream, and only what is complete in the cache:
+    // the tag now points at the new image, whose blobs were never pulled;
+    // the old image (unpinned, back under the budget) is still all there.
+    env.hub.go_down().await;
+    let (status, body) = post(&env.mirror, "pins", json!({"image": "alpine:3.19"})).await;
+    assert_eq!(status, 409, "{}", String::from_utf8_lossy(&body));
+    let by_digest = format!("alpine@{}", old.digest);
+    let (status, body) = post(&env.mirror, "pins", json!({"image": by_digest})).await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let pin: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        pin["image"],
+        format!("docker.io/library/alpine@{}", old.digest)
+    );
+    assert_eq!(pin["blobs"], 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ls_lists_cached_and_pinned_images_and_errors_are_named() {
+    let env = Env::start().await;
+    let app = env.hub.add_simple_image("team/app", "v1", 1);
+    let pulled = env.hub.add_simple_image("library/busybox", "1", 2);
+    let events = prefetch(
+        &env.mirror,
+        &["team/app:v1", "quay.io/x/y:1", "nope:1"],
+        &[],
+    )
+    .await;
+    let failed: Vec<String> = events
+        .iter()
+        .filter(|e| e["event"] == "failed")
+        .map(|e| e["error"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(failed.len(), 2, "{events:?}");
+    assert!(
+        failed
+            .iter()
+            .any(|e| e.contains("\"quay.io\" is not configured")),
+        "{failed:?}"
+    );
+    assert!(
+        failed.iter().any(|e| e.contains("not known upstream")),
+        "{failed:?}"
+    );
+    env.mirror.get_ok(&manifest_path("busybox", "1")).await;
+
+    let ls = get_json(&env.mirror, "/_hoard/ls").await;
+    let images = ls["images"].as_array().unwrap();
+    let find = |name: &str| {
+        images
+            .iter()
+            .find(|i| i["image"] == name)
+            .unwrap_or_else(|| panic!("{name} not in {ls}"))
+    };
+    let a = find("docker.io/team/app:v1");
+    assert_eq!(
+        (a["pinned"].clone(), a["complete"].clone()),
+        (json!(true), json!(true)),
+        "{a}"
+    );
+    assert_eq!(a["digest"], app.digest);
+    let size: usize = app.blobs().iter().map(|b| b.data.len()).sum::<usize>() + app.manifest.len();
+    assert_eq!(a["bytes"], size, "{a}");
+    let b = find("docker.io/library/busybox:1");
+    assert_eq!(
+        (b["pinned"].clone(), b["complete"].clone()),
+        (json!(false), json!(false)),
+        "{b}"
+    );
+    assert_eq!(b["digest"], pulled.digest);
+
+    // A running server owns its cache directory.
+    let err = hoard::pins::CacheLock::acquire(env.dir.path()).unwrap_err();
+    assert!(err.to_string().contains("in use"), "{err}");
+    let resp = env.mirror.get("/_hoard/nothing").await;
+    assert_oci_error(resp, 404, &["NOT_FOUND"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_works_through_the_server_or_on_a_stopped_servers_cache() {
+    use hoard::commands::{self, Target};
+    let hub = FakeRegistry::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let toml = Cfg::new(dir.path())
+        .upstream("docker.io", &hub.url())
+        .toml();
+    let config = || Target::Local(Box::new(hoard::Config::from_toml(&toml).unwrap()));
+    let app = hub.add_simple_image("team/app", "v1", 1);
+    let late = hub.add_simple_image("library/late", "1", 2);
+    let mirror = TestMirror::start(&toml).await;
+    let server = || Target::Server(mirror.url(""));
+    let images = vec!["team/app:v1".to_string()];
+
+    assert_eq!(
+        commands::prefetch(server(), images.clone(), vec![], 2).await,
+        Ok(true)
+    );
+    assert_eq!(
+        commands::check(server(), images.clone(), vec![]).await,
+        Ok(true)
+    );
+    let missing = vec!["team/app:v1".to_string(), "late:1".to_string()];
+    assert_eq!(
+        commands::check(server(), missing.clone(), vec![]).await,
+        Ok(false)
+    );
+    let failed = commands::prefetch(server(), vec!["nope:1".into()], vec![], 2).await;
+    assert_eq!(failed, Ok(false), "an image failed: exit 1");
+    let busy = commands::check(config(), images.clone(), vec![]).await;
+    assert!(
+        busy.as_ref().is_err_and(|e| e.contains("in use")),
+        "{busy:?}"
+    );
+    mirror.stop().await;
+
+    // On the stopped server's directory, in-process.
+    assert_eq!(
+        commands::check(config(), images.clone(), vec![]).await,
+        Ok(true)
+    );
+    assert_eq!(
+        commands::prefetch(config(), vec!["late:1".into()], vec![], 2).await,
+        Ok(true)
+    );
+    assert_eq!(
+        commands::check(config(), missing.clone(), vec![]).await,
+        Ok(true)
+    );
+    assert_eq!(commands::unpin(config(), "late:1".into()).await, Ok(()));
+    assert!(commands::unpin(config(), "late:1".into()).await.is_err());
+    assert_eq!(
+        commands::pin(config(), "late:1".into(), vec![]).await,
+        Ok(())
+    );
+
+    hub.go_down().await;
+    let mirror = TestMirror::start(&toml).await;
+    assert_servable(&mirror, "team/app", &app).await;
+    assert_servable(&mirror, "late", &late).await;
+    let pins = get_json(&mirror, "/_hoard/pins").await;
+    assert_eq!(pins["pins"].as_array().map(Vec::len), Some(2), "{pins}");
+    mirror.stop().await;
+}
