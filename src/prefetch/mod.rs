@@ -190,7 +190,8 @@ impl Prefetcher {
             images: images.len(),
             ..Summary::default()
         };
-        let results: Vec<Result<Event, Event>> = futures_util::stream::iter(images.to_vec())
+        // Each image's `done` or `failed` goes out as soon as it is known.
+        let mut results = futures_util::stream::iter(images.to_vec())
             .map(|text: String| {
                 let slots = blob_slots.clone();
                 async move {
@@ -206,10 +207,8 @@ impl Prefetcher {
                         })
                 }
             })
-            .buffer_unordered(jobs)
-            .collect()
-            .await;
-        for result in results {
+            .buffer_unordered(jobs);
+        while let Some(result) = results.next().await {
             let ev = match result {
                 Ok(ev) => ev,
                 Err(ev) => {
