@@ -116,7 +116,7 @@ def documented_rows(sections, marker):
     return rows if found else None
 
 
-SECTION_MARKERS = {"top": "Top-level", "tls": "[tls]", "upstreams": "[upstreams."}
+SECTION_MARKERS = {"top": "Top-level", "tls": "[tls]", "upstreams": "[upstreams.", "prefetch": "[prefetch]"}
 
 
 def check_config_doc():
