@@ -406,3 +406,37 @@ async fn cli_works_through_the_server_or_on_a_stopped_servers_cache() {
     assert_eq!(pins["pins"].as_array().map(Vec::len), Some(2), "{pins}");
     mirror.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefetch_table_in_the_config_is_fetched_and_pinned_at_start() {
+    let hub = FakeRegistry::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let app = hub.add_simple_image("team/app", "v1", 1);
+    let toml = format!(
+        "{}\n[prefetch]\nimages = [\"team/app:v1\", \"nope:1\"]\ninterval = \"1h\"\n",
+        Cfg::new(dir.path())
+            .upstream("docker.io", &hub.url())
+            .toml()
+    );
+    let mirror = TestMirror::start(&toml).await;
+    let start = tokio::time::Instant::now();
+    loop {
+        let pins = get_json(&mirror, "/_hoard/pins").await;
+        if pins["pins"].as_array().is_some_and(|p| p.len() == 1) {
+            assert_eq!(pins["pins"][0]["image"], "docker.io/team/app:v1", "{pins}");
+            assert_eq!(pins["pins"][0]["digest"], app.digest, "{pins}");
+            break;
+        }
+        assert!(start.elapsed() < DEADLINE, "not pinned: {pins}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    hub.go_down().await;
+    assert_servable(&mirror, "team/app", &app).await;
+    mirror.stop().await;
+
+    let bad = toml.replace("interval = \"1h\"", "platforms = [\"linux\"]");
+    let config = hoard::Config::from_toml(&bad).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let err = hoard::run(listener, config, async {}).await.unwrap_err();
+    assert!(err.to_string().contains("prefetch.platforms"), "{err}");
+}
