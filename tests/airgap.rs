@@ -43,6 +43,18 @@ async fn prefetch(mirror: &TestMirror, images: &[&str], platforms: &[&str]) -> V
     events
 }
 
+/// `POST /_hoard/check`: the readiness document.
+async fn check(mirror: &TestMirror, images: &[&str], platforms: &[&str]) -> Value {
+    let (status, body) = post(
+        mirror,
+        "check",
+        json!({"images": images, "platforms": platforms}),
+    )
+    .await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    serde_json::from_slice(&body).unwrap()
+}
+
 fn summary(events: &[Value]) -> &Value {
     events.last().unwrap()
 }
@@ -141,21 +153,9 @@ async fn platform_filter_fetches_only_the_asked_platforms() {
             blob.digest
         );
     }
-    let (_, body) = post(
-        &env.mirror,
-        "check",
-        json!({"images": ["multi"], "platforms": ["linux/arm64"]}),
-    )
-    .await;
-    let v: Value = serde_json::from_slice(&body).unwrap();
+    let v = check(&env.mirror, &["multi"], &["linux/arm64"]).await;
     assert_eq!(v["ready"], true, "{v}");
-    let (_, body) = post(
-        &env.mirror,
-        "check",
-        json!({"images": ["multi"], "platforms": ["linux/amd64"]}),
-    )
-    .await;
-    let v: Value = serde_json::from_slice(&body).unwrap();
+    let v = check(&env.mirror, &["multi"], &["linux/amd64"]).await;
     assert_eq!(v["ready"], false, "amd64 was not fetched: {v}");
 
     // A platform the image does not have fails the image, named.
@@ -221,8 +221,7 @@ async fn pinned_images_survive_a_budget_overflowed_by_other_pulls() {
     mirror.stop().await;
     let mirror = TestMirror::start(&toml).await;
     assert_servable(&mirror, "kept", &kept).await;
-    let (_, body) = post(&mirror, "check", json!({"images": ["kept:v1", "other:t0"]})).await;
-    let v: Value = serde_json::from_slice(&body).unwrap();
+    let v = check(&mirror, &["kept:v1", "other:t0"], &[]).await;
     assert_eq!(v["images"][0]["ready"], true, "{v}");
     assert_eq!(v["images"][0]["pinned"], true, "{v}");
     assert_eq!(v["images"][1]["ready"], false, "evicted by the budget: {v}");
