@@ -368,7 +368,7 @@ pub async fn ls(target: Target, json: bool) -> Result<(), String> {
             display::human(e.bytes),
             utc(e.last_use),
             e.platforms.join(","),
-            e.digest
+            &e.digest[..e.digest.len().min(19)]
         );
     }
     Ok(())

@@ -43,6 +43,18 @@ async fn prefetch(mirror: &TestMirror, images: &[&str], platforms: &[&str]) -> V
     events
 }
 
+/// `POST /_hoard/check`: the readiness document.
+async fn check(mirror: &TestMirror, images: &[&str], platforms: &[&str]) -> Value {
+    let (status, body) = post(
+        mirror,
+        "check",
+        json!({"images": images, "platforms": platforms}),
+    )
+    .await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    serde_json::from_slice(&body).unwrap()
+}
+
 fn summary(events: &[Value]) -> &Value {
     events.last().unwrap()
 }
@@ -141,21 +153,9 @@ async fn platform_filter_fetches_only_the_asked_platforms() {
             blob.digest
         );
     }
-    let (_, body) = post(
-        &env.mirror,
-        "check",
-        json!({"images": ["multi"], "platforms": ["linux/arm64"]}),
-    )
-    .await;
-    let v: Value = serde_json::from_slice(&body).unwrap();
+    let v = check(&env.mirror, &["multi"], &["linux/arm64"]).await;
     assert_eq!(v["ready"], true, "{v}");
-    let (_, body) = post(
-        &env.mirror,
-        "check",
-        json!({"images": ["multi"], "platforms": ["linux/amd64"]}),
-    )
-    .await;
-    let v: Value = serde_json::from_slice(&body).unwrap();
+    let v = check(&env.mirror, &["multi"], &["linux/amd64"]).await;
     assert_eq!(v["ready"], false, "amd64 was not fetched: {v}");
 
     // A platform the image does not have fails the image, named.
@@ -221,8 +221,7 @@ async fn pinned_images_survive_a_budget_overflowed_by_other_pulls() {
     mirror.stop().await;
     let mirror = TestMirror::start(&toml).await;
     assert_servable(&mirror, "kept", &kept).await;
-    let (_, body) = post(&mirror, "check", json!({"images": ["kept:v1", "other:t0"]})).await;
-    let v: Value = serde_json::from_slice(&body).unwrap();
+    let v = check(&mirror, &["kept:v1", "other:t0"], &[]).await;
     assert_eq!(v["images"][0]["ready"], true, "{v}");
     assert_eq!(v["images"][0]["pinned"], true, "{v}");
     assert_eq!(v["images"][1]["ready"], false, "evicted by the budget: {v}");
@@ -405,4 +404,38 @@ async fn cli_works_through_the_server_or_on_a_stopped_servers_cache() {
     let pins = get_json(&mirror, "/_hoard/pins").await;
     assert_eq!(pins["pins"].as_array().map(Vec::len), Some(2), "{pins}");
     mirror.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefetch_table_in_the_config_is_fetched_and_pinned_at_start() {
+    let hub = FakeRegistry::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let app = hub.add_simple_image("team/app", "v1", 1);
+    let toml = format!(
+        "{}\n[prefetch]\nimages = [\"team/app:v1\", \"nope:1\"]\ninterval = \"1h\"\n",
+        Cfg::new(dir.path())
+            .upstream("docker.io", &hub.url())
+            .toml()
+    );
+    let mirror = TestMirror::start(&toml).await;
+    let start = tokio::time::Instant::now();
+    loop {
+        let pins = get_json(&mirror, "/_hoard/pins").await;
+        if pins["pins"].as_array().is_some_and(|p| p.len() == 1) {
+            assert_eq!(pins["pins"][0]["image"], "docker.io/team/app:v1", "{pins}");
+            assert_eq!(pins["pins"][0]["digest"], app.digest, "{pins}");
+            break;
+        }
+        assert!(start.elapsed() < DEADLINE, "not pinned: {pins}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    hub.go_down().await;
+    assert_servable(&mirror, "team/app", &app).await;
+    mirror.stop().await;
+
+    let bad = toml.replace("interval = \"1h\"", "platforms = [\"linux\"]");
+    let config = hoard::Config::from_toml(&bad).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let err = hoard::run(listener, config, async {}).await.unwrap_err();
+    assert!(err.to_string().contains("prefetch.platforms"), "{err}");
 }

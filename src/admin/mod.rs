@@ -288,3 +288,63 @@ fn json(status: StatusCode, value: &impl Serialize) -> Response<Body> {
         .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
     r
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::Full;
+
+    async fn admin(dir: &std::path::Path) -> Admin {
+        let mut config = crate::Config::embedded().unwrap();
+        config.cache_dir = dir.to_owned();
+        let metrics = Arc::new(crate::metrics::Metrics::new());
+        let pins = crate::load_pins(dir).await.unwrap();
+        let cache = crate::cache::Cache::open(dir, 1 << 30, metrics.clone())
+            .await
+            .unwrap();
+        Admin::new(Arc::new(
+            Prefetcher::new(config, cache, pins, metrics).unwrap(),
+        ))
+    }
+
+    fn req(method: Method, peer: Option<&str>) -> Request<Full<Bytes>> {
+        let mut r = Request::builder()
+            .method(method)
+            .uri("/_hoard/pins")
+            .body(Full::new(Bytes::from_static(b"{\"image\":\"alpine\"}")))
+            .unwrap();
+        if let Some(p) = peer {
+            r.extensions_mut().insert(ConnInfo {
+                peer: p.parse().unwrap(),
+                tls: false,
+            });
+        }
+        r
+    }
+
+    #[tokio::test]
+    async fn only_loopback_peers_are_answered() {
+        let dir = tempfile::tempdir().unwrap();
+        let admin = admin(dir.path()).await;
+        for peer in [Some("10.1.2.3:40000"), Some("[2001:db8::1]:1"), None] {
+            let resp = admin.handle(req(Method::GET, peer), "pins").await;
+            assert_eq!(resp.status(), StatusCode::FORBIDDEN, "{peer:?}");
+        }
+        let resp = admin
+            .handle(req(Method::GET, Some("127.0.0.1:1")), "pins")
+            .await;
+        assert_eq!(resp.status(), StatusCode::OK);
+        let resp = admin
+            .handle(req(Method::GET, Some("[::1]:1")), "pins")
+            .await;
+        assert_eq!(resp.status(), StatusCode::OK);
+        let resp = admin
+            .handle(req(Method::PUT, Some("127.0.0.1:1")), "pins")
+            .await;
+        assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+        let resp = admin
+            .handle(req(Method::POST, Some("127.0.0.1:1")), "pins")
+            .await;
+        assert_eq!(resp.status(), StatusCode::CONFLICT, "alpine is not cached");
+    }
+}

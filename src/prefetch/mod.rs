@@ -17,6 +17,7 @@
 pub mod display;
 mod held;
 pub mod manifest;
+mod offline;
 pub mod reference;
 pub mod schedule;
 mod walk;
@@ -34,6 +35,7 @@ use crate::metrics::Metrics;
 use crate::oci::Digest;
 use crate::pins::{Pin, Pins};
 use crate::upstream::{Upstream, Upstreams};
+pub use offline::Readiness;
 pub use reference::{parse_list, ImageRef, Platform, RefError};
 pub use walk::Plan;
 
@@ -121,21 +123,6 @@ pub struct Summary {
     pub cached_bytes: u64,
 }
 
-/// Whether an image can be served with the network gone.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Readiness {
-    /// The reference (canonical when it resolved).
-    pub image: String,
-    /// Top manifest digest it would be served as.
-    pub digest: Option<String>,
-    /// Whether it is pinned.
-    pub pinned: bool,
-    /// Everything it needs is cached.
-    pub ready: bool,
-    /// What is missing, in words.
-    pub missing: Vec<String>,
-}
-
 /// Runs prefetches, checks and pins on one cache.
 pub struct Prefetcher {
     config: Config,
@@ -190,7 +177,8 @@ impl Prefetcher {
             images: images.len(),
             ..Summary::default()
         };
-        let results: Vec<Result<Event, Event>> = futures_util::stream::iter(images.to_vec())
+        // Each image's `done` or `failed` goes out as soon as it is known.
+        let mut results = futures_util::stream::iter(images.to_vec())
             .map(|text: String| {
                 let slots = blob_slots.clone();
                 async move {
@@ -206,10 +194,8 @@ impl Prefetcher {
                         })
                 }
             })
-            .buffer_unordered(jobs)
-            .collect()
-            .await;
-        for result in results {
+            .buffer_unordered(jobs);
+        while let Some(result) = results.next().await {
             let ev = match result {
                 Ok(ev) => ev,
                 Err(ev) => {
@@ -426,122 +412,5 @@ impl Prefetcher {
                 .map_err(|e| format!("blob {digest}: {e}"));
         }
         Err(format!("blob {digest}: lookup did not settle"))
-    }
-
-    /// Whether `image` (every platform in `platforms`) can be served from
-    /// the cache alone. Never touches the network.
-    pub async fn check(&self, image: &str, platforms: &[Platform]) -> Readiness {
-        let r = match ImageRef::resolve(image, &self.config) {
-            Ok(r) => r,
-            Err(e) => {
-                return Readiness {
-                    image: image.to_owned(),
-                    digest: None,
-                    pinned: false,
-                    ready: false,
-                    missing: vec![e.to_string()],
-                }
-            }
-        };
-        let mut plan = match self.walk(&r, None, platforms).await {
-            Ok(p) => p,
-            Err(e) => Plan {
-                missing: vec![e],
-                ..Plan::default()
-            },
-        };
-        for (d, _) in &plan.blobs {
-            if self.stored_size(d).is_none() {
-                plan.missing.push(format!("blob {d}"));
-            }
-        }
-        let pinned = self
-            .pin_of(&r)
-            .is_some_and(|p| Some(&p.digest) == plan.top.as_ref());
-        Readiness {
-            image: r.to_string(),
-            digest: plan.top.map(|d| d.to_string()),
-            pinned,
-            ready: plan.missing.is_empty(),
-            missing: plan.missing,
-        }
-    }
-
-    /// Pins an image that is already complete in the cache (no network).
-    pub async fn pin_cached(&self, image: &str, platforms: &[Platform]) -> Result<Pin, String> {
-        let r = ImageRef::resolve(image, &self.config).map_err(|e| e.to_string())?;
-        let plan = self.walk(&r, None, platforms).await?;
-        if let Some(first) = plan.missing.first() {
-            return Err(format!(
-                "{r} is not complete in the cache ({first} missing): prefetch it"
-            ));
-        }
-        let top = plan.top.clone().ok_or("no top manifest")?;
-        let bytes: u64 = plan
-            .blobs
-            .iter()
-            .map(|(d, s)| self.stored_size(d).unwrap_or(*s))
-            .sum();
-        let pin = Pin {
-            upstream: r.upstream.clone(),
-            repo: r.repo.clone(),
-            tag: r.tag.clone(),
-            digest: top,
-            manifests: plan.manifests,
-            blobs: plan.blobs.into_iter().map(|(d, _)| d).collect(),
-            platforms: platforms.iter().map(|p| p.to_string()).collect(),
-            bytes: bytes + plan.manifest_bytes,
-            pinned_at: SystemTime::now(),
-        };
-        self.pins
-            .put(&self.cache, pin.clone())
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok(pin)
-    }
-
-    /// Removes the pin of `image`; its content returns under the budget.
-    pub async fn unpin(&self, image: &str) -> Result<Pin, String> {
-        let r = ImageRef::resolve(image, &self.config).map_err(|e| e.to_string())?;
-        let pin = self
-            .pin_of(&r)
-            .ok_or_else(|| format!("{r} is not pinned"))?;
-        self.pins
-            .remove(&self.cache, &pin.key())
-            .await
-            .map_err(|e| e.to_string())?
-            .ok_or_else(|| format!("{r} is not pinned"))
-    }
-
-    /// The pin recorded for a reference (by tag, else by digest).
-    fn pin_of(&self, r: &ImageRef) -> Option<Pin> {
-        let repo = format!("{}/{}", r.upstream, r.repo);
-        match (&r.tag, &r.digest) {
-            (Some(t), _) => self.pins.get(&format!("{repo}:{t}")),
-            (None, Some(d)) => self.pins.get(&format!("{repo}@{d}")),
-            (None, None) => None,
-        }
-    }
-
-    /// What the cache holds of `r` (no network, no error: gaps are listed
-    /// in [`Plan::missing`]).
-    pub async fn plan_cached(&self, r: &ImageRef, platforms: &[Platform]) -> Plan {
-        self.walk(r, None, platforms)
-            .await
-            .unwrap_or_else(|e| Plan {
-                missing: vec![e],
-                ..Plan::default()
-            })
-    }
-
-    /// Size and last use of a stored blob, from its file: unlike the
-    /// index lookup, this does not count as a use for the LRU.
-    pub fn stored(&self, digest: &Digest) -> Option<std::fs::Metadata> {
-        let path = crate::cache::store::FsStore::new(&self.config.cache_dir).path(digest);
-        std::fs::metadata(path).ok().filter(|m| m.is_file())
-    }
-
-    fn stored_size(&self, digest: &Digest) -> Option<u64> {
-        self.stored(digest).map(|m| m.len())
     }
 }
