@@ -465,7 +465,7 @@ async fn a_cross_repository_mount_copies_no_bytes() {
 async fn deleted_images_are_collected_while_a_push_sharing_layers_succeeds() {
     let env = env_with(&[
         ("delete", "true"),
-        ("gc_grace", "\"1s\""),
+        ("gc_grace", "\"2s\""),
         ("gc_interval", "\"100ms\""),
     ])
     .await;

@@ -34,7 +34,9 @@ impl Local {
         let grace = self.config.gc_grace.as_secs();
         let seen = {
             let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-            seen.retain(|_, at| now.saturating_sub(*at) < grace);
+            // Whole seconds: `<=` so a link made just before a second boundary
+            // still gets at least `gc_grace`.
+            seen.retain(|_, at| now.saturating_sub(*at) <= grace);
             seen.clone()
         };
         let before: BTreeSet<Digest> = self
@@ -50,7 +52,7 @@ impl Local {
                 let mut swept = repo.clone();
                 swept.blobs.retain(|d, l| {
                     keep.contains(d)
-                        || now.saturating_sub(l.linked_at) < grace
+                        || now.saturating_sub(l.linked_at) <= grace
                         || seen.contains_key(d)
                 });
                 (swept != *repo).then(|| (name.clone(), swept))
