@@ -138,6 +138,16 @@ impl Registry {
             "docker-distribution-api-version",
             HeaderValue::from_static("registry/2.0"),
         );
+        // A refused request may leave its body unread; over HTTP/1 the
+        // connection then cannot carry another request, so say so rather
+        // than let the client's pool reuse it and fail its next request.
+        if !resp.status().is_success()
+            && req.version() <= http::Version::HTTP_11
+            && has_body(req.headers())
+        {
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         let elapsed = started.elapsed();
         self.metrics.request_duration(elapsed.as_secs_f64());
         let served = resp.extensions().get::<ServedBy>();
@@ -319,6 +329,12 @@ impl Registry {
             .get(upstream)
             .map_or(self.config.tag_ttl, |u| u.tag_ttl(self.config.tag_ttl))
     }
+}
+
+/// Whether a request announced a body.
+fn has_body(h: &HeaderMap) -> bool {
+    h.contains_key(header::TRANSFER_ENCODING)
+        || crate::upstream::content_length(h).is_some_and(|n| n > 0)
 }
 
 fn response_len(h: &HeaderMap) -> u64 {
