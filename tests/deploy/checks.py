@@ -119,6 +119,7 @@ def documented_rows(sections, marker):
 SECTION_MARKERS = {"top": "Top-level", "tls": "[tls]", "upstreams": "[upstreams."}
 SECTION_MARKERS["auth"] = "[auth]"
 SECTION_MARKERS["prefetch"] = "[prefetch]"
+SECTION_MARKERS["local"] = "[local]"
 
 
 def check_config_doc():
