@@ -36,8 +36,10 @@ use crate::oci::Hasher;
 
 /// Chunks the writer just wrote, kept for readers at the fill's front.
 const FRONT_SLOTS: usize = 4;
-/// Chunks readers read back from the file, kept for the readers behind.
-const BEHIND_SLOTS: usize = 8;
+/// Chunks readers read back from the file, kept for the readers behind
+/// (4 MiB: readers of one fill keep within it, since those behind take
+/// chunks without a read and catch up with the one in front).
+const BEHIND_SLOTS: usize = 16;
 
 /// A chunk of a fill, filled once by whoever gets to it first.
 type Slot = Arc<OnceCell<Bytes>>;
@@ -244,14 +246,16 @@ impl FillReader {
     }
 
     /// One positional read of `want` bytes at `pos` of the temp file, on the
-    /// blocking pool.
+    /// blocking pool. The buffer is allocated here, on a runtime thread, so
+    /// chunk memory stays in the runtime threads' malloc arenas instead of
+    /// spreading over one arena per blocking thread (peak RSS).
     async fn read_file(&self, pos: u64, want: usize) -> io::Result<Bytes> {
         let file = self
             .fill
             .file()
             .ok_or_else(|| io::Error::other("fill has data but no file"))?;
+        let mut buf = vec![0u8; want];
         tokio::task::spawn_blocking(move || {
-            let mut buf = vec![0u8; want];
             file.read_exact_at(&mut buf, pos).map(|()| Bytes::from(buf))
         })
         .await
