@@ -37,7 +37,7 @@ pub(super) const CHUNK: usize = 256 * 1024;
 
 /// Pieces queued between the fill's network task and its writer thread
 /// (at most `QUEUE` × [`CHUNK`] bytes in flight).
-const QUEUE: usize = 8;
+const QUEUE: usize = 4;
 
 /// How long the receiver waits for more bytes before handing a partial
 /// chunk to the writer, so that readers of a slow upstream see progress.

@@ -23,6 +23,7 @@
 use std::collections::VecDeque;
 use std::io;
 use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -35,11 +36,13 @@ use crate::metrics::{Metrics, Source};
 use crate::oci::Hasher;
 
 /// Chunks the writer just wrote, kept for readers at the fill's front.
-const FRONT_SLOTS: usize = 4;
+const FRONT_SLOTS: usize = 2;
 /// Chunks readers read back from the file, kept for the readers behind
-/// (4 MiB: readers of one fill keep within it, since those behind take
-/// chunks without a read and catch up with the one in front).
-const BEHIND_SLOTS: usize = 16;
+/// when there are several (readers of one fill keep within this window,
+/// since those behind take chunks without a read and catch up with the one
+/// in front). With the writer's queue, a fill holds at most
+/// (2 + 12 + 4) × 256 KiB = 4.5 MiB, however many follow it.
+const BEHIND_SLOTS: usize = 12;
 
 /// A chunk of a fill, filled once by whoever gets to it first.
 type Slot = Arc<OnceCell<Bytes>>;
@@ -50,6 +53,9 @@ type Slot = Arc<OnceCell<Bytes>>;
 pub struct Chunks {
     /// std mutex: held only to find or insert a slot, never across an await.
     slots: Mutex<ChunkSlots>,
+    /// Readers following the fill: a lone reader has nobody to share a
+    /// chunk it read with, so it keeps none (memory of parallel fills).
+    readers: AtomicUsize,
 }
 
 #[derive(Default)]
@@ -87,14 +93,17 @@ impl Chunks {
         );
     }
 
-    /// The slot of chunk `index`, created empty when no reader has it.
+    /// The slot of chunk `index`, created empty when no reader has it
+    /// (and kept for the others only when there are others).
     fn slot(&self, index: u64) -> Slot {
         let mut s = self.slots.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(slot) = s.find(index) {
             return slot.clone();
         }
         let slot = Slot::default();
-        push(&mut s.behind, index, slot.clone(), BEHIND_SLOTS);
+        if self.readers.load(Ordering::Relaxed) > 1 {
+            push(&mut s.behind, index, slot.clone(), BEHIND_SLOTS);
+        }
         slot
     }
 }
@@ -114,6 +123,12 @@ pub struct FillReader {
     finished: bool,
 }
 
+impl Drop for FillReader {
+    fn drop(&mut self) {
+        self.fill.chunks().readers.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// The upstream stream that replaces a failed fill.
 struct Passthrough {
     body: Incoming,
@@ -129,6 +144,7 @@ impl FillReader {
     /// A reader of `start..end`.
     pub fn new(fill: Arc<Fill>, start: u64, end: u64, metrics: Arc<Metrics>) -> FillReader {
         let rx = fill.subscribe();
+        fill.chunks().readers.fetch_add(1, Ordering::Relaxed);
         FillReader {
             fill,
             rx,
