@@ -364,3 +364,41 @@ impl FillReader {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_writers_chunks_are_shared_and_bounded() {
+        let chunks = Chunks::default();
+        for i in 0..=FRONT_SLOTS as u64 {
+            chunks.publish(i, Bytes::from(vec![i as u8; 4]));
+        }
+        // The newest are there, filled, without a read.
+        let last = chunks.slot(FRONT_SLOTS as u64);
+        assert_eq!(last.get().map(|b| b[0]), Some(FRONT_SLOTS as u8));
+        // The oldest was pushed out: its slot comes back empty.
+        assert!(chunks.slot(0).get().is_none());
+    }
+
+    #[test]
+    fn read_back_chunks_are_kept_only_for_other_readers() {
+        let chunks = Chunks::default();
+        chunks.readers.store(1, Ordering::Relaxed);
+        assert!(
+            !Arc::ptr_eq(&chunks.slot(7), &chunks.slot(7)),
+            "a lone reader keeps nothing"
+        );
+        chunks.readers.store(2, Ordering::Relaxed);
+        let first = chunks.slot(7);
+        assert!(Arc::ptr_eq(&first, &chunks.slot(7)), "two readers share");
+        for i in 100..100 + BEHIND_SLOTS as u64 {
+            chunks.slot(i);
+        }
+        assert!(
+            !Arc::ptr_eq(&first, &chunks.slot(7)),
+            "the window is bounded"
+        );
+    }
+}
