@@ -3,14 +3,16 @@
 //!
 //! The first request for a missing blob becomes the leader and spawns the
 //! fill task; the task, not the request, owns the upstream stream, so a
-//! client hanging up never cancels a fill others depend on. The task writes
-//! into a temp file while hashing; every reader (the leader's client too)
-//! reads that file with positional reads up to the bytes written so far,
-//! waking on a `watch` channel. Memory stays flat whatever the blob size:
-//! the file is the buffer. Only when the sha256 matches is the file synced
-//! and renamed into the store; on any failure the state becomes `Failed`
-//! and readers end their bodies with an error (an aborted response), never
-//! a clean short one. A [`FillGuard`] marks the fill failed if the task dies.
+//! client hanging up never cancels a fill others depend on. The task
+//! receives the body while a blocking thread hashes it and writes it into a
+//! temp file; every reader (the leader's client too) follows that file up to
+//! the bytes written so far, waking on a `watch` channel, and readers close
+//! to each other share recent chunks in memory. Memory stays flat whatever
+//! the blob size: the file is the buffer. Only when the sha256 matches is
+//! the file synced and renamed into the store, and only then do readers get
+//! their last byte; on any failure the state becomes `Failed` and readers end their
+//! bodies with an error (an aborted response), never a clean short one. A
+//! [`FillGuard`] marks the fill failed if the task dies.
 
 use std::collections::HashMap;
 use std::io;
@@ -19,15 +21,27 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use bytes::{Bytes, BytesMut};
-use futures_util::{FutureExt, Stream};
+use futures_util::Stream;
 use tokio::sync::watch;
 
+use super::reader::Chunks;
 use crate::metrics::{FillResult, Metrics};
 use crate::oci::{Digest, RepoName};
 use crate::upstream;
 
-/// Frames are batched up to this size per disk write.
-const WRITE_BATCH: usize = 1024 * 1024;
+/// Readers share a fill in chunks of this size, aligned on multiples of it
+/// in the blob (the last one may be shorter). 256 KiB: 32 readers spread
+/// over a fill hold at most a few chunks each, so memory stays within
+/// tens of MiB however many follow it.
+pub(super) const CHUNK: usize = 256 * 1024;
+
+/// Pieces queued between the fill's network task and its writer thread
+/// (at most `QUEUE` × [`CHUNK`] bytes in flight).
+const QUEUE: usize = 4;
+
+/// How long the receiver waits for more bytes before handing a partial
+/// chunk to the writer, so that readers of a slow upstream see progress.
+const FLUSH_AFTER: std::time::Duration = std::time::Duration::from_millis(5);
 
 /// Where a fill is.
 #[derive(Debug, Clone)]
@@ -41,7 +55,8 @@ pub enum Progress {
         /// Bytes written so far.
         written: u64,
     },
-    /// Verified and committed.
+    /// Verified and committed to the cache, or, if the commit failed, left
+    /// out of it: either way the fill is over and its bytes were verified.
     Done {
         /// Final size.
         size: u64,
@@ -82,6 +97,8 @@ pub struct Fill {
     repo: RepoName,
     file: OnceLock<Arc<std::fs::File>>,
     state: watch::Sender<Progress>,
+    /// Recent chunks, shared by the writer and the readers.
+    chunks: Chunks,
 }
 
 impl Fill {
@@ -107,7 +124,8 @@ impl Fill {
         }
     }
 
-    /// Waits until the fill is committed.
+    /// Waits until the fill is over (committed, or verified but left out
+    /// of the cache because the commit failed).
     pub async fn finished(&self) -> Result<u64, FillError> {
         let mut rx = self.state.subscribe();
         loop {
@@ -140,6 +158,11 @@ impl Fill {
     /// The temp file, once the upstream answered.
     pub(super) fn file(&self) -> Option<Arc<std::fs::File>> {
         self.file.get().cloned()
+    }
+
+    /// The chunks shared by this fill's writer and readers.
+    pub(super) fn chunks(&self) -> &Chunks {
+        &self.chunks
     }
 
     /// Where a reader goes for the rest when the disk failed.
@@ -192,6 +215,7 @@ impl Fills {
             repo: origin.1.clone(),
             file: OnceLock::new(),
             state: tx,
+            chunks: Chunks::default(),
         });
         map.insert(digest.clone(), fill.clone());
         metrics.fills_in_flight().inc();
@@ -302,7 +326,21 @@ fn disk<C: Committer>(c: &C, e: io::Error, needed: u64) -> FillError {
     FillError::Disk(e.to_string())
 }
 
-/// Runs a fill: streams `resp` into the temp file, verifies, commits.
+/// Runs a fill: streams `resp` into the temp file, verifies, syncs and
+/// commits it.
+///
+/// Two stages run side by side so the network is never stalled by the disk:
+/// this task receives the body and cuts it at multiples of [`CHUNK`], and
+/// one blocking thread ([`write_chunks`]) hashes and writes the pieces,
+/// through a queue of [`QUEUE`] (memory stays flat: at most that many are
+/// in flight).
+///
+/// Readers get their last byte once the digest is verified and the file
+/// synced and committed, so a response that completed is in the store (a
+/// client that asks again, or looks, finds it). The writer starts writeback
+/// as it goes, so that `fsync` has little left when the last byte arrives.
+/// If the sync or the commit fails there is simply no cache copy; the
+/// readers still finish with verified bytes through the open temp file.
 pub async fn run<C: Committer>(
     mut guard: FillGuard,
     upstream: &upstream::Upstream,
@@ -332,42 +370,25 @@ pub async fn run<C: Committer>(
     let _ = guard.fill.file.set(file.clone());
     guard.set(Progress::Streaming { size, written: 0 });
 
-    let mut body = resp.into_body();
-    let mut hasher = crate::oci::Hasher::new();
-    let mut written: u64 = 0;
-    let mut ended = false;
-    while !ended {
-        let batch = match next_batch(upstream, &mut body).await {
-            Ok(Some((b, end))) => {
-                ended = end;
-                b
-            }
-            Ok(None) => break,
-            Err(e) => return guard.fail(e.into()),
-        };
-        let len = batch.len() as u64;
-        if let Some(announced) = size {
-            if written + len > announced {
-                return guard.fail(FillError::Size {
-                    announced,
-                    got: written + len,
-                });
-            }
+    let (tx, rx) = tokio::sync::mpsc::channel(QUEUE);
+    let writer = tokio::task::spawn_blocking({
+        let (fill, file) = (guard.fill.clone(), file.clone());
+        move || write_chunks(rx, &file, &fill, size)
+    });
+    let received = receive(upstream, resp.into_body(), size, &tx).await;
+    drop(tx);
+    // The writer is awaited before any final state is set, so it can never
+    // overwrite a failure with progress.
+    let (hasher, written) = match writer.await {
+        Ok(Ok(done)) => done,
+        Ok(Err(e)) => {
+            let needed = size.unwrap_or(*received.as_ref().unwrap_or(&0));
+            return guard.fail(disk(committer, e, needed));
         }
-        let f = file.clone();
-        let offset = written;
-        let result = tokio::task::spawn_blocking(move || {
-            hasher.update(&batch);
-            f.write_all_at(&batch, offset).map(|()| hasher)
-        })
-        .await;
-        hasher = match result {
-            Ok(Ok(h)) => h,
-            Ok(Err(e)) => return guard.fail(disk(committer, e, size.unwrap_or(written + len))),
-            Err(e) => return guard.fail(FillError::Disk(e.to_string())),
-        };
-        written += len;
-        guard.set(Progress::Streaming { size, written });
+        Err(e) => return guard.fail(FillError::Disk(e.to_string())),
+    };
+    if let Err(e) = received {
+        return guard.fail(e);
     }
     if let Some(announced) = size {
         if written != announced {
@@ -393,8 +414,8 @@ pub async fn run<C: Committer>(
     match committed {
         Ok(()) => guard.metrics.fill_done(FillResult::Ok),
         Err(e) => {
-            // The bytes are verified and readers hold the file open, so they
-            // still complete; the blob just does not enter the cache.
+            // Readers already have (or are reading) verified bytes through
+            // the open file; the blob just does not enter the cache.
             tracing::error!(%digest, error = %e, "verified blob could not be committed to the cache");
             committer.write_failed(&e, written);
             guard.metrics.fill_done(FillResult::DiskError);
@@ -404,46 +425,132 @@ pub async fn run<C: Committer>(
     guard.finish();
 }
 
-/// Reads the next frames of `body`, batching what is ready up to
-/// [`WRITE_BATCH`] so disk writes are large. `None` at the end; the flag
-/// says the end was seen while batching.
-async fn next_batch(
+/// Receives the body and hands it to the writer in pieces that never cross
+/// a multiple of [`CHUNK`] in the blob, so whole chunks can be shared by
+/// readers (see [`super::reader`]). A piece is sent when it reaches the
+/// next boundary, or early when the upstream pauses for [`FLUSH_AFTER`], so
+/// readers of a slow upstream see bytes as they come. Returns the bytes
+/// received. A full queue makes this wait (back-pressure on the upstream),
+/// never buffer more.
+async fn receive(
     upstream: &upstream::Upstream,
-    body: &mut hyper::body::Incoming,
-) -> Result<Option<(Bytes, bool)>, upstream::Error> {
-    use http_body_util::BodyExt;
-    let first = loop {
-        match upstream.next_frame(body).await? {
-            None => return Ok(None),
-            Some(f) => {
-                if let Ok(d) = f.into_data() {
-                    if !d.is_empty() {
-                        break d;
-                    }
-                }
-            }
+    mut body: hyper::body::Incoming,
+    size: Option<u64>,
+    tx: &tokio::sync::mpsc::Sender<Bytes>,
+) -> Result<u64, FillError> {
+    let chunk = CHUNK as u64;
+    let send = |piece: Bytes| {
+        let tx = tx.clone();
+        async move {
+            tx.send(piece)
+                .await
+                .map_err(|_| FillError::Disk("the fill's writer stopped".into()))
         }
     };
-    let mut buf: Option<BytesMut> = None;
-    let mut ended = false;
-    while buf.as_ref().map_or(first.len(), |b| b.len()) < WRITE_BATCH {
-        match body.frame().now_or_never() {
-            Some(Some(Ok(f))) => {
-                if let Ok(d) = f.into_data() {
-                    let b = buf.get_or_insert_with(|| BytesMut::from(&first[..]));
-                    b.extend_from_slice(&d);
+    // Bytes handed to the writer; `buf` holds those that follow.
+    let mut sent: u64 = 0;
+    let mut buf = BytesMut::new();
+    loop {
+        let frame = if buf.is_empty() {
+            upstream.next_frame(&mut body).await?
+        } else {
+            match tokio::time::timeout(FLUSH_AFTER, upstream.next_frame(&mut body)).await {
+                Ok(frame) => frame?,
+                Err(_) => {
+                    // The upstream paused: let readers have what is here.
+                    // `split` keeps the rest of the allocation for the chunk.
+                    let piece = buf.split().freeze();
+                    sent += piece.len() as u64;
+                    send(piece).await?;
+                    continue;
                 }
             }
-            Some(Some(Err(e))) => {
-                return Err(upstream::Error::Unreachable(format!("body broke off: {e}")))
+        };
+        let Some(frame) = frame else { break };
+        let Ok(mut data) = frame.into_data() else {
+            continue;
+        };
+        let received = sent + buf.len() as u64 + data.len() as u64;
+        if let Some(announced) = size {
+            if received > announced {
+                return Err(FillError::Size {
+                    announced,
+                    got: received,
+                });
             }
-            Some(None) => {
-                ended = true;
-                break;
+        }
+        while !data.is_empty() {
+            let at = sent + buf.len() as u64;
+            let room = (chunk - at % chunk) as usize;
+            if buf.is_empty() && room == CHUNK && data.len() >= CHUNK {
+                // A whole chunk inside one frame: pass it on without a copy.
+                let piece = data.split_to(CHUNK);
+                sent += chunk;
+                send(piece).await?;
+                continue;
             }
-            // Nothing ready yet: write what we have.
-            None => break,
+            if buf.capacity() == 0 {
+                buf = BytesMut::with_capacity(room);
+            }
+            let take = room.min(data.len());
+            buf.extend_from_slice(&data.split_to(take));
+            if take == room {
+                let piece = buf.split().freeze();
+                sent += piece.len() as u64;
+                send(piece).await?;
+            }
         }
     }
-    Ok(Some((buf.map_or(first, BytesMut::freeze), ended)))
+    if !buf.is_empty() {
+        let piece = buf.split().freeze();
+        sent += piece.len() as u64;
+        send(piece).await?;
+    }
+    Ok(sent)
+}
+
+/// The fill's blocking stage: hashes and writes each chunk at its offset,
+/// offers it to readers, then publishes the progress. Ends when the
+/// receiver closes the queue; returns the hash and the bytes written.
+fn write_chunks(
+    mut rx: tokio::sync::mpsc::Receiver<Bytes>,
+    file: &std::fs::File,
+    fill: &Fill,
+    size: Option<u64>,
+) -> io::Result<(crate::oci::Hasher, u64)> {
+    let chunk = CHUNK as u64;
+    let mut hasher = crate::oci::Hasher::new();
+    let mut written: u64 = 0;
+    while let Some(piece) = rx.blocking_recv() {
+        hasher.update(&piece);
+        file.write_all_at(&piece, written)?;
+        start_writeback(file, written, piece.len() as u64);
+        let len = piece.len() as u64;
+        // Only a chunk that arrived whole is offered; readers read the
+        // others back from the file.
+        let whole = written.is_multiple_of(chunk) && (len == chunk || Some(written + len) == size);
+        if whole {
+            fill.chunks.publish(written / chunk, piece);
+        }
+        written += len;
+        fill.state
+            .send_replace(Progress::Streaming { size, written });
+    }
+    Ok((hasher, written))
+}
+
+/// Starts writing `len` bytes at `offset` back to the disk without waiting
+/// (`sync_file_range(SYNC_FILE_RANGE_WRITE)`), so the `fsync` before the
+/// commit, which the clients' last byte waits for, finds little left to
+/// do. Advisory: an error here shows again at that `fsync`.
+fn start_writeback(file: &std::fs::File, offset: u64, len: u64) {
+    use std::os::fd::AsRawFd;
+    let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
+        return;
+    };
+    // SAFETY: the descriptor is open for the whole call (borrowed from
+    // `file`); the call reads no memory of ours.
+    unsafe {
+        libc::sync_file_range(file.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE);
+    }
 }
