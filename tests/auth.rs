@@ -690,3 +690,40 @@ async fn weak_htpasswd_hashes_stop_the_start() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn htpasswd_changes_apply_without_a_restart() {
+    // Polling with a wrong password must not trip the failure limit.
+    let env = AuthEnv::start(&format!("max_failures = 100000\n{RULES}")).await;
+    let login = |user: &'static str, pw: &'static str| {
+        env.req(reqwest::Method::GET, "/v2/")
+            .basic_auth(user, Some(pw))
+            .send()
+    };
+    assert_eq!(login("bob", "b-pw").await.unwrap().status(), 200);
+    assert_eq!(login("carol", "c-pw").await.unwrap().status(), 401);
+
+    // carol joins, bob leaves.
+    let path = env.dir.path().join("htpasswd");
+    let text = format!(
+        "alice:{}\ncarol:{}\n",
+        bcrypt::hash("a-pw", 4).unwrap(),
+        bcrypt::hash("c-pw", 4).unwrap()
+    );
+    std::fs::write(&path, text).unwrap();
+    let start = tokio::time::Instant::now();
+    while login("carol", "c-pw").await.unwrap().status() != 200 {
+        assert!(start.elapsed() < DEADLINE, "carol was never let in");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // bob's earlier success was cached; the reload dropped it.
+    assert_eq!(login("bob", "b-pw").await.unwrap().status(), 401);
+
+    // A broken file keeps the users loaded before.
+    std::fs::write(&path, "alice:{SHA}W6ph5Mm5Pz8GgiULbPgzG37mj9g=\n").unwrap();
+    let start = tokio::time::Instant::now();
+    while start.elapsed() < hoard::auth::login::RELOAD_CHECK * 2 {
+        assert_eq!(login("carol", "c-pw").await.unwrap().status(), 200);
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
