@@ -4,16 +4,17 @@
 # token service's keys and the TLS checks' CA and certificates, curl for the TLS checks and
 # debugging, python3 for the runner itself, mount (umount) to clean up after a containerd that
 # died mid-unpack, prometheus for the Prometheus server that scrapes hoard during the run and
-# for promtool (`check metrics` on hoard's exposition, `check rules` on deploy/prometheus/).
+# for promtool (`check metrics` on hoard's exposition, `check rules` on deploy/prometheus/),
+# podman for the push tests (tests/e2e/push.py: `podman push` into hoard's local registry).
 #
 # Idempotent: when every package is present it does nothing (no network). Otherwise it runs
 # `apt-get update` once, then installs only the missing packages. Meant for root on Debian 12,
 # also unattended (CI=true, no stdin).
 set -euo pipefail
 
-packages=(docker-registry skopeo containerd runc openssl curl ca-certificates python3 mount prometheus)
-# tests/e2e/auth.py: htpasswd -B (apache2-utils) makes the user file, podman logs in and pushes.
-packages+=(apache2-utils podman)
+packages=(docker-registry skopeo containerd runc openssl curl ca-certificates python3 mount prometheus podman)
+# tests/e2e/auth.py: htpasswd -B (apache2-utils) makes the user file.
+packages+=(apache2-utils)
 
 missing=()
 for pkg in "${packages[@]}"; do

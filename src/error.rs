@@ -56,7 +56,7 @@ impl ApiError {
         ApiError::new(
             StatusCode::METHOD_NOT_ALLOWED,
             "UNSUPPORTED",
-            "method not allowed: this mirror is read-only (GET and HEAD)",
+            "method not allowed on this endpoint (pushes go to /v2/<name>/blobs/uploads/ and /v2/<name>/manifests/<reference>)",
         )
     }
 

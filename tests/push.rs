@@ -689,6 +689,18 @@ async fn the_routing_rule_keeps_pushes_away_from_upstream_names() {
         .await;
     assert_eq!(resp.status(), 404);
     assert!(env.hub.manifest_gets() + env.hub.manifest_heads() > before);
+    // A name the upstream also has, never pulled: before pushing, a client
+    // HEADs each layer; the answer is about the local repository (absent),
+    // or the client would skip the upload and its manifest would fail.
+    let namesake = env.hub.add_simple_image("team/dup", "v1", 5);
+    let layer = &namesake.layers[0];
+    let resp = m.head(&blob_path("team/dup", &layer.digest)).await;
+    assert_eq!(resp.status(), 404);
+    push_image(m, "team/dup", "v1", 6, &[layer.data.to_vec()]).await;
+    assert_eq!(
+        m.head(&blob_path("team/dup", &layer.digest)).await.status(),
+        200
+    );
     // The cached upstream tag is untouched by all of this.
     let resp = m.get(&manifest_path("redis", "7")).await;
     assert_eq!(header(&resp, "Docker-Content-Digest"), hub_image.digest);
@@ -823,4 +835,35 @@ async fn local_repositories_survive_a_restart() {
     );
     let x = m.metrics().await;
     assert!(x.get("hoard_local_bytes", &[]).unwrap_or(0.0) >= layer.len() as f64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushed_blobs_are_private_but_pulled_base_layers_stay_public() {
+    let env = env_with(&[]).await;
+    let m = &env.mirror;
+    let base = env.hub.add_blob("library/alpine", pseudo_random(18, 5000));
+    assert_eq!(
+        m.get_ok(&blob_path("alpine", &base.digest)).await,
+        base.data
+    );
+    let own = pseudo_random(19, 4000);
+    push_image(m, "team/app", "v1", 1, &[base.data.to_vec(), own.clone()]).await;
+    let own = sha256_digest(&own);
+    // Only pushed: not readable under an upstream name by its digest.
+    let resp = m.get(&blob_path("alpine", &own)).await;
+    assert_oci_error(resp, 404, &["BLOB_UNKNOWN"]).await;
+    env.hub.go_down().await;
+    let resp = m.get(&blob_path("alpine", &own)).await;
+    assert_eq!(resp.status(), 503);
+    // The base layer came from the upstream first: still served offline
+    // under the upstream's name, and under the local one.
+    assert_eq!(
+        m.get_ok(&blob_path("alpine", &base.digest)).await,
+        base.data
+    );
+    assert_eq!(
+        m.get_ok(&blob_path("team/app", &base.digest)).await,
+        base.data
+    );
+    assert_eq!(m.get_ok(&blob_path("team/app", &own)).await.len(), 4000);
 }

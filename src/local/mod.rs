@@ -22,7 +22,7 @@ pub mod manifest;
 pub mod records;
 pub mod uploads;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
@@ -32,7 +32,7 @@ use crate::cache::{self, index::now_secs, Cache, Holder};
 use crate::metrics::Metrics;
 use crate::oci::{Digest, Reference, RepoName};
 pub use config::LocalConfig;
-use records::{Link, ManifestRecord, RepoRecord};
+use records::{ManifestRecord, RepoRecord};
 use uploads::Uploads;
 
 /// A failure of a local repository operation (mapped to an OCI error in
@@ -99,6 +99,10 @@ pub struct Local {
     /// push that found a layer present can still reference it.
     /// std lock: map operations only.
     seen: std::sync::Mutex<HashMap<Digest, u64>>,
+    /// Pushed blobs an upstream confirmed it has too (in memory: after a
+    /// restart the first pull under an upstream name asks again).
+    /// std lock: set operations only.
+    confirmed: std::sync::Mutex<HashSet<Digest>>,
     /// Wakes the GC early (after a delete).
     gc_wake: Arc<tokio::sync::Notify>,
 }
@@ -160,6 +164,7 @@ impl Local {
             commit: tokio::sync::Mutex::new(()),
             uploads,
             seen: std::sync::Mutex::new(HashMap::new()),
+            confirmed: std::sync::Mutex::new(HashSet::new()),
             gc_wake: Arc::new(tokio::sync::Notify::new()),
         }))
     }
@@ -233,10 +238,47 @@ impl Local {
         size: u64,
     ) -> Result<(), Error> {
         let _order = self.commit.lock().await;
+        let public = self.pulled_before(digest);
         self.cache
             .commit_held(digest, staged, size, Holder::Local)
             .await?;
-        self.link(name, digest, size).await
+        self.link(name, digest, size, public).await
+    }
+
+    /// Whether the store holds `digest` from an upstream (cached, not yet
+    /// held by any local repository).
+    fn pulled_before(&self, digest: &Digest) -> bool {
+        self.cache.blob_size(digest).is_some() && !self.cache.is_held_by(digest, Holder::Local)
+    }
+
+    /// Whether `digest` is pushed content only: linked by a local
+    /// repository, and neither cached from an upstream before it was
+    /// linked, nor pinned, nor confirmed present upstream since. Such a blob
+    /// is not served under an upstream's name without asking that upstream.
+    pub fn is_private(&self, digest: &Digest) -> bool {
+        if self.cache.is_held_by(digest, Holder::Pin)
+            || !self.cache.is_held_by(digest, Holder::Local)
+        {
+            return false;
+        }
+        if self.confirmed().contains(digest) {
+            return false;
+        }
+        let links: Vec<bool> = self
+            .read()
+            .values()
+            .filter_map(|r| r.blobs.get(digest).map(|l| l.public))
+            .collect();
+        !links.is_empty() && !links.contains(&true)
+    }
+
+    /// Records that an upstream has `digest` too (see [`Local::is_private`]).
+    pub fn confirm_public(&self, digest: &Digest) {
+        self.confirmed().insert(digest.clone());
+    }
+
+    fn confirmed(&self) -> std::sync::MutexGuard<'_, HashSet<Digest>> {
+        self.confirmed.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Cross-repository mount: links a blob `from` has into `name` without
@@ -254,7 +296,7 @@ impl Local {
         if !self.cache.hold(digest, Holder::Local) {
             return Ok(false);
         }
-        self.link(name, digest, size).await?;
+        self.link(name, digest, size, false).await?;
         self.metrics.mounted();
         tracing::info!(repo = %name, %from, %digest, bytes_copied = 0, "blob mounted");
         Ok(true)
@@ -295,18 +337,13 @@ impl Local {
             }
         }
         let size = bytes.len() as u64;
+        let public = self.pulled_before(&digest);
         self.cache
             .store_bytes(&digest, bytes, Some(Holder::Local))
             .await?;
         let subject = record.subject.clone();
         let mut repo = self.read().get(name).cloned().unwrap_or_default();
-        repo.blobs.insert(
-            digest.clone(),
-            Link {
-                size,
-                linked_at: now_secs(),
-            },
-        );
+        repo.link(digest.clone(), size, public);
         repo.manifests.insert(digest.clone(), record);
         if let Reference::Tag(t) = reference {
             repo.tags.insert(t.as_str().to_owned(), digest.clone());
@@ -376,15 +413,15 @@ impl Local {
     }
 
     /// Links a committed blob into `name` (caller holds `commit`).
-    async fn link(&self, name: &RepoName, digest: &Digest, size: u64) -> Result<(), Error> {
+    async fn link(
+        &self,
+        name: &RepoName,
+        digest: &Digest,
+        size: u64,
+        public: bool,
+    ) -> Result<(), Error> {
         let mut repo = self.read().get(name).cloned().unwrap_or_default();
-        repo.blobs.insert(
-            digest.clone(),
-            Link {
-                size,
-                linked_at: now_secs(),
-            },
-        );
+        repo.link(digest.clone(), size, public);
         self.save(name, repo).await
     }
 

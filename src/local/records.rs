@@ -22,6 +22,10 @@ pub struct Link {
     pub size: u64,
     /// Unix seconds when it was last linked (the GC's grace period).
     pub linked_at: u64,
+    /// The store already had it from an upstream when it was linked:
+    /// serving it under an upstream's name reveals nothing pushed.
+    #[serde(default)]
+    pub public: bool,
 }
 
 /// A pushed manifest: what the GC, the referrers API and the validation
@@ -67,6 +71,20 @@ impl RepoRecord {
     /// A repository with nothing left in it stops existing.
     pub fn is_empty(&self) -> bool {
         self.blobs.is_empty() && self.manifests.is_empty() && self.tags.is_empty()
+    }
+
+    /// Links a blob now (a fresh link is in the GC's grace period).
+    pub fn link(&mut self, digest: Digest, size: u64, public: bool) {
+        let linked_at = crate::cache::index::now_secs();
+        let public = public || self.blobs.get(&digest).is_some_and(|l| l.public);
+        self.blobs.insert(
+            digest,
+            Link {
+                size,
+                linked_at,
+                public,
+            },
+        );
     }
 
     /// Blobs that its manifests reference (kept by the GC regardless of age).
@@ -168,6 +186,7 @@ mod tests {
             Link {
                 size: 1,
                 linked_at: 5,
+                public: false,
             },
         );
         rec.tags.insert("v1".into(), Digest::of(b"m"));

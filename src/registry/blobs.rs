@@ -105,13 +105,14 @@ async fn serve(
 }
 
 /// Pushed content is private to the local repositories that link it: the
-/// store is shared, but an upstream name serves a blob that a push holds
-/// only when that upstream confirms it has the blob too (a base layer both
-/// pushed and pulled), so a digest alone cannot read a private layer.
+/// store is shared, but an upstream name serves a blob that only a push
+/// brought in when that upstream confirms it has the blob too, so a digest
+/// alone cannot read a private layer. Blobs cached from an upstream before
+/// they were pushed (base layers) are served as before, offline included.
 async fn private_check(reg: &Registry, target: &Target, digest: &Digest) -> Result<(), ApiError> {
-    use crate::cache::Holder;
-    if reg.cache.is_held_by(digest, Holder::Local) && !reg.cache.is_held_by(digest, Holder::Pin) {
+    if reg.local.is_private(digest) {
         upstream_size(target, digest).await?;
+        reg.local.confirm_public(digest);
     }
     Ok(())
 }

@@ -1,4 +1,6 @@
-//! The `/v2` protocol: routing, and the handlers that apply the cache policy.
+//! The `/v2` protocol: routing, the handlers that apply the cache policy,
+//! and the push side (uploads, manifest pushes, deletes) of local
+//! repositories.
 //!
 //! Handlers never touch the filesystem or the HTTP client directly: they ask
 //! [`Cache`] and [`Upstream`](crate::upstream::Upstream). Every error goes
@@ -188,21 +190,17 @@ impl Registry {
                     Place::Local(repo) => blobs::get_local(self, &repo, digest, range, head).await,
                     // Before pushing a layer, clients HEAD it in the
                     // target repository: for a name a push would create
-                    // locally, "not here" is the answer, not the
-                    // upstream's 401 or 503.
-                    Place::Remote(target) => {
-                        let got = blobs::get(self, &target, digest.clone(), range, head).await;
-                        match got {
-                            Err(_) if head && resolve::push_target(self, name, ns).is_ok() => {
-                                Err(ApiError::new(
-                                    StatusCode::NOT_FOUND,
-                                    "BLOB_UNKNOWN",
-                                    format!("blob {digest} is not in {name}"),
-                                ))
-                            }
-                            other => other,
-                        }
+                    // locally, the answer must be about the local
+                    // repository (absent), not the upstream's namesake, or
+                    // the client skips the upload and its manifest fails.
+                    Place::Remote(_) if head && resolve::push_target(self, name, ns).is_ok() => {
+                        Err(ApiError::new(
+                            StatusCode::NOT_FOUND,
+                            "BLOB_UNKNOWN",
+                            format!("blob {digest} is not in local repository {name}"),
+                        ))
                     }
+                    Place::Remote(target) => blobs::get(self, &target, digest, range, head).await,
                 }
             }
             Route::Referrers { name, digest } => {
@@ -239,46 +237,42 @@ impl Registry {
         body: B,
         ns: Option<&str>,
     ) -> Option<Result<Response<Body>, ApiError>> {
-        let method = req.method().clone();
-        let result = match (route, method) {
-            (Route::Uploads { name }, Method::POST) => {
-                let target = resolve::push_target(self, name, ns);
-                match target {
-                    Ok(repo) => push::start(self, req, repo, body).await,
-                    Err(e) => Err(e),
-                }
+        let write = matches!(
+            (route, req.method()),
+            (Route::Uploads { .. }, &Method::POST)
+                | (Route::Upload { .. }, _)
+                | (Route::Manifest { .. }, &Method::PUT | &Method::DELETE)
+                | (Route::Blob { .. }, &Method::DELETE)
+        );
+        if !write {
+            return None;
+        }
+        Some(self.write_local(req, route, body, ns).await)
+    }
+
+    /// Every write lands in a local repository, or is refused here.
+    async fn write_local<B: ReqBody>(
+        &self,
+        req: &Request<()>,
+        route: &Route<'_>,
+        body: B,
+        ns: Option<&str>,
+    ) -> Result<Response<Body>, ApiError> {
+        let repo = |name: &str| resolve::push_target(self, name, ns);
+        match route {
+            Route::Uploads { name } => push::start(self, req, repo(name)?, body).await,
+            Route::Upload { name, id } => push::session(self, req, repo(name)?, id, body).await,
+            Route::Manifest { name, reference } if req.method() == Method::PUT => {
+                pushed::put(self, req, repo(name)?, reference.parse()?, body).await
             }
-            (Route::Upload { name, id }, _) => match resolve::push_target(self, name, ns) {
-                Ok(repo) => push::session(self, req, repo, id, body).await,
-                Err(e) => Err(e),
-            },
-            (Route::Manifest { name, reference }, Method::PUT) => {
-                let target = resolve::push_target(self, name, ns)
-                    .and_then(|repo| Ok((repo, reference.parse()?)));
-                match target {
-                    Ok((repo, reference)) => pushed::put(self, req, repo, reference, body).await,
-                    Err(e) => Err(e),
-                }
+            Route::Manifest { name, reference } => {
+                pushed::delete(self, &repo(name)?, reference.parse()?).await
             }
-            (Route::Manifest { name, reference }, Method::DELETE) => {
-                let target = resolve::push_target(self, name, ns)
-                    .and_then(|repo| Ok((repo, reference.parse()?)));
-                match target {
-                    Ok((repo, reference)) => pushed::delete(self, &repo, reference).await,
-                    Err(e) => Err(e),
-                }
+            Route::Blob { name, digest } => {
+                pushed::delete_blob(self, &repo(name)?, digest.parse()?).await
             }
-            (Route::Blob { name, digest }, Method::DELETE) => {
-                let target = resolve::push_target(self, name, ns)
-                    .and_then(|repo| Ok((repo, digest.parse()?)));
-                match target {
-                    Ok((repo, digest)) => pushed::delete_blob(self, &repo, digest).await,
-                    Err(e) => Err(e),
-                }
-            }
-            _ => return None,
-        };
-        Some(result)
+            _ => Err(ApiError::method_not_allowed()),
+        }
     }
 
     /// Tag TTL of an upstream.

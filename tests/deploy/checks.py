@@ -67,7 +67,7 @@ def mirror_keys():
                 section = None
             if section is not None:
                 table = m.group(1)
-                if section in ("tls", "auth", "top"):
+                if section in ("tls", "local", "auth", "top"):
                     keys["top"].add(section)
                 keys.setdefault(section, set())
                 in_list = False
@@ -116,8 +116,7 @@ def documented_rows(sections, marker):
     return rows if found else None
 
 
-SECTION_MARKERS = {"top": "Top-level", "tls": "[tls]", "upstreams": "[upstreams."}
-SECTION_MARKERS["auth"] = "[auth]"
+SECTION_MARKERS = {"top": "Top-level", "tls": "[tls]", "local": "[local]", "auth": "[auth]", "upstreams": "[upstreams."}
 
 
 def check_config_doc():
