@@ -287,51 +287,31 @@ async fn basic_challenge_and_forbidden_users() {
     );
     assert_oci_error(resp, 401, &["UNAUTHORIZED"]).await;
 
-    // bob is known but may not push: 403 DENIED.
-    let resp = env
-        .send(
-            reqwest::Method::POST,
-            "/v2/team/app/blobs/uploads/",
-            As::User("bob"),
-        )
-        .await;
-    assert_oci_error(resp, 403, &["DENIED"]).await;
-    // alice may push under team, not elsewhere.
-    let resp = env
-        .send(
-            reqwest::Method::POST,
-            "/v2/team/app/blobs/uploads/",
-            As::User("alice"),
-        )
-        .await;
-    assert_eq!(resp.status(), 202);
-    let resp = env
-        .send(
-            reqwest::Method::PUT,
-            "/v2/teams/app/manifests/v1",
-            As::User("alice"),
-        )
-        .await;
-    assert_oci_error(resp, 403, &["DENIED"]).await;
-    let resp = env
-        .send(
-            reqwest::Method::DELETE,
-            "/v2/team/app/manifests/v1",
-            As::User("alice"),
-        )
-        .await;
-    assert_oci_error(resp, 403, &["DENIED"]).await;
-    // The operator API needs admin.
-    let resp = env
-        .send(reqwest::Method::GET, "/_hoard/pins", As::User("alice"))
-        .await;
-    assert_oci_error(resp, 403, &["DENIED"]).await;
-    let resp = env
-        .send(reqwest::Method::GET, "/_hoard/pins", As::User("root"))
-        .await;
+    use reqwest::Method as M;
+    // (method, path, who, status): 403 DENIED for known users the rules
+    // do not allow; 202 when the push side takes over.
+    let cases = [
+        // bob may only pull.
+        (M::POST, "/v2/team/app/blobs/uploads/", "bob", 403),
+        // alice may push under team, not elsewhere, and not delete.
+        (M::POST, "/v2/team/app/blobs/uploads/", "alice", 202),
+        (M::PUT, "/v2/teams/app/manifests/v1", "alice", 403),
+        (M::DELETE, "/v2/team/app/manifests/v1", "alice", 403),
+        // The operator API needs admin.
+        (M::GET, "/_hoard/pins", "alice", 403),
+    ];
+    for (method, path, user, status) in cases {
+        let resp = env.send(method.clone(), path, As::User(user)).await;
+        if status == 403 {
+            assert_oci_error(resp, 403, &["DENIED"]).await;
+        } else {
+            assert_eq!(resp.status(), status, "{method} {path} as {user}");
+        }
+    }
+    let resp = env.send(M::GET, "/_hoard/pins", As::User("root")).await;
     assert!(
         ![401, 403].contains(&resp.status().as_u16()),
-        "{}",
+        "root passes access control: {}",
         resp.status()
     );
     let m = env.mirror.metrics().await;
@@ -689,4 +669,41 @@ async fn weak_htpasswd_hashes_stop_the_start() {
         err.contains("auth.htpasswd") && err.contains("bcrypt"),
         "{err}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn htpasswd_changes_apply_without_a_restart() {
+    // Polling with a wrong password must not trip the failure limit.
+    let env = AuthEnv::start(&format!("max_failures = 100000\n{RULES}")).await;
+    let login = |user: &'static str, pw: &'static str| {
+        env.req(reqwest::Method::GET, "/v2/")
+            .basic_auth(user, Some(pw))
+            .send()
+    };
+    assert_eq!(login("bob", "b-pw").await.unwrap().status(), 200);
+    assert_eq!(login("carol", "c-pw").await.unwrap().status(), 401);
+
+    // carol joins, bob leaves.
+    let path = env.dir.path().join("htpasswd");
+    let text = format!(
+        "alice:{}\ncarol:{}\n",
+        bcrypt::hash("a-pw", 4).unwrap(),
+        bcrypt::hash("c-pw", 4).unwrap()
+    );
+    std::fs::write(&path, text).unwrap();
+    let start = tokio::time::Instant::now();
+    while login("carol", "c-pw").await.unwrap().status() != 200 {
+        assert!(start.elapsed() < DEADLINE, "carol was never let in");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // bob's earlier success was cached; the reload dropped it.
+    assert_eq!(login("bob", "b-pw").await.unwrap().status(), 401);
+
+    // A broken file keeps the users loaded before.
+    std::fs::write(&path, "alice:{SHA}W6ph5Mm5Pz8GgiULbPgzG37mj9g=\n").unwrap();
+    let start = tokio::time::Instant::now();
+    while start.elapsed() < hoard::auth::login::RELOAD_CHECK * 2 {
+        assert_eq!(login("carol", "c-pw").await.unwrap().status(), 200);
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }

@@ -13,6 +13,10 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Longest user name kept as a key: the name comes from the client, and a
+/// spray of huge names must not grow memory (names past this share a key).
+const MAX_NAME: usize = 128;
+
 /// What is counted.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum Key {
@@ -47,7 +51,7 @@ impl FailureLimit {
                 .get(&k)
                 .is_some_and(|c| c.load(Ordering::Relaxed) >= self.max)
         };
-        peer.is_some_and(|p| over(Key::Peer(p))) || over(Key::User(user.to_owned()))
+        peer.is_some_and(|p| over(Key::Peer(p))) || over(user_key(user))
     }
 
     /// Counts a failed login.
@@ -55,13 +59,21 @@ impl FailureLimit {
         let keys = peer
             .map(Key::Peer)
             .into_iter()
-            .chain(std::iter::once(Key::User(user.to_owned())));
+            .chain(std::iter::once(user_key(user)));
         for k in keys {
             self.counts
                 .get_with(k, || Arc::new(AtomicU32::new(0)))
                 .fetch_add(1, Ordering::Relaxed);
         }
     }
+}
+
+fn user_key(user: &str) -> Key {
+    let mut end = user.len().min(MAX_NAME);
+    while !user.is_char_boundary(end) {
+        end -= 1;
+    }
+    Key::User(user[..end].to_owned())
 }
 
 #[cfg(test)]
@@ -82,5 +94,14 @@ mod tests {
         l.failed(Some(b), "alice");
         // alice failed from a and b: the name is over on any address.
         assert!(l.limited(Some("127.0.0.3".parse().unwrap()), "alice"));
+    }
+
+    #[test]
+    fn long_names_are_cut_on_a_char_boundary() {
+        let long = "é".repeat(200);
+        let Key::User(k) = user_key(&long) else {
+            panic!()
+        };
+        assert!(k.len() <= MAX_NAME && long.starts_with(&k));
     }
 }

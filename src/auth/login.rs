@@ -1,9 +1,15 @@
 //! Checking a user name and password: rate limit first, then a short-lived
 //! cache of recent successes, then bcrypt off the async runtime.
+//!
+//! The htpasswd file is read again when it changes (checked at most once
+//! per [`RELOAD_CHECK`], on a login), so adding or removing a user needs no
+//! restart. A file that no longer parses is refused with a warning and the
+//! users loaded before stay.
 
 use std::net::IpAddr;
-use std::sync::Arc;
-use std::time::Duration;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime};
 
 use sha2::{Digest, Sha256};
 
@@ -20,9 +26,25 @@ pub enum LoginError {
     RateLimited,
 }
 
+/// How often a login may look at the htpasswd file's modification time.
+pub const RELOAD_CHECK: Duration = Duration::from_secs(1);
+
+/// What identifies one version of the htpasswd file.
+type Stamp = Option<(SystemTime, u64)>;
+
+/// Where the users come from, and which version is loaded.
+struct Source {
+    path: PathBuf,
+    /// Version loaded (or refused) last, and when it was last looked at.
+    /// A std mutex: held for a compare and an assignment, never across `.await`.
+    seen: Mutex<(Stamp, Instant)>,
+}
+
 /// Verifies passwords.
 pub struct Logins {
-    htpasswd: Arc<Htpasswd>,
+    /// Swapped whole on reload; the lock is held only to clone the `Arc`.
+    htpasswd: RwLock<Arc<Htpasswd>>,
+    source: Option<Source>,
     limit: FailureLimit,
     /// Hash of (salt, user, password) -> (), for successes only. Hashed
     /// with a per-process salt so no password sits in memory in the clear.
@@ -32,14 +54,21 @@ pub struct Logins {
 
 impl Logins {
     /// `max_failures` per `window`; successes remembered for `cache_ttl`.
+    /// `path` is where `htpasswd` was read from, watched for changes.
     pub fn new(
         htpasswd: Htpasswd,
+        path: Option<PathBuf>,
         max_failures: u32,
         window: Duration,
         cache_ttl: Duration,
     ) -> Logins {
+        let source = path.map(|path| Source {
+            seen: Mutex::new((stamp(&path), Instant::now())),
+            path,
+        });
         Logins {
-            htpasswd: Arc::new(htpasswd),
+            htpasswd: RwLock::new(Arc::new(htpasswd)),
+            source,
             limit: FailureLimit::new(max_failures, window),
             verified: moka::sync::Cache::builder()
                 .time_to_live(cache_ttl)
@@ -59,11 +88,12 @@ impl Logins {
         if self.limit.limited(peer, user) {
             return Err(LoginError::RateLimited);
         }
+        self.reload_if_changed().await;
         let key = self.cache_key(user, password);
         if self.verified.contains_key(&key) {
             return Ok(());
         }
-        let htpasswd = self.htpasswd.clone();
+        let htpasswd = self.current();
         let (u, p) = (user.to_owned(), password.to_owned());
         // bcrypt takes tens of milliseconds of CPU on purpose.
         let ok = tokio::task::spawn_blocking(move || htpasswd.verify(&u, &p))
@@ -78,6 +108,57 @@ impl Logins {
         }
     }
 
+    fn current(&self) -> Arc<Htpasswd> {
+        match self.htpasswd.read() {
+            Ok(h) => h.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Reads the htpasswd file again if it changed since it was loaded.
+    async fn reload_if_changed(&self) {
+        let Some(source) = &self.source else { return };
+        let loaded = {
+            let Ok(mut seen) = source.seen.lock() else {
+                return;
+            };
+            if seen.1.elapsed() < RELOAD_CHECK {
+                return;
+            }
+            seen.1 = Instant::now();
+            seen.0
+        };
+        let path = source.path.clone();
+        let read = tokio::task::spawn_blocking(move || {
+            let now = stamp(&path);
+            if now == loaded {
+                return None;
+            }
+            // The dummy hash makes parsing cost one bcrypt: off the runtime.
+            Some((now, Htpasswd::load(&path)))
+        })
+        .await;
+        let Ok(Some((now, result))) = read else {
+            return;
+        };
+        if let Ok(mut seen) = source.seen.lock() {
+            seen.0 = now;
+        }
+        match result {
+            Ok(h) => {
+                tracing::info!(users = h.len(), "htpasswd file changed: users reloaded");
+                if let Ok(mut cur) = self.htpasswd.write() {
+                    *cur = Arc::new(h);
+                }
+                // A removed user or a changed password must not live on here.
+                self.verified.invalidate_all();
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "htpasswd file changed but cannot be used; keeping the users loaded before");
+            }
+        }
+    }
+
     fn cache_key(&self, user: &str, password: &str) -> [u8; 32] {
         let mut h = Sha256::new();
         h.update(self.salt);
@@ -89,6 +170,13 @@ impl Logins {
     }
 }
 
+/// Modification time and length of `path`: cheap to compare, and a
+/// rewrite within one timestamp tick almost always changes the length.
+fn stamp(path: &std::path::Path) -> Stamp {
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.modified().ok()?, m.len()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -96,7 +184,13 @@ mod tests {
     fn logins(max: u32) -> Logins {
         let hash = bcrypt::hash("pw", 4).unwrap();
         let h = Htpasswd::parse(&format!("alice:{hash}"), "t").unwrap();
-        Logins::new(h, max, Duration::from_secs(60), Duration::from_secs(60))
+        Logins::new(
+            h,
+            None,
+            max,
+            Duration::from_secs(60),
+            Duration::from_secs(60),
+        )
     }
 
     #[tokio::test]

@@ -133,6 +133,7 @@ impl Auth {
             policy: Some(Arc::new(Policy {
                 logins: Logins::new(
                     htpasswd,
+                    config.htpasswd.clone(),
                     config.max_failures,
                     config.failure_window,
                     config.login_cache_ttl,

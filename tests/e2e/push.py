@@ -22,7 +22,7 @@ import os
 import shutil
 import signal
 import sys
-import tempfile
+import secrets
 import threading
 
 sys.dont_write_bytecode = True  # no __pycache__ in the source tree
@@ -292,7 +292,11 @@ def main():
     signal.signal(signal.SIGTERM, on_signal)
     report = Report()
     supervisor = Supervisor()
-    workdir = tempfile.mkdtemp(prefix="hoard-e2e-push-", dir="/tmp")
+    # Only [a-f0-9] after the prefix: podman names an image pulled from an OCI
+    # layout after its path, and mkdtemp's "_" next to "-" is not a valid
+    # reference ("invalid reference format", one run in a few).
+    workdir = f"/tmp/hoard-e2e-push-{secrets.token_hex(5)}"
+    os.mkdir(workdir, 0o700)
     dead = DeadPort()
     print(f"workdir {workdir}", flush=True)
     setup_failed = False
