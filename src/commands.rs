@@ -73,29 +73,50 @@ pub fn verify(cache_dir: &Path) -> Result<bool, String> {
     Ok(report.is_clean())
 }
 
-/// `hoard export`: writes `images` from the cache at `config.cache_dir` to
-/// one OCI-layout tar at `output` (`-` for standard output). Returns the
-/// summary line.
+/// `hoard export`: writes `images` (with `pinned`, also every pinned
+/// image, each with the platforms it was pinned for) from the cache at
+/// `config.cache_dir` to one OCI-layout tar at `output` (`-` for standard
+/// output). Returns the summary line.
 pub fn export(
     config: &crate::Config,
     images: &[String],
+    pinned: bool,
     platform: Option<&str>,
     output: &Path,
 ) -> Result<String, String> {
     use crate::bundle::{export, layout::Platforms};
-    let images = images
-        .iter()
-        .map(|i| crate::prefetch::ImageRef::resolve(i, config).map_err(|e| e.to_string()))
-        .collect::<Result<Vec<_>, _>>()?;
+    if images.is_empty() && !pinned {
+        return Err(
+            "no images to export: name them, or pass --pinned for every pinned image".into(),
+        );
+    }
     let platforms: Platforms = platform.unwrap_or("").parse()?;
+    let mut wanted = images
+        .iter()
+        .map(|i| {
+            crate::prefetch::ImageRef::resolve(i, config)
+                .map(|r| (r, platforms.clone()))
+                .map_err(|e| e.to_string())
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let out = if output == Path::new("-") {
         export::Output::Stdout
     } else {
         export::Output::File(output.to_owned())
     };
     let started = Instant::now();
-    let s = offline_cache(config, |cache, _pins| async move {
-        export::export(cache, &images, &platforms, out, false).await
+    let s = offline_cache(config, |cache, pins| async move {
+        if pinned {
+            let all = export::pinned(&pins)?;
+            if all.is_empty() {
+                return Err(crate::bundle::Error::Reference(format!(
+                    "--pinned: nothing is pinned in {} (`hoard prefetch` or `hoard pin` images first)",
+                    config.cache_dir.display()
+                )));
+            }
+            wanted.extend(all);
+        }
+        export::export_each(cache, &wanted, out, false).await
     })?;
     Ok(format!(
         "exported {} images ({} manifests, {} blobs, {}) to {} in {:.1}s",

@@ -48,8 +48,12 @@ enum Command {
     /// (`oci-archive:`) or umoci. Reads the cache only.
     Export {
         /// Images: `alpine:3.19`, `ghcr.io/org/app:v1`, `team/app@sha256:...`.
-        #[arg(required = true)]
         images: Vec<String>,
+        /// Also every pinned image, as pinned: the pinned digest under its
+        /// tag, only the platforms it was pinned for (--platform does not
+        /// apply to them).
+        #[arg(long)]
+        pinned: bool,
         /// The archive to write (`-` for standard output).
         #[arg(long, short)]
         output: PathBuf,
@@ -215,12 +219,13 @@ fn main() -> ExitCode {
         }
         Command::Export {
             images,
+            pinned,
             output,
             platform,
             config,
             cache_dir,
         } => offline(config, cache_dir, output.as_os_str() == "-", |c| {
-            hoard::commands::export(c, &images, platform.as_deref(), &output)
+            hoard::commands::export(c, &images, pinned, platform.as_deref(), &output)
         }),
         Command::Import {
             archive,

@@ -567,3 +567,73 @@ async fn a_tag_only_archive_needs_repo_and_then_serves() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn export_pinned_writes_every_pin_with_its_platforms() {
+    use hoard::commands::{self, Target};
+    let Warm {
+        env,
+        children,
+        app,
+        index: multi,
+    } = warm(false).await;
+    env.mirror.stop().await;
+    let config = config(env.dir.path(), &env.hub.url());
+    let local = || Target::Local(Box::new(config.clone()));
+    let arm64 = vec!["linux/arm64".to_string()];
+    commands::pin(local(), "multi".into(), arm64)
+        .await
+        .expect("pin multi");
+    commands::pin(local(), "team/app:v1".into(), vec![])
+        .await
+        .expect("pin app");
+
+    let out = tempfile::tempdir().unwrap();
+    let archive = out.path().join("pinned.tar");
+    let export = |images: Vec<String>, pinned: bool| {
+        let (config, archive) = (config.clone(), archive.clone());
+        tokio::task::spawn_blocking(move || {
+            commands::export(&config, &images, pinned, None, &archive)
+        })
+    };
+    let neither = export(vec![], false).await.unwrap();
+    assert!(
+        neither.as_ref().is_err_and(|e| e.contains("--pinned")),
+        "{neither:?}"
+    );
+    assert!(!archive.exists());
+    // Named on the command line too: written once.
+    let summary = export(vec!["team/app:v1".into()], true).await.unwrap();
+    assert!(
+        summary
+            .as_ref()
+            .is_ok_and(|s| s.contains("exported 2 images")),
+        "{summary:?}"
+    );
+
+    let files = entries(&archive);
+    let index: serde_json::Value = serde_json::from_slice(&files[1].1).unwrap();
+    let mut named: Vec<(&str, &str)> = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            let name = &m["annotations"]["org.opencontainers.image.ref.name"];
+            (name.as_str().unwrap(), m["digest"].as_str().unwrap())
+        })
+        .collect();
+    named.sort();
+    assert_eq!(
+        named,
+        [
+            ("docker.io/library/multi:latest", multi.0.as_str()),
+            ("docker.io/team/app:v1", app.digest.as_str()),
+        ]
+    );
+    let names: Vec<&str> = files.iter().map(|(p, _)| p.as_str()).collect();
+    assert!(names.contains(&blob_entry(&children[1].digest).as_str()));
+    assert!(
+        !names.contains(&blob_entry(&children[0].digest).as_str()),
+        "multi was pinned for linux/arm64 only"
+    );
+}

@@ -21,6 +21,7 @@ use super::progress::Progress;
 use super::{blocking, Error};
 use crate::cache::{Cache, TagKey};
 use crate::oci::{Digest, Hasher};
+use crate::pins::Pins;
 use crate::prefetch::ImageRef;
 
 /// Where the archive goes.
@@ -63,8 +64,47 @@ pub async fn export(
     out: Output,
     quiet: bool,
 ) -> Result<Summary, Error> {
+    let wanted: Vec<_> = images
+        .iter()
+        .map(|i| (i.clone(), platforms.clone()))
+        .collect();
+    export_each(cache, &wanted, out, quiet).await
+}
+
+/// The pinned set as export wants it: each pin by its pinned digest (so a
+/// tag exports what it is pinned to, whatever the upstream moved it to),
+/// named by its tag when it has one, with the platforms it was pinned for.
+pub fn pinned(pins: &Pins) -> Result<Vec<(ImageRef, Platforms)>, Error> {
+    pins.list()
+        .into_iter()
+        .map(|p| {
+            let platforms = p
+                .platforms
+                .join(",")
+                .parse()
+                .map_err(|e| Error::Reference(format!("pin {}: {e}", p.key())))?;
+            let image = ImageRef {
+                upstream: p.upstream,
+                repo: p.repo,
+                tag: p.tag,
+                digest: Some(p.digest),
+            };
+            Ok((image, platforms))
+        })
+        .collect()
+}
+
+/// Exports each image with its own platform selection (what `--pinned`
+/// needs: every pin keeps the platforms it was pinned for). An image named
+/// twice (on the command line and as a pin) is written once.
+pub async fn export_each(
+    cache: Arc<Cache>,
+    images: &[(ImageRef, Platforms)],
+    out: Output,
+    quiet: bool,
+) -> Result<Summary, Error> {
     let mut plan = Plan::default();
-    for image in images {
+    for (image, platforms) in images {
         plan_image(&cache, image, platforms, &mut plan).await?;
     }
     let summary = Summary {
@@ -116,8 +156,13 @@ async fn plan_image(
     let Some((bytes, media_type)) = cache.manifest(&top).await? else {
         return Err(missing("manifest", &top, ""));
     };
-    plan.entries
-        .push(entry(image, &top, &media_type, bytes.len() as u64));
+    // Named twice (say on the command line and as a pin): one entry, but
+    // still walked, for platforms the first mention did not keep.
+    let named = entry(image, &top, &media_type, bytes.len() as u64);
+    let seen = |e: &Descriptor| e.digest == named.digest && e.annotations == named.annotations;
+    if !plan.entries.iter().any(seen) {
+        plan.entries.push(named);
+    }
     // Depth-first over index -> manifests -> blobs.
     let mut stack = vec![(top, bytes, media_type.to_string())];
     while let Some((digest, bytes, media_type)) = stack.pop() {

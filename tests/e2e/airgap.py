@@ -17,22 +17,28 @@ hoard runs with a 1 MiB disk budget. Then:
    alone (the pinned blobs survived the evictions), `hoard check --file images.txt` exits 0,
    and exits 1 for an evicted filler and for an image never fetched.
 5. hoard stops; `hoard check --config` on its cache directory (in-process, no server) exits 0.
+6. `hoard export --pinned` writes the pinned set to bundle.tar (`skopeo inspect oci-archive:` reads
+   it); `hoard import` loads it into an empty cache (`hoard ls` shows the three pinned); a second
+   hoard on another port serves that cache, and skopeo and containerd pull every image by tag and
+   by digest from it, the upstream still down.
 
 Prints `PASS`/`FAIL` lines like run.py; exits non-zero when anything failed. Needs root.
 """
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
 import signal
 import sys
+import tarfile
 import tempfile
 
 sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from clients import Containerd, Skopeo, check_copy, wait_serving, write, write_hosts_dir  # noqa: E402
+from clients import Containerd, Skopeo, check_copy, start_hoard, wait_serving, write, write_hosts_dir  # noqa: E402
 from harness import (  # noqa: E402
     CheckFailed, Daemon, DeadPort, Report, SetupError, Supervisor, ensure, free_port, http, run, wait_until,
 )
@@ -135,18 +141,20 @@ url = "{self.upstream_url}"
         self.report.check(f"airgap {FILLERS} filler pulls of {FILLER_BYTES >> 10} KiB overflow the 1 MiB budget "
                           "(evictions, pinned bytes kept apart)", pulls, self.logs)
 
-    def offline(self):
-        self.skopeo_checks("airgap")
-        sk = Skopeo(self.path("skopeo-airgap-extra"), f"127.0.0.1:{self.hoard_port}", self.dead, self.env)
+    def pulls(self, phase):
+        """skopeo and containerd pull the three images by tag and by digest from the hoard on
+        self.hoard_port."""
+        self.skopeo_checks(phase)
+        sk = Skopeo(self.path(f"skopeo-{phase}-extra"), f"127.0.0.1:{self.hoard_port}", self.dead, self.env)
         dlist = self.fixtures["library/dlist:1.0"]
-        self.report.check(f"airgap skopeo copy --all dlist@{short(dlist.digest)}",
+        self.report.check(f"{phase} skopeo copy --all dlist@{short(dlist.digest)}",
                           lambda: check_copy(sk.copy(f"docker.io/library/dlist@{dlist.digest}", "dir", "dlist-digest",
                                                      "--all"), "dir", "", dlist.digest, dlist.all_digests()),
                           self.logs)
-        self.ctr_checks("airgap")
-        ctd = Containerd(self.sup, self.path("ctd-extra"), "containerd-airgap-extra", self.env)
-        self.report.require("setup airgap containerd (by digest)", ctd.start, self.logs)
-        hosts = write_hosts_dir(self.path("hosts-extra"), self.hoard_url, self.dead)
+        self.ctr_checks(phase)
+        ctd = Containerd(self.sup, self.path(f"ctd-{phase}-extra"), f"containerd-{phase}-extra", self.env)
+        self.report.require(f"setup {phase} containerd (by digest)", ctd.start, self.logs)
+        hosts = write_hosts_dir(self.path(f"hosts-{phase}-extra"), self.hoard_url, self.dead)
         app = self.fixtures["team/app:v1"]
         for label, ref, digest in [
             ("dlist", f"docker.io/library/dlist@{dlist.digest}", dlist.digest),
@@ -160,9 +168,12 @@ url = "{self.upstream_url}"
                 listed = ctd.image_digests().get(ref)
                 ensure(listed == digest, f"ctr images ls shows {ref} as {listed}, want {digest}")
 
-            self.report.check(f"airgap ctr pull {label}@{short(digest)} ({platform})", pull,
+            self.report.check(f"{phase} ctr pull {label}@{short(digest)} ({platform})", pull,
                               lambda: self.logs(ctd.daemon))
         ctd.stop()
+
+    def offline(self):
+        self.pulls("airgap")
 
         def check_ready():
             out = self.hoard_cli("check", "--server", self.hoard_url, "--file", self.images_txt,
@@ -193,6 +204,64 @@ url = "{self.upstream_url}"
 
         self.report.check("airgap hoard check --config on the stopped server's cache (exit 0)", local, self.logs)
 
+    def carry(self):
+        """Export the pinned set of the stopped hoard, import it into an empty cache, serve it
+        from a second hoard on another port (the upstream still down) and pull from that."""
+        bundle = self.path("bundle.tar")
+        want = {ref: self.fixtures[key].digest for ref, key in (
+            ("docker.io/library/multi:latest", "library/multi:latest"),
+            ("docker.io/library/dlist:1.0", "library/dlist:1.0"),
+            ("docker.io/team/app:v1", "team/app:v1"))}
+
+        def export():
+            out = self.hoard_cli("export", "--pinned", "-o", bundle, "--config", self.config_path, check=True)
+            text = out.stdout.decode()
+            ensure("exported 3 images" in text, f"summary: {text!r}")
+            with tarfile.open(bundle) as tar:
+                index = json.load(tar.extractfile("index.json"))
+            refs = {m["annotations"]["org.opencontainers.image.ref.name"]: m["digest"] for m in index["manifests"]}
+            ensure(refs == want, f"index.json names {refs}, want {want}")
+
+        self.report.require("carry hoard export --pinned -o bundle.tar (the three pinned images)", export,
+                            self.logs)
+
+        sk = Skopeo(self.path("skopeo-carry-archive"), f"127.0.0.1:{self.dead}", self.dead, self.env)
+        # skopeo cannot address a Docker manifest list in an OCI layout: the index and team/app only.
+        for ref in ("docker.io/library/multi:latest", "docker.io/team/app:v1"):
+            def inspect(ref=ref):
+                raw = sk("inspect", "--raw", f"oci-archive:{bundle}:{ref}").stdout
+                got = "sha256:" + hashlib.sha256(raw).hexdigest()
+                ensure(got == want[ref], f"raw manifest hashes to {got}, want {want[ref]}")
+
+            self.report.check(f"carry skopeo inspect oci-archive:bundle.tar:{ref}", inspect, self.logs)
+
+        cache = self.path("carried-cache")  # start_hoard(name="carried") serves this directory
+
+        def load():
+            out = self.hoard_cli("import", "--config", self.config_path, "--cache-dir", cache, bundle, check=True)
+            text = out.stdout.decode()
+            missing = [ref for ref in want if f"pinned {ref}" not in text]
+            ensure(not missing, f"import did not pin {missing}: {text!r}")
+            out = self.hoard_cli("ls", "--json", "--config", self.config_path, "--cache-dir", cache, check=True)
+            images = {i["image"]: i for i in json.loads(out.stdout)["images"]}
+            for ref, digest in want.items():
+                e = images.get(ref) or {}
+                ensure(e.get("pinned") and e.get("complete") and e.get("digest") == digest,
+                       f"hoard ls on the new cache says {ref}: {e or 'absent'}, want pinned {digest}")
+
+        self.report.require("carry hoard import bundle.tar into an empty cache; hoard ls: three pinned", load,
+                            self.logs)
+
+        def start():
+            self.hoard_port = free_port()
+            self.hoard = start_hoard(self.sup, self.workdir, self.hoard_bin, self.hoard_port, self.upstream_url,
+                                     self.env, name="carried")
+            wait_serving(self.hoard, self.hoard_url, 200)
+
+        self.report.require("carry second hoard on another port serves the imported cache (upstream down)", start,
+                            self.logs)
+        self.pulls("carried")
+
     def run(self):
         self.start_upstream()
         self.seed()
@@ -204,6 +273,7 @@ url = "{self.upstream_url}"
         self.registry = None
         self.offline()
         self.check_stopped()
+        self.carry()
 
 
 def metric(text, name):
