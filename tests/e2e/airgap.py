@@ -29,21 +29,16 @@ import argparse
 import hashlib
 import json
 import os
-import shutil
-import signal
 import sys
 import tarfile
-import tempfile
 
 sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from clients import Containerd, Skopeo, check_copy, start_hoard, wait_serving, write, write_hosts_dir  # noqa: E402
-from harness import (  # noqa: E402
-    CheckFailed, Daemon, DeadPort, Report, SetupError, Supervisor, ensure, free_port, http, run, wait_until,
-)
+from harness import Daemon, ensure, free_port, http, run, run_suite, wait_until  # noqa: E402
 from images import Image, Pusher  # noqa: E402
-from run import SEED_PASSWORD, SEED_USER, Suite, short, unmount_under  # noqa: E402
+from run import SEED_PASSWORD, SEED_USER, Suite, short  # noqa: E402
 
 IMAGES = ["docker.io/library/multi:latest", "dlist:1.0", "team/app:v1"]
 FILLERS = 4
@@ -290,30 +285,10 @@ def main():
     parser.add_argument("--keep", action="store_true", help="keep the temp dir afterwards")
     args = parser.parse_args()
     hoard_bin = os.path.abspath(args.hoard)
-    signal.signal(signal.SIGTERM, lambda signum, _f: (_ for _ in ()).throw(SystemExit(128 + signum)))
-    report, supervisor = Report(), Supervisor()
-    workdir = tempfile.mkdtemp(prefix="hoard-airgap-", dir="/tmp")
-    dead = DeadPort()
-    print(f"workdir {workdir}, dead port {dead.port}", flush=True)
-    setup_failed = False
-    try:
-        AirgapSuite(report, supervisor, workdir, dead.port, hoard_bin, False, 4).run()
-    except SetupError as e:
-        setup_failed = True
-        print(f"setup failed at '{e}': remaining checks skipped", flush=True)
-    except (KeyboardInterrupt, SystemExit, CheckFailed) as e:
-        setup_failed = True
-        print(f"interrupted ({type(e).__name__}): stopping", flush=True)
-    finally:
-        supervisor.stop_all()
-        dead.close()
-        unmount_under(workdir)
-        if args.keep:
-            print(f"kept {workdir}", flush=True)
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
-    report.summary()
-    return 1 if report.failed or setup_failed else 0
+    return run_suite(
+        "hoard-airgap", args.keep,
+        lambda report, supervisor, workdir, dead_port:
+            AirgapSuite(report, supervisor, workdir, dead_port, hoard_bin, False, 4).run())
 
 
 if __name__ == "__main__":

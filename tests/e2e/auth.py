@@ -24,7 +24,6 @@ import argparse
 import hashlib
 import json
 import os
-import secrets
 import re
 import shutil
 import sys
@@ -36,17 +35,14 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from clients import Containerd, Skopeo, write  # noqa: E402
 from harness import (  # noqa: E402
     CheckFailed,
-    DeadPort,
     Daemon,
-    Report,
-    SetupError,
-    Supervisor,
     client_env,
     ensure,
     free_port,
     http,
     run,
     wait_until,
+    run_suite,
 )
 from images import Image, MultiArch, small_files  # noqa: E402
 
@@ -461,27 +457,11 @@ def main():
     parser.add_argument("--no-push", action="store_true", help="skip the checks that need pushes")
     args = parser.parse_args()
     hoard_bin = os.path.abspath(args.hoard)
-    # Only [a-f0-9] after the prefix: podman names an image pulled from an OCI
-    # layout after its path, and mkdtemp's "_" next to "-" is not a valid
-    # reference ("invalid reference format", one run in a few).
-    workdir = f"/tmp/hoard-e2e-auth-{secrets.token_hex(5)}"
-    os.mkdir(workdir, 0o700)
-    report, sup, dead = Report(), Supervisor(), DeadPort()
-    try:
-        Suite(report, sup, workdir, dead.port, hoard_bin).run(not args.no_push)
-    except SetupError as e:
-        print(f"setup failed at: {e}; remaining checks not run", flush=True)
-        report.failed += 1
-    finally:
-        sup.stop_all()
-        dead.close()
-        if args.keep:
-            print(f"kept {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
-    report.summary()
-    sys.exit(1 if report.failed else 0)
+    return run_suite(
+        "hoard-e2e-auth", args.keep,
+        lambda report, supervisor, workdir, dead_port:
+            Suite(report, supervisor, workdir, dead_port, hoard_bin).run(not args.no_push))
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

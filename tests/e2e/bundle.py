@@ -22,26 +22,20 @@ import hashlib
 import json
 import os
 import shutil
-import signal
 import sys
 import tarfile
-import tempfile
 
 sys.dont_write_bytecode = True  # no __pycache__ in the source tree
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from clients import Containerd, Skopeo, check_copy, start_hoard, wait_serving, write_hosts_dir  # noqa: E402
 from harness import (  # noqa: E402
-    CheckFailed,
-    DeadPort,
-    Report,
-    SetupError,
-    Supervisor,
     ensure,
     free_port,
     run,
+    run_suite,
 )
-from run import Suite, short, unmount_under  # noqa: E402
+from run import Suite, short  # noqa: E402
 
 IMAGES = ["docker.io/library/multi:latest", "docker.io/library/dlist:1.0", "docker.io/team/app:v1"]
 
@@ -316,39 +310,13 @@ def main():
     args = parser.parse_args()
     hoard_bin = os.path.abspath(args.hoard)
 
-    def on_signal(signum, _frame):
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGHUP, on_signal)
-
-    report = Report()
-    supervisor = Supervisor()
-    workdir = tempfile.mkdtemp(prefix="hoard-e2e-bundle-", dir="/tmp")
-    dead = DeadPort()
-    print(f"workdir {workdir}, dead port {dead.port}", flush=True)
-    setup_failed = False
-    try:
+    def body(report, supervisor, workdir, dead_port):
         if not os.access(hoard_bin, os.X_OK):
             report.require("setup hoard binary is executable", lambda: ensure(False, f"{hoard_bin} is not"))
-        suite = Suite(report, supervisor, workdir, dead.port, hoard_bin, False, args.big_layer_mib)
+        suite = Suite(report, supervisor, workdir, dead_port, hoard_bin, False, args.big_layer_mib)
         Carry(suite, hoard_bin).run()
-    except SetupError as e:
-        setup_failed = True
-        print(f"setup failed at '{e}': remaining checks skipped", flush=True)
-    except (KeyboardInterrupt, SystemExit) as e:
-        setup_failed = True
-        print(f"interrupted ({type(e).__name__}): stopping", flush=True)
-    finally:
-        supervisor.stop_all()
-        dead.close()
-        unmount_under(workdir)
-        if args.keep:
-            print(f"kept {workdir}", flush=True)
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
-    report.summary()
-    return 1 if report.failed or setup_failed else 0
+
+    return run_suite("hoard-e2e-bundle", args.keep, body)
 
 
 if __name__ == "__main__":

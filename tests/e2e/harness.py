@@ -5,6 +5,8 @@ started in their own session so that stopping one also stops anything it spawned
 """
 
 import os
+import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -295,3 +297,55 @@ def refuses_connections(port):
     except OSError:
         return True
 
+
+def unmount_under(root):
+    """Lazily unmounts anything a crashed containerd left mounted below `root`."""
+    try:
+        with open("/proc/self/mounts") as f:
+            points = [line.split()[1] for line in f]
+    except OSError:
+        return
+    prefix = root.rstrip("/") + "/"
+    for point in sorted((p for p in points if p.startswith(prefix)), reverse=True):
+        subprocess.run(["umount", "-l", point], capture_output=True, timeout=30, check=False)
+
+
+def run_suite(prefix, keep, body):
+    """The frame every end-to-end script shares; returns its exit status.
+
+    Makes a fresh work dir `/tmp/<prefix>-<hex>` (hex only: podman names an image pulled from
+    an OCI layout after its path, and mkdtemp's "_" beside "-" is not a valid reference), a
+    Report, a Supervisor and a dead port, and runs `body(report, supervisor, workdir,
+    dead_port)`. Whatever happens, daemons are stopped, mounts a crashed containerd left are
+    undone and the work dir is removed (kept with `keep`). A setup failure or an interruption
+    counts as a failure: the remaining checks did not run.
+    """
+
+    def on_signal(signum, _frame):
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGHUP, on_signal)
+    report, supervisor, dead = Report(), Supervisor(), DeadPort()
+    workdir = f"/tmp/{prefix}-{secrets.token_hex(5)}"
+    os.mkdir(workdir, 0o700)
+    print(f"workdir {workdir}, dead port {dead.port}", flush=True)
+    setup_failed = False
+    try:
+        body(report, supervisor, workdir, dead.port)
+    except SetupError as e:
+        setup_failed = True
+        print(f"setup failed at '{e}': remaining checks skipped", flush=True)
+    except (KeyboardInterrupt, SystemExit, CheckFailed) as e:
+        setup_failed = True
+        print(f"interrupted ({type(e).__name__}): stopping", flush=True)
+    finally:
+        supervisor.stop_all()
+        dead.close()
+        unmount_under(workdir)
+        if keep:
+            print(f"kept {workdir}", flush=True)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    report.summary()
+    return 1 if report.failed or setup_failed else 0

@@ -19,10 +19,7 @@ Prints `PASS name` / `FAIL name: reason` per check, then `N passed, N failed`. N
 import argparse
 import json
 import os
-import shutil
-import signal
 import sys
-import secrets
 import threading
 
 sys.dont_write_bytecode = True  # no __pycache__ in the source tree
@@ -31,19 +28,15 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from clients import REGISTRY_BIN, Containerd, wait_serving, write  # noqa: E402
 from harness import (  # noqa: E402
     Daemon,
-    DeadPort,
-    Report,
-    SetupError,
-    Supervisor,
     client_env,
     ensure,
     free_port,
     http,
     run,
     wait_until,
+    run_suite,
 )
 from images import Image, MultiArch, Pusher, small_files  # noqa: E402
-from run import unmount_under  # noqa: E402
 
 
 def metric(base, name):
@@ -286,38 +279,9 @@ def main():
     args = parser.parse_args()
     hoard_bin = os.path.abspath(args.hoard)
 
-    def on_signal(signum, _frame):
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, on_signal)
-    report = Report()
-    supervisor = Supervisor()
-    # Only [a-f0-9] after the prefix: podman names an image pulled from an OCI
-    # layout after its path, and mkdtemp's "_" next to "-" is not a valid
-    # reference ("invalid reference format", one run in a few).
-    workdir = f"/tmp/hoard-e2e-push-{secrets.token_hex(5)}"
-    os.mkdir(workdir, 0o700)
-    dead = DeadPort()
-    print(f"workdir {workdir}", flush=True)
-    setup_failed = False
-    try:
-        Suite(report, supervisor, workdir, dead.port, hoard_bin).run()
-    except SetupError as e:
-        setup_failed = True
-        print(f"setup failed at '{e}': remaining checks skipped", flush=True)
-    except (KeyboardInterrupt, SystemExit) as e:
-        setup_failed = True
-        print(f"interrupted ({type(e).__name__}): stopping", flush=True)
-    finally:
-        supervisor.stop_all()
-        dead.close()
-        unmount_under(workdir)
-        if args.keep:
-            print(f"kept {workdir}", flush=True)
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
-    report.summary()
-    return 1 if report.failed or setup_failed else 0
+    return run_suite(
+        "hoard-e2e-push", args.keep,
+        lambda report, supervisor, workdir, dead_port: Suite(report, supervisor, workdir, dead_port, hoard_bin).run())
 
 
 if __name__ == "__main__":

@@ -27,13 +27,10 @@ import argparse
 import hashlib
 import json
 import os
-import shutil
 import re
 import signal
 import ssl
-import subprocess
 import sys
-import tempfile
 
 sys.dont_write_bytecode = True  # no __pycache__ in the source tree
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -49,10 +46,6 @@ from clients import (  # noqa: E402
     write_hosts_dir,
 )
 from harness import (  # noqa: E402
-    DeadPort,
-    Report,
-    SetupError,
-    Supervisor,
     client_env,
     ensure,
     free_port,
@@ -61,6 +54,7 @@ from harness import (  # noqa: E402
     refuses_connections,
     run,
     wait_until,
+    run_suite,
 )
 from pki import Pki, handshake, serial_of, served_serial  # noqa: E402
 from prom import Prometheus, promtool  # noqa: E402
@@ -762,18 +756,6 @@ def short(digest):
     return digest[:19]
 
 
-def unmount_under(root):
-    """Lazily unmounts anything a crashed containerd left mounted below `root`."""
-    try:
-        with open("/proc/self/mounts") as f:
-            points = [line.split()[1] for line in f]
-    except OSError:
-        return
-    prefix = root.rstrip("/") + "/"
-    for point in sorted((p for p in points if p.startswith(prefix)), reverse=True):
-        subprocess.run(["umount", "-l", point], capture_output=True, timeout=30, check=False)
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--hoard", help="path to the hoard binary")
@@ -787,38 +769,12 @@ def main():
             parser.error("--hoard PATH is required (or --direct)")
         args.hoard = os.path.abspath(args.hoard)
 
-    def on_signal(signum, _frame):
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGHUP, on_signal)
-
-    report = Report()
-    supervisor = Supervisor()
-    workdir = tempfile.mkdtemp(prefix="hoard-e2e-", dir="/tmp")
-    dead = DeadPort()
-    print(f"workdir {workdir}, dead port {dead.port}", flush=True)
-    setup_failed = False
-    try:
+    def body(report, supervisor, workdir, dead_port):
         if not args.direct and not os.access(args.hoard, os.X_OK):
             report.require("setup hoard binary is executable", lambda: ensure(False, f"{args.hoard} is not"))
-        Suite(report, supervisor, workdir, dead.port, args.hoard, args.direct, args.big_layer_mib).run()
-    except SetupError as e:
-        setup_failed = True
-        print(f"setup failed at '{e}': remaining checks skipped", flush=True)
-    except (KeyboardInterrupt, SystemExit) as e:
-        setup_failed = True
-        print(f"interrupted ({type(e).__name__}): stopping", flush=True)
-    finally:
-        supervisor.stop_all()
-        dead.close()
-        unmount_under(workdir)
-        if args.keep:
-            print(f"kept {workdir}", flush=True)
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
-    report.summary()
-    return 1 if report.failed or setup_failed else 0
+        Suite(report, supervisor, workdir, dead_port, args.hoard, args.direct, args.big_layer_mib).run()
+
+    return run_suite("hoard-e2e", args.keep, body)
 
 
 if __name__ == "__main__":
