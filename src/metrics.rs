@@ -120,6 +120,7 @@ pub struct Metrics {
     fills: IntCounterVec,
     cache_size: IntGauge,
     cache_blobs: IntGauge,
+    budgeted_bytes: IntGauge,
     local_bytes: IntGauge,
     local_blobs: IntGauge,
     pinned_bytes: IntGauge,
@@ -291,6 +292,10 @@ impl Metrics {
                 "hoard_cache_blobs",
                 "Number of verified blobs (layers, configs, manifests) in the cache.",
             ),
+            budgeted_bytes: gauge(
+                "hoard_cache_budgeted_bytes",
+                "Bytes of cached content under the max_size budget (evictable): the cache size without local and pinned content.",
+            ),
             local_bytes: gauge(
                 "hoard_local_bytes",
                 "Bytes of blobs referenced by local (pushed) repositories; outside max_size.",
@@ -367,6 +372,12 @@ impl Metrics {
             .set(i64::try_from(bytes).unwrap_or(i64::MAX));
         self.cache_blobs
             .set(i64::try_from(blobs).unwrap_or(i64::MAX));
+    }
+
+    /// Sets the bytes under the budget.
+    pub fn set_budgeted(&self, bytes: u64) {
+        self.budgeted_bytes
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
     }
 
     /// Sets the gauges of content held outside the budget.

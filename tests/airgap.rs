@@ -210,6 +210,14 @@ async fn pinned_images_survive_a_budget_overflowed_by_other_pulls() {
         "{}",
         m.0
     );
+    // The budget gauge leaves the pins out: it stays within max_size while
+    // the pinned layer alone is larger than it.
+    assert!(
+        m.sum("hoard_cache_budgeted_bytes", &[]) <= m.sum("hoard_cache_limit_bytes", &[])
+            && m.sum("hoard_cache_size_bytes", &[]) > m.sum("hoard_cache_limit_bytes", &[]),
+        "{}",
+        m.0
+    );
 
     hub.go_down().await;
     assert_servable(&mirror, "kept", &kept).await;

@@ -291,6 +291,13 @@ impl BlobIndex {
             .fold((0, 0), |(b, n), h| (b + h.entry.size, n + 1))
     }
 
+    /// Bytes of all held blobs (each counted once): what sits outside the
+    /// budget.
+    pub fn held_bytes(&self) -> u64 {
+        let p = self.pinned.read().unwrap_or_else(|p| p.into_inner());
+        p.values().map(|h| h.entry.size).sum()
+    }
+
     /// The least recently used unpinned blobs adding up to at least
     /// `want` bytes, oldest first: victims when the disk is full.
     pub fn oldest(&self, want: u64) -> Vec<(Digest, u64)> {

@@ -127,11 +127,7 @@ impl Cache {
             held,
         );
         metrics.set_cache_limit(max_size);
-        metrics.set_cache_size(blobs.bytes(), blobs.count());
-        for h in [Holder::Local, Holder::Pin] {
-            let (bytes, count) = blobs.held_by(h);
-            metrics.set_held(h, bytes, count);
-        }
+        publish_sizes(&blobs, &metrics);
         tracing::info!(
             blobs = listing.blobs.len(),
             bytes = blobs.bytes(),
@@ -475,12 +471,7 @@ impl Cache {
     }
 
     fn update_size_metrics(&self) {
-        self.metrics
-            .set_cache_size(self.blobs.bytes(), self.blobs.count());
-        for h in [Holder::Local, Holder::Pin] {
-            let (bytes, count) = self.blobs.held_by(h);
-            self.metrics.set_held(h, bytes, count);
-        }
+        publish_sizes(&self.blobs, &self.metrics);
     }
 
     /// Deletes an evicted blob's file, unless it was committed again since.
@@ -547,6 +538,19 @@ impl fill::Committer for Cache {
         if let Some(cache) = self.this.upgrade() {
             tokio::spawn(async move { cache.make_room(needed).await });
         }
+    }
+}
+
+/// Sets the size gauges: everything on disk, what the budget governs (held
+/// content excluded, so a large pin does not look like a full budget), and
+/// each holder's share.
+fn publish_sizes(blobs: &BlobIndex, metrics: &Metrics) {
+    let bytes = blobs.bytes();
+    metrics.set_cache_size(bytes, blobs.count());
+    metrics.set_budgeted(bytes.saturating_sub(blobs.held_bytes()));
+    for h in [Holder::Local, Holder::Pin] {
+        let (bytes, count) = blobs.held_by(h);
+        metrics.set_held(h, bytes, count);
     }
 }
 
