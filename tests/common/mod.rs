@@ -204,7 +204,7 @@ impl TestMirror {
             .get(self.url(path))
             .send()
             .await
-            .unwrap_or_else(|e| panic!("GET {path}: {e}"))
+            .unwrap_or_else(|e| panic!("GET {path}: {e:?}"))
     }
 
     pub async fn head(&self, path: &str) -> reqwest::Response {
