@@ -238,6 +238,53 @@ async fn pinned_images_survive_a_budget_overflowed_by_other_pulls() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prefetch_into_a_full_budget_evicts_nothing() {
+    let hub = FakeRegistry::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let toml = format!(
+        "max_size = \"1MiB\"\n{}",
+        Cfg::new(dir.path())
+            .upstream("docker.io", &hub.url())
+            .toml()
+    );
+    let mirror = TestMirror::start(&toml).await;
+    // Pulls fill most of the budget.
+    let mut others = Vec::new();
+    for n in 0..2 {
+        let img = hub.add_image(
+            "library/other",
+            &format!("t{n}"),
+            30 + n,
+            &[pseudo_random(40 + n, 400 * 1024)],
+        );
+        assert_servable(&mirror, "other", &img).await;
+        others.push(img);
+    }
+    // A pinned image whose layers go through fills (each under half the
+    // budget) is committed outside the budget: nothing unpinned must go.
+    let kept = hub.add_image(
+        "library/kept",
+        "v1",
+        3,
+        &[pseudo_random(50, 300 * 1024), pseudo_random(51, 200 * 1024)],
+    );
+    let events = prefetch(&mirror, &["kept:v1"], &[]).await;
+    assert_eq!(summary(&events)["failed"], 0, "{events:?}");
+    let m = mirror.metrics().await;
+    assert_eq!(m.sum("hoard_evictions_total", &[]), 0.0, "{}", m.0);
+    assert!(
+        m.sum("hoard_pinned_bytes", &[]) >= (500 * 1024) as f64,
+        "{}",
+        m.0
+    );
+    hub.go_down().await;
+    for img in &others {
+        assert_servable(&mirror, "other", img).await;
+    }
+    assert_servable(&mirror, "kept", &kept).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pinned_tag_is_not_moved_by_the_upstream_until_unpinned() {
     let env = Env::start_with(|c| c.tag_ttl("0s")).await;
     let old = env.hub.add_simple_image("library/alpine", "3.19", 1);

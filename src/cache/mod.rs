@@ -69,6 +69,11 @@ pub struct Cache {
     manifests: moka::sync::Cache<Digest, Bytes>,
     meta: Arc<meta::Meta>,
     fills: Fills,
+    /// Blobs whose fill must commit straight into the held set (a prefetch
+    /// is about to pin them), with how many callers asked: through the LRU a
+    /// prefetch into a full budget would first evict as many bytes of
+    /// unpinned content.
+    held_on_commit: std::sync::Mutex<HashMap<Digest, (Holder, usize)>>,
     /// Set when a write failed for lack of space; cleared by the next
     /// successful commit. Reported by readiness and `hoard_disk_full`.
     disk_full: std::sync::atomic::AtomicBool,
@@ -153,6 +158,7 @@ impl Cache {
                 .build(),
             meta: Arc::new(meta),
             fills: Fills::default(),
+            held_on_commit: std::sync::Mutex::new(HashMap::new()),
             disk_full: std::sync::atomic::AtomicBool::new(false),
             metrics,
         });
@@ -187,6 +193,18 @@ impl Cache {
         let held = self.blobs.hold(digest, holder);
         self.update_size_metrics();
         held
+    }
+
+    /// Makes a fill of `digest` that commits while the guard lives go
+    /// straight into the held set for `holder` instead of the LRU.
+    pub fn hold_on_commit(self: &Arc<Self>, digest: &Digest, holder: Holder) -> HoldOnCommit {
+        if let Ok(mut m) = self.held_on_commit.lock() {
+            m.entry(digest.clone()).or_insert((holder, 0)).1 += 1;
+        }
+        HoldOnCommit {
+            cache: Arc::downgrade(self),
+            digest: digest.clone(),
+        }
     }
 
     /// Whether `holder` keeps `digest`.
@@ -515,7 +533,15 @@ impl fill::Committer for Cache {
     async fn commit(&self, digest: &Digest, tmp: &Path, size: u64) -> io::Result<()> {
         let _held = self.store_lock.lock().await;
         self.store.commit(digest, tmp).await?;
-        self.blobs.insert(digest.clone(), size, index::now_secs());
+        let holder = self
+            .held_on_commit
+            .lock()
+            .ok()
+            .and_then(|m| m.get(digest).map(|(h, _)| *h));
+        match holder {
+            Some(h) => self.blobs.insert_held(digest.clone(), size, h),
+            None => self.blobs.insert(digest.clone(), size, index::now_secs()),
+        }
         if self.disk_full.swap(false, Ordering::Relaxed) {
             tracing::info!("cache disk accepts writes again");
             self.metrics.set_disk_full(false);
@@ -537,6 +563,31 @@ impl fill::Committer for Cache {
         let needed = needed.max(1) + needed / 10 + 16 * 1024 * 1024;
         if let Some(cache) = self.this.upgrade() {
             tokio::spawn(async move { cache.make_room(needed).await });
+        }
+    }
+}
+
+/// Keeps a [`Cache::hold_on_commit`] request alive; dropping it withdraws
+/// the request (the caller holds the blob itself once it is committed).
+pub struct HoldOnCommit {
+    cache: std::sync::Weak<Cache>,
+    digest: Digest,
+}
+
+impl Drop for HoldOnCommit {
+    fn drop(&mut self) {
+        let Some(cache) = self.cache.upgrade() else {
+            return;
+        };
+        let mut m = cache
+            .held_on_commit
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some((_, n)) = m.get_mut(&self.digest) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.digest);
+            }
         }
     }
 }

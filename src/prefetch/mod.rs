@@ -29,7 +29,7 @@ use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, Semaphore};
 
-use crate::cache::Cache;
+use crate::cache::{Cache, Holder};
 use crate::config::{Config, ConfigError};
 use crate::metrics::Metrics;
 use crate::oci::Digest;
@@ -367,6 +367,9 @@ impl Prefetcher {
         image: &str,
         events: &Events,
     ) -> Result<u64, String> {
+        // Committed straight into the held set: the pin takes it next, and
+        // through the LRU it would first evict as many unpinned bytes.
+        let _held = self.cache.hold_on_commit(digest, Holder::Pin);
         for _ in 0..3 {
             let Some((fill, _leader)) = self.cache.fill(upstream.clone(), r.repo.clone(), digest)
             else {
