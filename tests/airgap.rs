@@ -169,16 +169,19 @@ async fn platform_filter_fetches_only_the_asked_platforms() {
     assert_eq!(summary(&events)["failed"], 1);
 }
 
+/// A mirror config with a 1 MiB budget in `dir`, Docker Hub at `hub`.
+fn one_mib_budget(hub: &FakeRegistry, dir: &std::path::Path) -> String {
+    format!(
+        "max_size = \"1MiB\"\n{}",
+        Cfg::new(dir).upstream("docker.io", &hub.url()).toml()
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pinned_images_survive_a_budget_overflowed_by_other_pulls() {
     let hub = FakeRegistry::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let toml = format!(
-        "max_size = \"1MiB\"\n{}",
-        Cfg::new(dir.path())
-            .upstream("docker.io", &hub.url())
-            .toml()
-    );
+    let toml = one_mib_budget(&hub, dir.path());
     let mirror = TestMirror::start(&toml).await;
     let kept = hub.add_image(
         "library/kept",
@@ -241,12 +244,7 @@ async fn pinned_images_survive_a_budget_overflowed_by_other_pulls() {
 async fn a_prefetch_into_a_full_budget_evicts_nothing() {
     let hub = FakeRegistry::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let toml = format!(
-        "max_size = \"1MiB\"\n{}",
-        Cfg::new(dir.path())
-            .upstream("docker.io", &hub.url())
-            .toml()
-    );
+    let toml = one_mib_budget(&hub, dir.path());
     let mirror = TestMirror::start(&toml).await;
     // Pulls fill most of the budget.
     let mut others = Vec::new();
