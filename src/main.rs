@@ -200,14 +200,10 @@ fn main() -> ExitCode {
             hoard::commands::check(target, images, platform).await
         }),
         Command::Verify { config, cache_dir } => {
-            let config = match load(config, None, cache_dir) {
+            let config = match load_with_logs(config, cache_dir) {
                 Ok(c) => c,
-                Err(e) => {
-                    eprintln!("hoard: {e}");
-                    return ExitCode::from(2);
-                }
+                Err(code) => return code,
             };
-            init_tracing(config.log_format);
             match hoard::commands::verify(&config.cache_dir) {
                 Ok(true) => ExitCode::SUCCESS,
                 Ok(false) => ExitCode::FAILURE,
@@ -283,14 +279,10 @@ fn offline(
     stdout_busy: bool,
     command: impl FnOnce(&Config) -> Result<String, String>,
 ) -> ExitCode {
-    let config = match load(config, None, cache_dir) {
+    let config = match load_with_logs(config, cache_dir) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("hoard: {e}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
-    init_tracing(config.log_format);
     match command(&config) {
         Ok(summary) if stdout_busy => {
             eprintln!("{summary}");
@@ -345,6 +337,22 @@ where
         Err(e) => {
             eprintln!("hoard: {e}");
             ExitCode::from(2)
+        }
+    }
+}
+
+/// The configuration of a one-shot command that works on the cache
+/// directory, with logging set up in its format; a bad configuration is
+/// reported and becomes exit status 2.
+fn load_with_logs(config: Option<PathBuf>, cache_dir: Option<PathBuf>) -> Result<Config, ExitCode> {
+    match load(config, None, cache_dir) {
+        Ok(c) => {
+            init_tracing(c.log_format);
+            Ok(c)
+        }
+        Err(e) => {
+            eprintln!("hoard: {e}");
+            Err(ExitCode::from(2))
         }
     }
 }
