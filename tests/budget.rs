@@ -40,7 +40,7 @@ async fn the_cache_stays_within_max_size_evicting_least_recently_used_blobs() {
     assert_eq!(hoard.metric("hoard_cache_limit_bytes").await, BUDGET as f64);
 
     for (i, b) in blobs.iter().enumerate() {
-        let body = hoard.get_ok(&path_of(b)).await;
+        let body = hoard.get_cached(&path_of(b)).await;
         assert!(body == b.data, "blob {i}: body differs");
         assert!(
             site.blob_file(&b.digest).is_file(),

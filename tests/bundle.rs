@@ -61,6 +61,8 @@ async fn warm(partial: bool) -> Warm {
     for blob in &blobs[..take] {
         m.get_ok(&blob_path("team/app", &blob.digest)).await;
     }
+    // Clients get their last byte before the blob is committed.
+    m.settle().await;
     Warm {
         env,
         children: [a, b],

@@ -85,7 +85,7 @@ async fn sigkill_mid_fill_leaves_nothing_partial_and_the_blob_is_fetched_again()
     );
 
     let before = transfers(&site.hub);
-    let body = hoard.get_ok(&path).await;
+    let body = hoard.get_cached(&path).await;
     assert!(
         body == blob.data,
         "refetched body differs ({} bytes)",
@@ -222,6 +222,7 @@ async fn ranged_cold_request_is_answered_while_the_fill_is_held_and_fetched_once
         "one whole-blob GET upstream"
     );
     // The fill went on to cache the whole blob.
+    hoard.settle().await;
     assert_eq!(file_digest(&site.blob_file(&blob.digest)), blob.digest);
     assert!(hoard.get_ok(&path).await == blob.data);
     assert_eq!(transfers(&site.hub), 1, "the full GET afterwards is a hit");

@@ -71,7 +71,7 @@ async fn run_out_of_space(site: &Site, hoard: &Hoard, seed: u64) {
         .collect();
 
     // Something cached before the disk fills: the first victim to make room.
-    assert!(hoard.get_ok(&path_of(&early)).await == early.data);
+    assert!(hoard.get_cached(&path_of(&early)).await == early.data);
     assert!(site.blob_file(&early.digest).is_file());
 
     // Two clients on one fill that will not fit.
@@ -146,7 +146,10 @@ async fn run_out_of_space(site: &Site, hoard: &Hoard, seed: u64) {
 
     // Blobs that fit are cached again, and the disk is no longer "full".
     for (b, len) in small.iter().zip(SMALL) {
-        assert!(hoard.get_ok(&path_of(b)).await == b.data, "{len}-byte blob");
+        assert!(
+            hoard.get_cached(&path_of(b)).await == b.data,
+            "{len}-byte blob"
+        );
         assert_eq!(
             file_digest(&site.blob_file(&b.digest)),
             b.digest,

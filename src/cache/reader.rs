@@ -4,7 +4,7 @@
 //! holding back the last byte of its range until the fill is verified, so a
 //! response never completes on bytes that may fail their digest check.
 //!
-//! Readers take the file in the fill's aligned chunks ([`CHUNK`], 1 MiB)
+//! Readers take the file in the fill's aligned chunks ([`CHUNK`], 256 KiB)
 //! through [`Chunks`]: the last few chunks the writer wrote, and the last
 //! few any reader read back from the file, stay in memory as refcounted
 //! `Bytes`. A reader at the fill's front takes the writer's chunk without a
@@ -195,7 +195,7 @@ impl FillReader {
                         Progress::Streaming { written, size } => {
                             (written, written.min(self.end - 1), size)
                         }
-                        Progress::Done { size } => {
+                        Progress::Verified { size } | Progress::Done { size } => {
                             self.verified = Some(size);
                             (size, size, Some(size))
                         }

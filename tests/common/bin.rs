@@ -454,6 +454,24 @@ impl Hoard {
         body
     }
 
+    /// GET that must answer 200, then waits until no fill is in flight:
+    /// a client gets its last byte once the blob is verified, and the blob
+    /// enters the store just after (synced, renamed, indexed). Tests that
+    /// look at the store or its gauges right after a pull use this.
+    pub async fn get_cached(&self, path: &str) -> bytes::Bytes {
+        let body = self.get_ok(path).await;
+        self.settle().await;
+        body
+    }
+
+    /// Waits until every fill in flight is committed (or failed).
+    pub async fn settle(&self) {
+        self.wait_metrics("fills committed", |m| {
+            m.sum("hoard_fills_in_flight", &[]) == 0.0
+        })
+        .await;
+    }
+
     pub async fn metrics(&self) -> Metrics {
         let resp = self.get("/metrics").await;
         assert_eq!(resp.status(), 200, "GET /metrics");

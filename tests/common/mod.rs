@@ -246,6 +246,16 @@ impl TestMirror {
         body
     }
 
+    /// Waits until every fill in flight is committed (or failed): a client
+    /// gets its last byte once the blob is verified, and the blob enters
+    /// the store just after (synced, renamed, indexed).
+    pub async fn settle(&self) {
+        self.wait_metrics("fills committed", |m| {
+            m.sum("hoard_fills_in_flight", &[]) == 0.0
+        })
+        .await;
+    }
+
     pub async fn metrics(&self) -> Metrics {
         let resp = self.get("/metrics").await;
         assert_eq!(resp.status(), 200, "GET /metrics");
