@@ -114,7 +114,7 @@ async fn verify_beside_a_serving_hoard_quarantines_damage_which_is_then_fetched_
     let intact = site.hub.add_blob(REPO, pseudo_random(3, 200_000));
     let hoard = site.start().await;
     for b in [&damaged, &intact] {
-        assert!(hoard.get_ok(&path_of(b)).await == b.data, "first pull");
+        assert!(hoard.get_cached(&path_of(b)).await == b.data, "first pull");
     }
     let file = site.blob_file(&damaged.digest);
     assert_eq!(
@@ -154,7 +154,7 @@ async fn verify_beside_a_serving_hoard_quarantines_damage_which_is_then_fetched_
 
     // The running server finds the file gone and fetches it again.
     let before = transfers(&site.hub);
-    let body = hoard.get_ok(&path_of(&damaged)).await;
+    let body = hoard.get_cached(&path_of(&damaged)).await;
     assert!(body == damaged.data, "served damaged bytes after verify");
     assert_eq!(
         transfers(&site.hub),
