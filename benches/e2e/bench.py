@@ -151,7 +151,9 @@ def main():
                         default=[1, 2, 4, 6, 10, 16, 24, 40], help="layer sizes of the multi-layer image")
     parser.add_argument("--wrk-seconds", type=int, help="seconds per wrk run (default 2, 1 with --quick)")
     parser.add_argument("--index-blobs", type=int, default=100_000)
-    parser.add_argument("--only", help="comma-separated phases: cold,warm,concurrent,manifests,startup")
+    parser.add_argument("--link-mbit", type=int, default=1000,
+                        help="upstream link speed for the 'link' phase (default 1000 Mbit/s)")
+    parser.add_argument("--only", help="comma-separated phases: cold,link,warm,concurrent,manifests,startup")
     parser.add_argument("--results", default=os.path.join(REPO, "benches", "results"))
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, configs)")
     parser.add_argument("--profile", action="store_true",
@@ -161,7 +163,8 @@ def main():
     args.runs = args.runs or (1 if args.quick else 3)
     args.stamp = time.strftime("%Y%m%d-%H%M%S")
     args.wrk_seconds = args.wrk_seconds or (1 if args.quick else 2)
-    phases = args.only.split(",") if args.only else ["cold", "warm", "concurrent", "manifests", "startup"]
+    phases = args.only.split(",") if args.only else ["cold", "link", "warm", "concurrent", "manifests",
+                                                     "startup"]
 
     def on_signal(signum, _frame):
         raise SystemExit(128 + signum)
@@ -211,6 +214,7 @@ def main():
             "seconds": round(time.monotonic() - started, 1),
             "big_mib": args.big_mib,
             "conc_mib": args.conc_mib,
+            "link_mbit": args.link_mbit,
             "concurrency": args.concurrency,
             "app_layers_mib": args.app_layers_mib,
             "wrk_seconds": args.wrk_seconds,

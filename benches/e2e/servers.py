@@ -59,9 +59,9 @@ class Factory:
     def start(self, kind, **kw):
         return {"hoard": self.hoard, "peer": self.peer}[kind](**kw)
 
-    def hoard(self, cache_dir=None, wait=True, log="warn"):
-        """hoard with docker.io -> the upstream, tags cached for 5 minutes, logging at warn
-        (nothing per request: logging stays off the hot path)."""
+    def hoard(self, cache_dir=None, wait=True, log="warn", upstream_url=None):
+        """hoard with docker.io -> the upstream (or `upstream_url`), tags cached for 5 minutes,
+        logging at warn (nothing per request: logging stays off the hot path)."""
         home = self._dir("hoard")
         cache = cache_dir or os.path.join(home, "cache")
         port = free_port()
@@ -73,7 +73,7 @@ tag_ttl = "5m"
 max_size = "64GiB"
 
 [upstreams."docker.io"]
-url = "{self.upstream_url}"
+url = "{upstream_url or self.upstream_url}"
 """)
         daemon = self.sup.start(Daemon(
             "hoard", [self.hoard_bin, "serve", "--config", config], os.path.join(home, "hoard.log"),
@@ -94,8 +94,9 @@ url = "{self.upstream_url}"
                                 "sha256", hex_[:2], hex_, "data")
         return None
 
-    def peer(self):
-        """distribution 2.8 as a pull-through cache of the upstream (anonymous, like a Hub mirror).
+    def peer(self, upstream_url=None):
+        """distribution 2.8 as a pull-through cache of the upstream (anonymous, like a Hub mirror),
+        or of `upstream_url`.
 
         It answers the upstream's Bearer challenge itself: it pings `remoteurl`, reads the
         realm, and asks the token service for an anonymous pull token.
@@ -123,7 +124,7 @@ http:
   addr: 127.0.0.1:{port}
   secret: hoard-bench-not-a-secret
 proxy:
-  remoteurl: {self.upstream_url}
+  remoteurl: {upstream_url or self.upstream_url}
 """)
         daemon = self.sup.start(Daemon("peer", [REGISTRY_BIN, "serve", config],
                                        os.path.join(home, "registry.log"), self.env))

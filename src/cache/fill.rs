@@ -40,6 +40,11 @@ pub(super) const CHUNK: usize = 256 * 1024;
 /// (at most `QUEUE` × [`CHUNK`] bytes in flight).
 const QUEUE: usize = 4;
 
+/// The writer starts the disk's writeback every this many bytes (see
+/// [`start_writeback`]): often enough that the `fsync` before the commit
+/// has little left, seldom enough that the call costs nothing per piece.
+const WRITEBACK: u64 = 4 << 20;
+
 /// How long the receiver waits for more bytes before handing a partial
 /// chunk to the writer, so that readers of a slow upstream see progress.
 const FLUSH_AFTER: std::time::Duration = std::time::Duration::from_millis(5);
@@ -563,9 +568,10 @@ fn write_chunks(
 ) -> io::Result<u64> {
     let chunk = CHUNK as u64;
     let mut written: u64 = 0;
+    // Bytes handed to the disk's writeback so far.
+    let mut flushed: u64 = 0;
     while let Some(piece) = rx.blocking_recv() {
         file.write_all_at(&piece, written)?;
-        start_writeback(file, written, piece.len() as u64);
         let len = piece.len() as u64;
         // Only a chunk that arrived whole is offered; readers read the
         // others back from the file.
@@ -576,6 +582,11 @@ fn write_chunks(
         written += len;
         fill.state
             .send_replace(Progress::Streaming { size, written });
+        // After the readers are woken: writeback is for the commit, later.
+        if written - flushed >= WRITEBACK {
+            start_writeback(file, flushed, written - flushed);
+            flushed = written;
+        }
     }
     Ok(written)
 }

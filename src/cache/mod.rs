@@ -20,6 +20,7 @@ pub mod fill;
 pub mod index;
 mod layout;
 pub mod meta;
+pub mod pagecache;
 mod reader;
 pub mod store;
 pub mod verify;

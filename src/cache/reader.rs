@@ -22,7 +22,6 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -35,13 +34,15 @@ use super::fill::{Fill, FillError, Progress, CHUNK};
 use crate::metrics::{Metrics, Source};
 use crate::oci::Hasher;
 
-/// Chunks the writer just wrote, kept for readers at the fill's front.
-const FRONT_SLOTS: usize = 2;
+/// Chunks the writer just wrote, kept for readers at the fill's front (4:
+/// a client a megabyte behind the writer still reads none back).
+const FRONT_SLOTS: usize = 4;
 /// Chunks readers read back from the file, kept for the readers behind
 /// when there are several (readers of one fill keep within this window,
 /// since those behind take chunks without a read and catch up with the one
-/// in front). With the writer's queue, a fill holds at most
-/// (2 + 12 + 4) × 256 KiB = 4.5 MiB, however many follow it.
+/// in front). With the writer's and the hasher's queues (4 pieces each), a
+/// fill holds at most (4 + 12 + 8) × 256 KiB = 6 MiB, however many follow
+/// it.
 const BEHIND_SLOTS: usize = 12;
 
 /// A chunk of a fill, filled once by whoever gets to it first.
@@ -261,21 +262,18 @@ impl FillReader {
         Ok(data.slice(from..to))
     }
 
-    /// One positional read of `want` bytes at `pos` of the temp file, on the
-    /// blocking pool. The buffer is allocated here, on a runtime thread, so
-    /// chunk memory stays in the runtime threads' malloc arenas instead of
-    /// spreading over one arena per blocking thread (peak RSS).
+    /// One positional read of `want` bytes at `pos` of the temp file: on
+    /// this thread from the page cache, where a fill's fresh bytes are, else
+    /// on the blocking pool ([`super::pagecache`]). The buffer is allocated
+    /// here, on a runtime thread, so chunk memory stays in the runtime
+    /// threads' malloc arenas instead of spreading over one arena per
+    /// blocking thread (peak RSS).
     async fn read_file(&self, pos: u64, want: usize) -> io::Result<Bytes> {
         let file = self
             .fill
             .file()
             .ok_or_else(|| io::Error::other("fill has data but no file"))?;
-        let mut buf = vec![0u8; want];
-        tokio::task::spawn_blocking(move || {
-            file.read_exact_at(&mut buf, pos).map(|()| Bytes::from(buf))
-        })
-        .await
-        .map_err(io::Error::other)?
+        super::pagecache::read_exact_at(&file, pos, want).await
     }
 
     /// Switches to a ranged upstream GET for `pos..end`.

@@ -11,7 +11,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeekExt};
+use tokio::io::AsyncRead;
 
 use crate::oci::Digest;
 
@@ -101,11 +101,11 @@ impl BlobStore for FsStore {
         end: u64,
     ) -> BoxFuture<'a, io::Result<BlobReader>> {
         Box::pin(async move {
-            let mut file = tokio::fs::File::open(self.path(digest)).await?;
-            if start > 0 {
-                file.seek(io::SeekFrom::Start(start)).await?;
-            }
-            let reader: BlobReader = Box::pin(file.take(end.saturating_sub(start)));
+            let file = tokio::fs::File::open(self.path(digest))
+                .await?
+                .into_std()
+                .await;
+            let reader: BlobReader = Box::pin(super::pagecache::FileRange::new(file, start, end));
             Ok(reader)
         })
     }
