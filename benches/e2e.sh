@@ -8,7 +8,7 @@
 # openssl, curl, python3; linux-perf for --profile): idempotent, `apt-get update` only when
 # something is missing, root only then. Builds hoard in release, then runs
 # benches/e2e/bench.py, which prints the table and writes benches/results/<timestamp>.json.
-# Full mode takes about 6 minutes on 2 cores, --quick about 2.
+# Full mode takes about 7 minutes on 2 cores, --quick about 3.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
