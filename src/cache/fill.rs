@@ -17,11 +17,10 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures_util::Stream;
 use tokio::sync::watch;
 
@@ -30,24 +29,13 @@ use crate::metrics::{FillResult, Metrics};
 use crate::oci::{Digest, RepoName};
 use crate::upstream;
 
+mod pipeline;
+
 /// Readers share a fill in chunks of this size, aligned on multiples of it
 /// in the blob (the last one may be shorter). 256 KiB: 32 readers spread
 /// over a fill hold at most a few chunks each, so memory stays within
 /// tens of MiB however many follow it.
 pub(super) const CHUNK: usize = 256 * 1024;
-
-/// Pieces queued between the fill's network task and its writer thread
-/// (at most `QUEUE` × [`CHUNK`] bytes in flight).
-const QUEUE: usize = 4;
-
-/// The writer starts the disk's writeback every this many bytes (see
-/// [`start_writeback`]): often enough that the `fsync` before the commit
-/// has little left, seldom enough that the call costs nothing per piece.
-const WRITEBACK: u64 = 4 << 20;
-
-/// How long the receiver waits for more bytes before handing a partial
-/// chunk to the writer, so that readers of a slow upstream see progress.
-const FLUSH_AFTER: std::time::Duration = std::time::Duration::from_millis(5);
 
 /// Where a fill is.
 #[derive(Debug, Clone)]
@@ -153,7 +141,7 @@ impl Fill {
         }
     }
 
-    /// Streams `start..end` of the blob as it arrives (see [`super::reader`]).
+    /// Streams `start..end` of the blob as it arrives (see `cache::reader`).
     pub fn reader(
         self: Arc<Self>,
         start: u64,
@@ -194,7 +182,7 @@ pub struct Fills {
 
 /// The result of asking to fill a digest.
 pub enum Join {
-    /// This caller must run the fill (spawn [`Fills::run`]).
+    /// This caller must run the fill (spawn [`run`]).
     Leader(Arc<Fill>, FillGuard),
     /// Another request is filling it already.
     Follower(Arc<Fill>),
@@ -343,13 +331,13 @@ fn disk<C: Committer>(c: &C, e: io::Error, needed: u64) -> FillError {
 /// commits it.
 ///
 /// Three stages run side by side so the network is never stalled by the
-/// disk or the hash: this task receives the body and cuts it at multiples
-/// of [`CHUNK`]; one blocking thread ([`write_chunks`]) writes the pieces
-/// and hands them to readers; another ([`hash_chunks`]) hashes them. Each
-/// has a queue of [`QUEUE`] pieces, so memory stays flat and the slowest
-/// stage holds the upstream back. SHA-256 (about 1.7 GB/s per core with
-/// SHA-NI) is the slowest on a fast link; on its own thread its time no
-/// longer adds up with the write's on every piece.
+/// disk or the hash (`pipeline`): this task receives the body and cuts it
+/// at multiples of the 256 KiB chunk; one blocking thread writes the pieces
+/// and hands them to readers; another hashes them. Each has a queue of 4
+/// pieces, so memory stays flat and the slowest stage holds the upstream
+/// back. SHA-256 (about 1.7 GB/s per core with SHA-NI) is the slowest on a
+/// fast link; on its own thread its time no longer adds up with the write's
+/// on every piece.
 ///
 /// Readers get their last byte once the digest is verified
 /// ([`Progress::Verified`]); the `fsync`, the rename into the store and
@@ -387,14 +375,15 @@ pub async fn run<C: Committer>(
     let _ = guard.fill.file.set(file.clone());
     guard.set(Progress::Streaming { size, written: 0 });
 
-    let (to_writer, for_writer) = tokio::sync::mpsc::channel(QUEUE);
-    let (to_hasher, for_hasher) = tokio::sync::mpsc::channel(QUEUE);
+    let (to_writer, for_writer) = tokio::sync::mpsc::channel(pipeline::QUEUE);
+    let (to_hasher, for_hasher) = tokio::sync::mpsc::channel(pipeline::QUEUE);
     let writer = tokio::task::spawn_blocking({
         let (fill, file) = (guard.fill.clone(), file.clone());
-        move || write_chunks(for_writer, &file, &fill, size)
+        move || pipeline::write_chunks(for_writer, &file, &fill, size)
     });
-    let hasher = tokio::task::spawn_blocking(move || hash_chunks(for_hasher));
-    let received = receive(upstream, resp.into_body(), size, [&to_writer, &to_hasher]).await;
+    let hasher = tokio::task::spawn_blocking(move || pipeline::hash_chunks(for_hasher));
+    let received =
+        pipeline::receive(upstream, resp.into_body(), size, [&to_writer, &to_hasher]).await;
     drop((to_writer, to_hasher));
     // Both stages are awaited before any final state is set, so the writer
     // can never overwrite a failure with progress.
@@ -453,157 +442,4 @@ pub async fn run<C: Committer>(
     }
     guard.set(Progress::Done { size: written });
     guard.finish();
-}
-
-/// Receives the body and hands it to the writer in pieces that never cross
-/// a multiple of [`CHUNK`] in the blob, so whole chunks can be shared by
-/// readers (see [`super::reader`]). A piece is sent when it reaches the
-/// next boundary, or early when the upstream pauses for [`FLUSH_AFTER`], so
-/// readers of a slow upstream see bytes as they come. Returns the bytes
-/// received. A full queue makes this wait (back-pressure on the upstream),
-/// never buffer more.
-async fn receive(
-    upstream: &upstream::Upstream,
-    mut body: hyper::body::Incoming,
-    size: Option<u64>,
-    [writer, hasher]: [&tokio::sync::mpsc::Sender<Bytes>; 2],
-) -> Result<u64, FillError> {
-    let chunk = CHUNK as u64;
-    let send = |piece: Bytes| {
-        let (writer, hasher) = (writer.clone(), hasher.clone());
-        async move {
-            // The writer first: readers wait on it, the hash only at the end.
-            writer
-                .send(piece.clone())
-                .await
-                .map_err(|_| FillError::Disk("the fill's writer stopped".into()))?;
-            hasher
-                .send(piece)
-                .await
-                .map_err(|_| FillError::Disk("the fill's hasher stopped".into()))
-        }
-    };
-    // Bytes handed to the writer; `buf` holds those that follow.
-    let mut sent: u64 = 0;
-    let mut buf = BytesMut::new();
-    loop {
-        let frame = if buf.is_empty() {
-            upstream.next_frame(&mut body).await?
-        } else {
-            match tokio::time::timeout(FLUSH_AFTER, upstream.next_frame(&mut body)).await {
-                Ok(frame) => frame?,
-                Err(_) => {
-                    // The upstream paused: let readers have what is here.
-                    // `split` keeps the rest of the allocation for the chunk.
-                    let piece = buf.split().freeze();
-                    sent += piece.len() as u64;
-                    send(piece).await?;
-                    continue;
-                }
-            }
-        };
-        let Some(frame) = frame else { break };
-        let Ok(mut data) = frame.into_data() else {
-            continue;
-        };
-        let received = sent + buf.len() as u64 + data.len() as u64;
-        if let Some(announced) = size {
-            if received > announced {
-                return Err(FillError::Size {
-                    announced,
-                    got: received,
-                });
-            }
-        }
-        while !data.is_empty() {
-            let at = sent + buf.len() as u64;
-            let room = (chunk - at % chunk) as usize;
-            if buf.is_empty() && room == CHUNK && data.len() >= CHUNK {
-                // A whole chunk inside one frame: pass it on without a copy.
-                let piece = data.split_to(CHUNK);
-                sent += chunk;
-                send(piece).await?;
-                continue;
-            }
-            if buf.capacity() == 0 {
-                buf = BytesMut::with_capacity(room);
-            }
-            let take = room.min(data.len());
-            buf.extend_from_slice(&data.split_to(take));
-            if take == room {
-                let piece = buf.split().freeze();
-                sent += piece.len() as u64;
-                send(piece).await?;
-            }
-        }
-    }
-    if !buf.is_empty() {
-        let piece = buf.split().freeze();
-        sent += piece.len() as u64;
-        send(piece).await?;
-    }
-    Ok(sent)
-}
-
-/// The fill's hashing stage: hashes every piece in order. Returns the hash
-/// and the bytes hashed when the receiver closes the queue.
-fn hash_chunks(mut rx: tokio::sync::mpsc::Receiver<Bytes>) -> (crate::oci::Hasher, u64) {
-    let mut hasher = crate::oci::Hasher::new();
-    let mut hashed: u64 = 0;
-    while let Some(piece) = rx.blocking_recv() {
-        hasher.update(&piece);
-        hashed += piece.len() as u64;
-    }
-    (hasher, hashed)
-}
-
-/// The fill's writing stage: writes each piece at its offset, offers it to
-/// readers, then publishes the progress. Ends when the receiver closes the
-/// queue; returns the bytes written.
-fn write_chunks(
-    mut rx: tokio::sync::mpsc::Receiver<Bytes>,
-    file: &std::fs::File,
-    fill: &Fill,
-    size: Option<u64>,
-) -> io::Result<u64> {
-    let chunk = CHUNK as u64;
-    let mut written: u64 = 0;
-    // Bytes handed to the disk's writeback so far.
-    let mut flushed: u64 = 0;
-    while let Some(piece) = rx.blocking_recv() {
-        file.write_all_at(&piece, written)?;
-        let len = piece.len() as u64;
-        // Only a chunk that arrived whole is offered; readers read the
-        // others back from the file.
-        let whole = written.is_multiple_of(chunk) && (len == chunk || Some(written + len) == size);
-        if whole {
-            fill.chunks.publish(written / chunk, piece);
-        }
-        written += len;
-        fill.state
-            .send_replace(Progress::Streaming { size, written });
-        // After the readers are woken: writeback is for the commit, later.
-        if written - flushed >= WRITEBACK {
-            start_writeback(file, flushed, written - flushed);
-            flushed = written;
-        }
-    }
-    Ok(written)
-}
-
-/// Starts writing `len` bytes at `offset` back to the disk without waiting
-/// (`sync_file_range(SYNC_FILE_RANGE_WRITE)`), so the `fsync` before the
-/// commit finds little left to do and the blob enters the store soon after
-/// its last byte arrived. Advisory: an error here shows again at that
-/// `fsync`.
-fn start_writeback(file: &std::fs::File, offset: u64, len: u64) {
-    use std::os::fd::AsRawFd;
-    let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
-        return;
-    };
-    // SAFETY: the descriptor is open for the whole call (borrowed from
-    // `file`); the call reads no memory of ours.
-    unsafe {
-        libc::sync_file_range(file.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE);
-    }
 }
