@@ -2,40 +2,42 @@
 //! oci-archive:` made) into a cache.
 //!
 //! Three phases, and nothing reaches the cache before the third:
-//! 1. **Stage.** One pass over the tar: each `blobs/sha256/<hex>` entry is
-//!    streamed to a temp file in the cache's `tmp/` while being hashed;
-//!    its digest and length must match its name and header. Blobs the
-//!    cache already has are hashed and dropped. A corrupt or truncated
-//!    archive fails here, naming the entry; the drop guard removes every
-//!    staged file.
-//! 2. **Check.** Each image `index.json` names is placed (upstream,
-//!    repository, tag) and walked: every manifest must be in the archive
+//! 1. **Stage** (`stage`). One pass over the tar: each
+//!    `blobs/sha256/<hex>` entry is streamed to a temp file in the cache's
+//!    `tmp/` while being hashed; its digest and length must match its name
+//!    and header. Blobs the cache already has are hashed and dropped. A
+//!    corrupt or truncated archive fails here, naming the entry; the drop
+//!    guard removes every staged file.
+//! 2. **Check.** Each image `index.json` names is placed (`place`:
+//!    upstream, repository, tag) and walked: every manifest must be in the archive
 //!    (an index may lack platforms: exports can be filtered), every config
 //!    and layer of a present manifest must be too.
 //! 3. **Commit.** Blobs by rename, held for pins; then manifests with their
 //!    media types; then tag records. Pinned, so the budget of the cache
 //!    they land in cannot evict what was carried in.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::io::{self, Read, Write};
-use std::path::{Path, PathBuf};
+use std::collections::{BTreeMap, BTreeSet};
+use std::io;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use bytes::Bytes;
 
-use super::layout::{self, Descriptor, Index, LayoutFile, Needs};
+use super::layout::{self, Descriptor, Needs};
 use super::progress::Progress;
 use super::{blocking, Error};
 use crate::cache::{Cache, Holder, TagKey, TagRecord};
 use crate::config::Config;
-use crate::oci::{is_index, Digest, Hasher, RepoName, Tag};
+use crate::oci::{is_index, Digest, RepoName, Tag};
 use crate::pins::{Pin, Pins};
 use crate::upstream::FetchedManifest;
 
-/// Largest `index.json` or `oci-layout` read into memory.
-const MAX_INDEX: u64 = 16 * 1024 * 1024;
+mod place;
+mod stage;
 
+use place::place;
+use stage::{stage, Have, Staged};
 /// Where images whose names do not say it go.
 #[derive(Debug, Clone, Default)]
 pub struct Placement {
@@ -69,41 +71,6 @@ pub struct Summary {
     pub unnamed: Vec<Digest>,
     /// Pins recorded (`upstream/repo:tag` or `upstream/repo@digest`).
     pub pins: Vec<String>,
-}
-
-/// A verified blob from the archive.
-enum Have {
-    /// Staged in the cache's `tmp/`, not yet committed.
-    Staged(PathBuf, u64),
-    /// Already in the cache.
-    Present(u64),
-}
-
-impl Have {
-    fn size(&self) -> u64 {
-        match self {
-            Have::Staged(_, s) | Have::Present(s) => *s,
-        }
-    }
-}
-
-/// Everything read from the archive. Dropping it removes staged files that
-/// were not committed.
-#[derive(Default)]
-struct Staged {
-    blobs: HashMap<Digest, Have>,
-    index: Option<Index>,
-    layout_seen: bool,
-}
-
-impl Drop for Staged {
-    fn drop(&mut self) {
-        for have in self.blobs.values() {
-            if let Have::Staged(path, _) = have {
-                let _ = std::fs::remove_file(path);
-            }
-        }
-    }
 }
 
 /// An image to import: where it goes and what `index.json` says it is.
@@ -164,244 +131,6 @@ pub async fn import(
     commit(&cache, staged, &images, manifests, blobs, &mut summary).await?;
     pin(&cache, pins, &images, contents, &mut summary).await?;
     Ok(summary)
-}
-
-/// Phase 1: reads the whole archive, staging and verifying every blob.
-fn stage(cache: &Cache, archive: &Path, progress: &Progress) -> Result<Staged, Error> {
-    let file = std::fs::File::open(archive).map_err(Error::file(archive))?;
-    let counted = Counted {
-        inner: io::BufReader::with_capacity(1 << 20, file),
-        progress,
-    };
-    let mut tar = tar::Archive::new(counted);
-    let mut staged = Staged::default();
-    let entries = tar
-        .entries()
-        .map_err(|e| Error::archive("(start)", format!("not a tar archive: {e}")))?;
-    let mut last = String::from("(start)");
-    for entry in entries {
-        let mut entry = entry.map_err(|e| {
-            Error::archive(
-                format!("after {last}"),
-                format!("damaged or truncated tar: {e}"),
-            )
-        })?;
-        let raw = entry.path().map(|p| p.to_string_lossy().into_owned());
-        let path = raw.unwrap_or_default();
-        let name = path.trim_start_matches("./").to_owned();
-        last = name.clone();
-        progress.item(&name);
-        let kind = entry.header().entry_type();
-        if kind.is_dir() || name.is_empty() || name.ends_with('/') {
-            continue;
-        }
-        let size = entry.size();
-        if name == layout::OCI_LAYOUT || name == layout::INDEX_JSON {
-            let bytes = read_small(&mut entry, &name, size)?;
-            if name == layout::INDEX_JSON {
-                let index: Index = serde_json::from_slice(&bytes)
-                    .map_err(|e| Error::archive(&name, format!("not an OCI index: {e}")))?;
-                staged.index = Some(index);
-            } else {
-                let l: LayoutFile = serde_json::from_slice(&bytes)
-                    .map_err(|e| Error::archive(&name, format!("not an oci-layout file: {e}")))?;
-                if l.image_layout_version != layout::LAYOUT_VERSION {
-                    return Err(Error::archive(
-                        &name,
-                        format!(
-                            "layout version {} is not {}",
-                            l.image_layout_version,
-                            layout::LAYOUT_VERSION
-                        ),
-                    ));
-                }
-                staged.layout_seen = true;
-            }
-            continue;
-        }
-        let Some(hex) = name.strip_prefix("blobs/sha256/") else {
-            tracing::warn!(entry = %name, "archive entry is not part of an OCI layout (or not sha256); skipped");
-            continue;
-        };
-        let digest: Digest = format!("sha256:{hex}")
-            .parse()
-            .map_err(|e| Error::archive(&name, format!("not a blob name: {e}")))?;
-        if !kind.is_file() {
-            return Err(Error::archive(
-                &name,
-                "is a link or special file; blobs must be regular files",
-            ));
-        }
-        let keep = !staged.blobs.contains_key(&digest) && cache.blob_size(&digest).is_none();
-        let tmp = keep.then(|| cache.temp_path("import"));
-        let result = copy_verified(&mut entry, &name, &digest, size, tmp.as_deref());
-        if let Err(e) = result {
-            if let Some(t) = &tmp {
-                let _ = std::fs::remove_file(t);
-            }
-            return Err(e);
-        }
-        let have = match tmp {
-            Some(t) => Have::Staged(t, size),
-            None => Have::Present(size),
-        };
-        staged.blobs.entry(digest).or_insert(have);
-    }
-    Ok(staged)
-}
-
-/// Streams one blob entry into `to` (or nowhere), checking its length and
-/// digest; `to` is synced so a later rename makes it durable.
-fn copy_verified(
-    entry: &mut impl Read,
-    name: &str,
-    digest: &Digest,
-    size: u64,
-    to: Option<&Path>,
-) -> Result<(), Error> {
-    let mut out = match to {
-        Some(p) => Some((std::fs::File::create(p).map_err(Error::file(p))?, p)),
-        None => None,
-    };
-    let mut hasher = Hasher::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut read = 0u64;
-    loop {
-        let n = entry.read(&mut buf).map_err(|e| {
-            Error::archive(
-                name,
-                format!("unreadable after {read} of {size} bytes: {e}"),
-            )
-        })?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        read += n as u64;
-        if let Some((f, p)) = &mut out {
-            f.write_all(&buf[..n]).map_err(Error::file(p))?;
-        }
-    }
-    if read != size {
-        return Err(Error::archive(
-            name,
-            format!("truncated: {read} of {size} bytes"),
-        ));
-    }
-    let actual = hasher.finish();
-    if actual != *digest {
-        return Err(Error::archive(
-            name,
-            format!("content hashes to {actual}, not to its name"),
-        ));
-    }
-    if let Some((f, p)) = out {
-        f.sync_all().map_err(Error::file(p))?;
-    }
-    Ok(())
-}
-
-fn read_small(entry: &mut impl Read, name: &str, size: u64) -> Result<Vec<u8>, Error> {
-    if size > MAX_INDEX {
-        return Err(Error::archive(name, format!("{size} bytes is too large")));
-    }
-    let mut buf = Vec::with_capacity(size as usize);
-    entry
-        .read_to_end(&mut buf)
-        .map_err(|e| Error::archive(name, format!("unreadable: {e}")))?;
-    if buf.len() as u64 != size {
-        return Err(Error::archive(
-            name,
-            format!("truncated: {} of {size} bytes", buf.len()),
-        ));
-    }
-    Ok(buf)
-}
-
-/// Where an `index.json` entry goes: `None` for an unnamed image (kept by
-/// digest only). Names hoard wrote win; then the OCI `ref.name` (or
-/// containerd's name): a full reference, or only a tag, in which case the
-/// repository must come from `--repo`.
-fn place(
-    d: &Descriptor,
-    config: &Config,
-    placement: &Placement,
-) -> Result<Option<(String, RepoName, Option<Tag>)>, String> {
-    let (mut upstream, mut repo, tag): (Option<String>, Option<String>, Option<String>) = match (
-        d.annotation(layout::HOARD_UPSTREAM),
-        d.annotation(layout::HOARD_REPOSITORY),
-    ) {
-        (Some(u), Some(r)) => (
-            Some(u.to_owned()),
-            Some(r.to_owned()),
-            d.annotation(layout::HOARD_TAG).map(str::to_owned),
-        ),
-        _ => {
-            let name = d
-                .annotation(layout::REF_NAME)
-                .or_else(|| d.annotation(layout::CONTAINERD_NAME));
-            match name {
-                None => (None, None, None),
-                Some(n) if !n.contains('/') && n.parse::<Tag>().is_ok() => {
-                    (None, None, Some(n.to_owned()))
-                }
-                Some(n) => split_name(n, config)?,
-            }
-        }
-    };
-    if let Some(u) = &placement.upstream {
-        upstream = Some(u.clone());
-    }
-    if let Some(r) = &placement.repo {
-        repo = Some(r.clone());
-    }
-    let Some(repo) = repo else {
-        return match tag {
-            Some(t) => Err(format!(
-                "the image is named only by the tag {t:?}: say which repository it belongs to with --repo NAME (and --upstream NAME, else the default upstream {:?})",
-                config.default_upstream
-            )),
-            None => Ok(None),
-        };
-    };
-    let named = upstream.unwrap_or_else(|| config.default_upstream.clone());
-    let upstream = canonical_upstream(&named, config).ok_or_else(|| {
-        format!("the image belongs to registry {named:?}, which is not configured: add it to [upstreams] or import with --upstream NAME")
-    })?;
-    let repo: RepoName = repo
-        .parse()
-        .map_err(|e| format!("repository {repo:?}: {e}"))?;
-    let repo = if upstream == "docker.io" {
-        repo.with_library()
-    } else {
-        repo
-    };
-    let tag = tag
-        .map(|t| t.parse::<Tag>().map_err(|e| format!("tag {t:?}: {e}")))
-        .transpose()?;
-    Ok(Some((upstream, repo, tag)))
-}
-
-/// Splits `[registry/]repo[:tag]` as written in an archive; the registry
-/// is kept as written (checked against the config by the caller).
-#[allow(clippy::type_complexity)]
-fn split_name(
-    n: &str,
-    config: &Config,
-) -> Result<(Option<String>, Option<String>, Option<String>), String> {
-    let slash = n.rfind('/').map_or(0, |i| i + 1);
-    let (name, tag) = match n[slash..].rfind(':') {
-        Some(i) => (&n[..slash + i], Some(n[slash + i + 1..].to_owned())),
-        None => (n, None),
-    };
-    Ok(match name.split_once('/') {
-        Some((first, rest))
-            if canonical_upstream(first, config).is_some() || looks_like_host(first) =>
-        {
-            (Some(first.to_owned()), Some(rest.to_owned()), tag)
-        }
-        _ => (None, Some(name.to_owned()), tag),
-    })
 }
 
 type Manifests = BTreeMap<Digest, (Bytes, String)>;
@@ -673,34 +402,4 @@ async fn pin(
         pins.put(cache, pin).await?;
     }
     Ok(())
-}
-
-/// The `[upstreams]` key for a registry name, Docker Hub's other names
-/// included (as `prefetch::reference` resolves them).
-fn canonical_upstream(name: &str, config: &Config) -> Option<String> {
-    if config.upstreams.contains_key(name) {
-        return Some(name.to_owned());
-    }
-    let hub = ["docker.io", "index.docker.io", "registry-1.docker.io"];
-    (hub.contains(&name) && config.upstreams.contains_key("docker.io")).then(|| "docker.io".into())
-}
-
-/// Whether a first name component is a registry host, as the Docker
-/// reference grammar decides.
-fn looks_like_host(first: &str) -> bool {
-    first.contains(['.', ':']) || first == "localhost"
-}
-
-/// Counts archive bytes as the tar reader consumes them.
-struct Counted<'a, R> {
-    inner: R,
-    progress: &'a Progress,
-}
-
-impl<R: Read> Read for Counted<'_, R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.progress.add(n as u64);
-        Ok(n)
-    }
 }
