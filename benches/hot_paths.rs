@@ -10,6 +10,10 @@
 //!   and inserts (what start-up does once per cached blob).
 //! - `serve_file`: a cached blob read through [`Cache::open_blob`] and a
 //!   `ReaderStream`, as the blob handler does, at several chunk sizes.
+//! - `fill`: a cold 16 MiB blob through [`Cache::fill`] from the test
+//!   suite's in-process upstream on 127.0.0.1, read by one client to its
+//!   last byte and then committed: receiving, writing and hashing the fill
+//!   side by side, then `fsync` and rename.
 //!
 //! Measurement times are short so the whole run takes a couple of minutes:
 //! `cargo bench --bench hot_paths` (add a filter, e.g. `-- index`, for one group).
@@ -24,6 +28,15 @@ use hoard::cache::Cache;
 use hoard::metrics::Metrics;
 use hoard::oci::{Digest, Hasher, Reference, RepoName};
 use hoard::registry::route::{query_param, Route};
+use hoard::upstream::Upstreams;
+
+/// The test suite's in-process upstream registry (`tests/common`).
+#[allow(dead_code, unused_imports)]
+#[path = "../tests/common/fake.rs"]
+mod fake;
+#[allow(dead_code, unused_imports)]
+#[path = "../tests/common/fake_http.rs"]
+mod fake_http;
 
 /// Digests that look like real ones (sha256 of a counter).
 fn digests(n: usize) -> Vec<Digest> {
@@ -34,7 +47,12 @@ fn digests(n: usize) -> Vec<Digest> {
 
 /// Bytes that do not compress or repeat (a xorshift stream).
 fn noise(len: usize) -> Vec<u8> {
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    noise_from(len, 0)
+}
+
+/// [`noise`] from another starting point: another blob.
+fn noise_from(len: usize, seed: u64) -> Vec<u8> {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15 ^ seed.wrapping_mul(0x2545_f491_4f6c_dd1d);
     let mut out = Vec::with_capacity(len + 8);
     while out.len() < len {
         x ^= x << 13;
@@ -213,11 +231,69 @@ fn serve_file(c: &mut Criterion) {
     g.finish();
 }
 
+fn fill(c: &mut Criterion) {
+    const SIZE: usize = 16 << 20;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let hub = rt.block_on(fake::FakeRegistry::start());
+    let dir = tempfile::tempdir().expect("temp dir");
+    let toml = format!(
+        "listen = \"127.0.0.1:0\"\ncache_dir = \"{}\"\ndefault_upstream = \"docker.io\"\n\
+         tag_ttl = \"5m\"\n\n[upstreams.\"docker.io\"]\nurl = \"{}\"\n",
+        dir.path().display(),
+        hub.url()
+    );
+    let config = hoard::Config::from_toml(&toml).expect("bench config");
+    let metrics = Arc::new(Metrics::new());
+    let upstreams = Upstreams::new(&config, metrics.clone()).expect("upstreams");
+    let upstream = upstreams.get("docker.io").expect("docker.io").clone();
+    // A budget of a few blobs: the cache evicts as the benchmark goes.
+    let cache: Arc<Cache> = rt
+        .block_on(Cache::open(dir.path(), 8 * SIZE as u64, metrics.clone()))
+        .expect("open cache");
+    let repo: RepoName = "library/bench".parse().expect("repository name");
+
+    let mut g = c.benchmark_group("fill_16MiB");
+    g.throughput(Throughput::Bytes(SIZE as u64));
+    g.sample_size(10);
+    let mut seed = 0;
+    g.bench_function("cold_to_last_byte_and_commit", |b| {
+        b.iter_batched(
+            || {
+                // A blob the cache has never seen (setup, not timed).
+                seed += 1;
+                let blob = hub.add_blob("library/bench", noise_from(SIZE, seed));
+                blob.digest.parse::<Digest>().expect("digest")
+            },
+            |digest| {
+                rt.block_on(async {
+                    let (fill, _) = cache
+                        .fill(upstream.clone(), repo.clone(), &digest)
+                        .expect("a blob the cache lacks starts a fill");
+                    let mut body =
+                        std::pin::pin!(fill.clone().reader(0, SIZE as u64, metrics.clone()));
+                    let mut total = 0;
+                    while let Some(chunk) = body.next().await {
+                        total += chunk.expect("fill body").len();
+                    }
+                    assert_eq!(total, SIZE);
+                    fill.finished().await.expect("fill committed");
+                })
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .measurement_time(Duration::from_secs(2))
         .warm_up_time(Duration::from_millis(500));
-    targets = sha256, route, oci, index, serve_file
+    targets = sha256, route, oci, index, serve_file, fill
 }
 criterion_main!(benches);
