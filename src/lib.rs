@@ -21,6 +21,7 @@
 //! - [`pins`]: pinned images kept outside the budget, the cache directory lock.
 //! - [`prefetch`]: fetching whole images ahead of need, readiness checks.
 //! - [`admin`]: the operator API under `/_hoard/` (prefetch, pins, ls, check).
+//! - [`malloc`]: glibc malloc settings that keep streaming buffers resident.
 
 pub mod admin;
 pub mod auth;
@@ -31,6 +32,7 @@ pub mod commands;
 pub mod config;
 pub mod error;
 pub mod local;
+pub mod malloc;
 pub mod metrics;
 pub mod oci;
 pub mod pins;

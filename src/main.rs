@@ -163,6 +163,7 @@ struct Place {
 }
 
 fn main() -> ExitCode {
+    hoard::malloc::tune();
     let cli = Cli::parse();
     match cli.command {
         Command::Prefetch {
