@@ -186,13 +186,18 @@ fn index(c: &mut Criterion) {
     g.finish();
 }
 
-fn serve_file(c: &mut Criterion) {
-    const SIZE: usize = 64 << 20;
-    let rt = tokio::runtime::Builder::new_multi_thread()
+/// A runtime like the server's on this 2-core machine.
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
-        .expect("tokio runtime");
+        .expect("tokio runtime")
+}
+
+fn serve_file(c: &mut Criterion) {
+    const SIZE: usize = 64 << 20;
+    let rt = runtime();
     let dir = tempfile::tempdir().expect("temp dir");
     let data = noise(SIZE);
     let digest = Digest::of(&data);
@@ -233,11 +238,7 @@ fn serve_file(c: &mut Criterion) {
 
 fn fill(c: &mut Criterion) {
     const SIZE: usize = 16 << 20;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = runtime();
     let hub = rt.block_on(fake::FakeRegistry::start());
     let dir = tempfile::tempdir().expect("temp dir");
     let toml = format!(
