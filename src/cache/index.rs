@@ -23,6 +23,7 @@ use moka::notification::RemovalCause;
 use moka::policy::EvictionPolicy;
 use tokio::sync::mpsc;
 
+use super::held_set::HeldSet;
 use crate::oci::Digest;
 
 /// One indexed blob.
@@ -31,6 +32,19 @@ pub struct Entry {
     size: u64,
     /// Unix seconds of the last use, for picking victims when the disk fills.
     last_use: AtomicU64,
+}
+
+impl Entry {
+    pub(super) fn new(size: u64, last_use: u64) -> Entry {
+        Entry {
+            size,
+            last_use: AtomicU64::new(last_use),
+        }
+    }
+
+    pub(super) fn size(&self) -> u64 {
+        self.size
+    }
 }
 
 /// A blob the budget pushed out, to be deleted from the store.
@@ -52,7 +66,7 @@ pub enum Holder {
 }
 
 impl Holder {
-    fn bit(self) -> u8 {
+    pub(super) fn bit(self) -> u8 {
         match self {
             Holder::Local => 1,
             Holder::Pin => 2,
@@ -60,18 +74,11 @@ impl Holder {
     }
 }
 
-/// A blob outside the LRU, and who keeps it there.
-#[derive(Debug)]
-struct Held {
-    entry: Arc<Entry>,
-    holders: u8,
-}
-
 /// The index.
 pub struct BlobIndex {
     lru: moka::sync::Cache<Digest, Arc<Entry>>,
     /// std lock: map operations only, never held across an await.
-    pinned: RwLock<HashMap<Digest, Held>>,
+    pinned: RwLock<HeldSet>,
     bytes: Arc<AtomicU64>,
     limit: u64,
 }
@@ -114,7 +121,7 @@ impl BlobIndex {
         (
             BlobIndex {
                 lru,
-                pinned: RwLock::new(HashMap::new()),
+                pinned: RwLock::new(HeldSet::default()),
                 bytes,
                 limit,
             },
@@ -127,14 +134,14 @@ impl BlobIndex {
         let e = self
             .lru
             .get(digest)
-            .or_else(|| Some(self.pinned.read().ok()?.get(digest)?.entry.clone()))?;
+            .or_else(|| Some(self.pinned.read().ok()?.get(digest)?.clone()))?;
         e.last_use.store(now_secs(), Ordering::Relaxed);
         Some(e.size)
     }
 
     /// Whether a blob is indexed (does not count as a use).
     pub fn contains(&self, digest: &Digest) -> bool {
-        self.lru.contains_key(digest) || self.pinned.read().is_ok_and(|p| p.contains_key(digest))
+        self.lru.contains_key(digest) || self.pinned.read().is_ok_and(|p| p.contains(digest))
     }
 
     /// Adds a committed blob. Eviction to stay under the budget runs now,
@@ -150,14 +157,9 @@ impl BlobIndex {
     pub fn insert_held(&self, digest: Digest, size: u64, holder: Holder) {
         if !self.hold(&digest, holder) {
             self.bytes.fetch_add(size, Ordering::Relaxed);
-            let entry = Arc::new(Entry {
-                size,
-                last_use: AtomicU64::new(now_secs()),
-            });
+            let entry = Arc::new(Entry::new(size, now_secs()));
             if let Ok(mut p) = self.pinned.write() {
-                p.entry(digest)
-                    .or_insert(Held { entry, holders: 0 })
-                    .holders |= holder.bit();
+                p.insert(digest, entry, &[holder]);
             }
         }
     }
@@ -177,16 +179,11 @@ impl BlobIndex {
                 continue;
             };
             let mut pinned = self.pinned.write().unwrap_or_else(|p| p.into_inner());
-            if pinned.contains_key(&digest) {
+            if pinned.contains(&digest) {
                 continue;
             }
             self.bytes.fetch_add(size, Ordering::Relaxed);
-            let entry = Arc::new(Entry {
-                size,
-                last_use: AtomicU64::new(last_use),
-            });
-            let holders = holders.iter().fold(0, |b, h| b | h.bit());
-            pinned.insert(digest, Held { entry, holders });
+            pinned.insert(digest, Arc::new(Entry::new(size, last_use)), holders);
         }
         self.lru.run_pending_tasks();
     }
@@ -196,13 +193,8 @@ impl BlobIndex {
             return;
         }
         self.bytes.fetch_add(size, Ordering::Relaxed);
-        self.lru.insert(
-            digest,
-            Arc::new(Entry {
-                size,
-                last_use: AtomicU64::new(last_use),
-            }),
-        );
+        self.lru
+            .insert(digest, Arc::new(Entry::new(size, last_use)));
     }
 
     /// Drops a blob from the index (its file is the caller's business).
@@ -212,16 +204,15 @@ impl BlobIndex {
             return Some(e.size);
         }
         let e = self.pinned.write().ok()?.remove(digest)?;
-        self.bytes.fetch_sub(e.entry.size, Ordering::Relaxed);
-        Some(e.entry.size)
+        self.bytes.fetch_sub(e.size, Ordering::Relaxed);
+        Some(e.size)
     }
 
     /// Keeps an indexed blob out of the budget's reach for `holder`.
     /// `false` when the blob is not indexed (fetch or push it first).
     pub fn hold(&self, digest: &Digest, holder: Holder) -> bool {
         if let Ok(mut p) = self.pinned.write() {
-            if let Some(h) = p.get_mut(digest) {
-                h.holders |= holder.bit();
+            if p.add_holder(digest, holder) {
                 return true;
             }
         }
@@ -232,12 +223,7 @@ impl BlobIndex {
         // The removal took its size off the count; it is still indexed.
         self.bytes.fetch_add(e.size, Ordering::Relaxed);
         if let Ok(mut p) = self.pinned.write() {
-            p.entry(digest.clone())
-                .or_insert(Held {
-                    entry: e,
-                    holders: 0,
-                })
-                .holders |= holder.bit();
+            p.insert(digest.clone(), e, &[holder]);
         }
         true
     }
@@ -246,24 +232,15 @@ impl BlobIndex {
     /// to the LRU (and under the budget) and `true` is returned: the caller
     /// may then reclaim it at once.
     pub fn release(&self, digest: &Digest, holder: Holder) -> bool {
-        let freed = {
-            let Ok(mut p) = self.pinned.write() else {
-                return false;
-            };
-            let Some(h) = p.get_mut(digest) else {
-                return false;
-            };
-            h.holders &= !holder.bit();
-            if h.holders != 0 {
-                return false;
-            }
-            p.remove(digest)
+        let freed = match self.pinned.write() {
+            Ok(mut p) => p.drop_holder(digest, holder),
+            Err(_) => None,
         };
         match freed {
-            Some(h) => {
-                self.bytes.fetch_sub(h.entry.size, Ordering::Relaxed);
-                let last = h.entry.last_use.load(Ordering::Relaxed);
-                self.insert(digest.clone(), h.entry.size, last);
+            Some(e) => {
+                self.bytes.fetch_sub(e.size, Ordering::Relaxed);
+                let last = e.last_use.load(Ordering::Relaxed);
+                self.insert(digest.clone(), e.size, last);
                 true
             }
             None => false,
@@ -274,28 +251,26 @@ impl BlobIndex {
     pub fn is_held_by(&self, digest: &Digest, holder: Holder) -> bool {
         self.pinned
             .read()
-            .is_ok_and(|p| p.get(digest).is_some_and(|h| h.holders & holder.bit() != 0))
+            .is_ok_and(|p| p.is_held_by(digest, holder))
     }
 
     /// Whether anyone keeps `digest` out of the budget.
     pub fn is_held(&self, digest: &Digest) -> bool {
-        self.pinned.read().is_ok_and(|p| p.contains_key(digest))
+        self.pinned.read().is_ok_and(|p| p.contains(digest))
     }
 
     /// Bytes and count of blobs `holder` keeps (a blob both local and
     /// pinned counts for each).
     pub fn held_by(&self, holder: Holder) -> (u64, u64) {
         let p = self.pinned.read().unwrap_or_else(|p| p.into_inner());
-        p.values()
-            .filter(|h| h.holders & holder.bit() != 0)
-            .fold((0, 0), |(b, n), h| (b + h.entry.size, n + 1))
+        p.held_by(holder)
     }
 
     /// Bytes of all held blobs (each counted once): what sits outside the
     /// budget.
     pub fn held_bytes(&self) -> u64 {
         let p = self.pinned.read().unwrap_or_else(|p| p.into_inner());
-        p.values().map(|h| h.entry.size).sum()
+        p.bytes()
     }
 
     /// The least recently used unpinned blobs adding up to at least

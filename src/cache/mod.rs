@@ -18,6 +18,7 @@
 pub mod atomic;
 pub mod fill;
 mod held;
+mod held_set;
 pub mod index;
 mod layout;
 pub mod meta;
