@@ -89,6 +89,19 @@ impl ApiError {
         )
     }
 
+    /// 507 for a write the disk had no room for; says what to do.
+    pub fn storage_full(context: &str, err: impl std::fmt::Display) -> ApiError {
+        tracing::warn!(error = %err, "{context}: out of disk space");
+        ApiError::new(
+            StatusCode::INSUFFICIENT_STORAGE,
+            "UNKNOWN",
+            format!(
+                "{context}: the mirror's disk is full; nothing was stored. \
+                 Free space under cache_dir (or lower max_size) and retry"
+            ),
+        )
+    }
+
     /// The OCI error body.
     pub fn body_json(&self) -> String {
         serde_json::json!({
@@ -192,6 +205,9 @@ impl From<cache::Error> for ApiError {
     fn from(e: cache::Error) -> ApiError {
         match e {
             cache::Error::Upstream(u) => u.into(),
+            cache::Error::Io(io) if cache::is_out_of_space(&io) => {
+                ApiError::storage_full("writing to the cache", io)
+            }
             other => ApiError::internal("cache failure", other),
         }
     }

@@ -8,6 +8,7 @@
 //! child before exec; hoard ignores SIGXFSZ so a write past it fails with
 //! EFBIG), and a real 2 MiB tmpfs as cache directory (ENOSPC), which needs
 //! the right to mount and is skipped with a printed reason without it.
+//! An upload that does not fit is refused with 507 and stores nothing.
 
 #[path = "common/bin.rs"]
 mod bin;
@@ -33,14 +34,62 @@ fn hex_of(digest: &str) -> &str {
     digest.strip_prefix("sha256:").expect("sha256 digest")
 }
 
+/// hoard with a 1 MiB limit on any file it writes.
+async fn start_limited(site: &Site) -> Hoard {
+    Launch::new(&site.config)
+        .file_size_limit(MIB as u64)
+        .start()
+        .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fill_past_the_file_size_limit_is_passed_through_and_leaves_nothing_partial() {
     let site = Site::new(&[]).await;
-    let hoard = Launch::new(&site.config)
-        .file_size_limit(MIB as u64)
-        .start()
-        .await;
+    let hoard = start_limited(&site).await;
     run_out_of_space(&site, &hoard, 10).await;
+    hoard.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_past_the_file_size_limit_is_507_and_stores_nothing() {
+    let site = Site::new(&[]).await;
+    let hoard = start_limited(&site).await;
+    let data = pseudo_random(40, MIB + MIB / 2);
+    let digest = sha256_digest(&data);
+    let resp = hoard
+        .client
+        .post(hoard.url(&format!("/v2/team/app/blobs/uploads/?digest={digest}")))
+        .body(data)
+        .send()
+        .await
+        .expect("the upload gets an answer");
+    assert_eq!(resp.status(), 507, "a full disk is the server's, not a 500");
+    let body = resp.text().await.expect("error body");
+    assert!(
+        body.contains("\"errors\"") && body.contains("disk is full") && body.contains("cache_dir"),
+        "an OCI error that says what to do: {body}"
+    );
+    let head = hoard
+        .client
+        .head(hoard.url(&format!("/v2/team/app/blobs/{digest}")))
+        .send()
+        .await
+        .expect("HEAD");
+    assert_eq!(head.status(), 404, "nothing was stored");
+
+    // What fits is still taken.
+    let small = pseudo_random(41, 100_000);
+    let small_digest = sha256_digest(&small);
+    let resp = hoard
+        .client
+        .post(hoard.url(&format!(
+            "/v2/team/app/blobs/uploads/?digest={small_digest}"
+        )))
+        .body(small)
+        .send()
+        .await
+        .expect("small upload");
+    assert_eq!(resp.status(), 201);
     hoard.stop().await;
 }
 

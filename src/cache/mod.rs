@@ -443,8 +443,9 @@ fn publish_sizes(blobs: &BlobIndex, metrics: &Metrics) {
     }
 }
 
-/// Whether a write failed for lack of space or over a file-size limit.
-fn is_out_of_space(e: &io::Error) -> bool {
+/// Whether a write failed for lack of space or over a file-size limit
+/// (ENOSPC, EFBIG, EDQUOT): the disk's fault, not the request's.
+pub fn is_out_of_space(e: &io::Error) -> bool {
     matches!(
         e.kind(),
         io::ErrorKind::StorageFull | io::ErrorKind::FileTooLarge | io::ErrorKind::QuotaExceeded

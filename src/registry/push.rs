@@ -11,6 +11,7 @@ use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use super::route::query_param;
 use super::{ApiError, Registry};
 use crate::body::{self, Body};
+use crate::cache;
 use crate::local::{self, uploads::Session};
 use crate::oci::{Digest, RepoName};
 
@@ -211,6 +212,12 @@ impl From<local::Error> for ApiError {
             L::ChildUnknown(_) => (StatusCode::BAD_REQUEST, "MANIFEST_UNKNOWN"),
             L::ManifestUnknown(_) => (StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN"),
             L::BlobUnknown(_) => (StatusCode::NOT_FOUND, "BLOB_UNKNOWN"),
+            L::Io(io) if cache::is_out_of_space(io) => {
+                return ApiError::storage_full("storing the upload", io);
+            }
+            L::Cache(cache::Error::Io(io)) if cache::is_out_of_space(io) => {
+                return ApiError::storage_full("storing the upload", io);
+            }
             L::Cache(_) | L::Io(_) => {
                 return ApiError::internal("local repository failure", e);
             }
