@@ -46,7 +46,7 @@ async fn start_limited(site: &Site) -> Hoard {
 async fn a_fill_past_the_file_size_limit_is_passed_through_and_leaves_nothing_partial() {
     let site = Site::new(&[]).await;
     let hoard = start_limited(&site).await;
-    run_out_of_space(&site, &hoard, 10).await;
+    run_out_of_space(&site, &hoard, 10, Limit::FileSize).await;
     hoard.stop().await;
 }
 
@@ -104,12 +104,21 @@ async fn a_fill_on_a_full_tmpfs_is_passed_through_and_leaves_nothing_partial() {
         }
     };
     let hoard = site.start().await;
-    run_out_of_space(&site, &hoard, 20).await;
+    run_out_of_space(&site, &hoard, 20, Limit::Disk).await;
     hoard.stop().await;
 }
 
 /// The scenario shared by both ways of running out of space.
-async fn run_out_of_space(site: &Site, hoard: &Hoard, seed: u64) {
+/// What the cache runs into.
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Limit {
+    /// RLIMIT_FSIZE: writes fail, the disk itself has room.
+    FileSize,
+    /// A 2 MiB tmpfs: the disk is full.
+    Disk,
+}
+
+async fn run_out_of_space(site: &Site, hoard: &Hoard, seed: u64, limit: Limit) {
     let hub = &site.hub;
     let early = hub.add_blob(REPO, pseudo_random(seed, 100_000));
     let big = hub.add_blob(REPO, pseudo_random(seed + 1, BIG));
@@ -176,9 +185,20 @@ async fn run_out_of_space(site: &Site, hoard: &Hoard, seed: u64) {
             m.get("hoard_disk_full", &[]) == Some(1.0)
         })
         .await;
-    match hoard.readyz().await {
-        Some(status) => assert_eq!(status, 503, "/readyz while the disk is full"),
-        None => eprintln!("note: this build has no /readyz; readiness not checked"),
+    // Readiness looks at the disk: a full one is not ready; a file-size
+    // limit leaves the disk with room, and the mirror ready (an unready pod
+    // gets no traffic, so waiting for a commit could wait forever).
+    match (hoard.readyz().await, limit) {
+        (Some(status), Limit::Disk) => assert_eq!(status, 503, "/readyz while the disk is full"),
+        (Some(status), Limit::FileSize) => {
+            assert_eq!(status, 200, "/readyz with room on the disk");
+            hoard
+                .wait_metrics("hoard_disk_full = 0 once readiness saw room", |m| {
+                    m.get("hoard_disk_full", &[]) == Some(0.0)
+                })
+                .await;
+        }
+        (None, _) => eprintln!("note: this build has no /readyz; readiness not checked"),
     }
     // Least recently used content is evicted to make room.
     wait_for(

@@ -56,6 +56,10 @@ pub enum Error {
     Upstream(#[from] upstream::Error),
 }
 
+/// Free space at which a cache whose disk was full is ready again (see
+/// [`Cache::readiness`]).
+const ROOM_AGAIN: u64 = 64 * 1024 * 1024;
+
 /// Manifest bytes kept in memory, in bytes (manifests are small and hot).
 const MANIFEST_MEMORY: u64 = 64 * 1024 * 1024;
 
@@ -221,7 +225,20 @@ impl Cache {
     /// the last write did not run out of space. The error says what to do.
     pub async fn readiness(&self) -> Result<(), String> {
         if self.disk_full.load(Ordering::Relaxed) {
-            return Err("the cache disk is full: free space or lower max_size".into());
+            // Evictions may have made room since the write that failed. Only
+            // a commit clears the flag otherwise, and an unready pod gets no
+            // traffic to commit: look at the disk itself.
+            let root = self.root.clone();
+            let free = tokio::task::spawn_blocking(move || free_bytes(&root))
+                .await
+                .map_err(|e| e.to_string())?;
+            if !free.is_ok_and(|f| f >= ROOM_AGAIN) {
+                return Err("the cache disk is full: free space or lower max_size".into());
+            }
+            if self.disk_full.swap(false, Ordering::Relaxed) {
+                tracing::info!(dir = %self.root.display(), "cache disk has room again");
+                self.metrics.set_disk_full(false);
+            }
         }
         let probe = atomic::temp_path(&self.tmp, "ready");
         let result = tokio::task::spawn_blocking(move || {
@@ -441,6 +458,26 @@ fn publish_sizes(blobs: &BlobIndex, metrics: &Metrics) {
         let (bytes, count) = blobs.held_by(h);
         metrics.set_held(h, bytes, count);
     }
+}
+
+/// Free bytes the cache directory's file system has for hoard (`statvfs`:
+/// blocks available to unprivileged users).
+fn free_bytes(dir: &Path) -> io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `path` is a NUL-terminated string and `st` points to writable
+    // memory of the struct's size; it is read only when the call succeeded.
+    let st = unsafe {
+        if libc::statvfs(path.as_ptr(), st.as_mut_ptr()) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        st.assume_init()
+    };
+    // The field types differ between platforms (u32 on some 32-bit ones).
+    #[allow(clippy::useless_conversion)]
+    Ok(u64::from(st.f_bavail).saturating_mul(u64::from(st.f_frsize)))
 }
 
 /// Whether a write failed for lack of space or over a file-size limit
