@@ -238,6 +238,42 @@ async fn concurrent_cold_gets_make_one_upstream_request() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_during_a_fill_is_answered_from_the_fill() {
+    let (env, blob) = env_with_blob(9, BIG).await;
+    let path = blob_path("alpine", &blob.digest);
+    env.hub.close_gate();
+    let mut first = env.mirror.get(&path).await;
+    assert_eq!(first.status(), 200);
+    let mut got = read_at_least(&mut first, 1).await;
+    env.hub
+        .wait_until("the fill is paused at the gate", |h| h.paused() >= 1)
+        .await;
+
+    let heads_upstream = |env: &Env| {
+        env.hub
+            .log()
+            .iter()
+            .filter(|s| s.method == hyper::Method::HEAD && s.path.contains("/blobs/"))
+            .count()
+    };
+    let resp = env.mirror.head(&path).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(header(&resp, "Content-Length"), BIG.to_string());
+    assert_eq!(header(&resp, "Docker-Content-Digest"), blob.digest);
+    assert_eq!(heads_upstream(&env), 0, "the fill knew the size");
+
+    env.hub.open_gate();
+    got.extend_from_slice(&first.bytes().await.expect("the first client's body"));
+    assert!(
+        got == blob.data,
+        "first client's body ({} bytes)",
+        got.len()
+    );
+    let m = env.mirror.metrics().await;
+    assert_eq!(m.blob_requests("coalesced"), 1.0, "{}", m.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ranged_gets_during_a_fill_read_from_the_fill() {
     let (env, blob) = env_with_blob(8, BIG).await;
     let path = blob_path("alpine", &blob.digest);

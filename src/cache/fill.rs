@@ -230,6 +230,18 @@ impl Fills {
         Some(Join::Leader(fill, guard))
     }
 
+    /// The size of `digest`'s fill in flight, once its upstream announced
+    /// it (or the fill is verified).
+    pub fn size_of(&self, digest: &Digest) -> Option<u64> {
+        let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        let state = map.get(digest)?.state.borrow().clone();
+        match state {
+            Progress::Streaming { size, .. } => size,
+            Progress::Verified { size } | Progress::Done { size } => Some(size),
+            Progress::Connecting | Progress::Failed(_) => None,
+        }
+    }
+
     /// Number of fills in flight.
     pub fn len(&self) -> usize {
         self.map.lock().map(|m| m.len()).unwrap_or(0)

@@ -251,6 +251,11 @@ impl Cache {
         result.map_err(|e| format!("the cache directory is not writable: {e}"))
     }
 
+    /// Size of a blob being filled, once its upstream announced it.
+    pub fn filling_size(&self, digest: &Digest) -> Option<u64> {
+        self.fills.size_of(digest)
+    }
+
     /// Size of a cached blob (from memory).
     pub fn blob_size(&self, digest: &Digest) -> Option<u64> {
         self.blobs.get(digest)

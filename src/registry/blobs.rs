@@ -66,6 +66,12 @@ async fn serve(
             continue;
         }
         if head {
+            // A fill in flight knows the size: no upstream round trip, and
+            // none either between a fill's last byte and its commit.
+            if let Some(size) = reg.cache.filling_size(digest) {
+                let range = range::parse(range_header, size)?;
+                return Ok((headers_only(digest, size, range), Outcome::Coalesced));
+            }
             let size = upstream_size(target, digest).await?;
             let range = range::parse(range_header, size)?;
             return Ok((headers_only(digest, size, range), Outcome::Miss));
