@@ -237,17 +237,24 @@ async fn concurrent_cold_gets_make_one_upstream_request() {
     assert_eq!(m.sum("hoard_fills_in_flight", &[]), 0.0);
 }
 
+/// Starts a fill of `path` that pauses at the upstream's gate after its
+/// first chunk; returns the first client's response and what it has read.
+async fn gated_fill(env: &Env, path: &str) -> (reqwest::Response, Vec<u8>) {
+    env.hub.close_gate();
+    let mut first = env.mirror.get(path).await;
+    assert_eq!(first.status(), 200);
+    let got = read_at_least(&mut first, 1).await;
+    env.hub
+        .wait_until("the fill is paused at the gate", |h| h.paused() >= 1)
+        .await;
+    (first, got)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_head_during_a_fill_is_answered_from_the_fill() {
     let (env, blob) = env_with_blob(9, BIG).await;
     let path = blob_path("alpine", &blob.digest);
-    env.hub.close_gate();
-    let mut first = env.mirror.get(&path).await;
-    assert_eq!(first.status(), 200);
-    let mut got = read_at_least(&mut first, 1).await;
-    env.hub
-        .wait_until("the fill is paused at the gate", |h| h.paused() >= 1)
-        .await;
+    let (first, mut got) = gated_fill(&env, &path).await;
 
     let heads_upstream = |env: &Env| {
         env.hub
@@ -277,14 +284,7 @@ async fn a_head_during_a_fill_is_answered_from_the_fill() {
 async fn ranged_gets_during_a_fill_read_from_the_fill() {
     let (env, blob) = env_with_blob(8, BIG).await;
     let path = blob_path("alpine", &blob.digest);
-    env.hub.close_gate();
-
-    let mut first = env.mirror.get(&path).await;
-    assert_eq!(first.status(), 200);
-    let head = read_at_least(&mut first, 1).await;
-    env.hub
-        .wait_until("the fill is paused at the gate", |h| h.paused() >= 1)
-        .await;
+    let (first, head) = gated_fill(&env, &path).await;
     let m = env.mirror.metrics().await;
     assert_eq!(
         m.sum("hoard_fills_in_flight", &[]),
