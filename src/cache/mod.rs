@@ -513,11 +513,22 @@ async fn delete_evicted(
 fn clean_tmp(tmp: &Path) -> io::Result<usize> {
     std::fs::create_dir_all(tmp)?;
     let mut removed = 0;
+    // A file that vanishes between the listing and its removal is gone,
+    // which is all this wants (an in-process restart can race the old
+    // instance's last fill deleting its own temp file).
+    let gone = |e: &io::Error| e.kind() == io::ErrorKind::NotFound;
     for entry in std::fs::read_dir(tmp)? {
         let entry = entry?;
-        if entry.file_type()?.is_file() {
-            std::fs::remove_file(entry.path())?;
-            removed += 1;
+        match entry.file_type() {
+            Ok(t) if t.is_file() => {}
+            Ok(_) => continue,
+            Err(e) if gone(&e) => continue,
+            Err(e) => return Err(e),
+        }
+        match std::fs::remove_file(entry.path()) {
+            Ok(()) => removed += 1,
+            Err(e) if gone(&e) => {}
+            Err(e) => return Err(e),
         }
     }
     Ok(removed)
