@@ -169,6 +169,29 @@ async fn platform_filter_fetches_only_the_asked_platforms() {
     assert_eq!(summary(&events)["failed"], 1);
 }
 
+/// Pulls images `library/other:t<n>` for `n` in `tags`, one layer of `size`
+/// bytes each (seeds from `seed`), through `mirror`; returns them.
+async fn pull_others(
+    hub: &FakeRegistry,
+    mirror: &TestMirror,
+    tags: std::ops::Range<u64>,
+    seed: u64,
+    size: usize,
+) -> Vec<Image> {
+    let mut others = Vec::new();
+    for n in tags {
+        let img = hub.add_image(
+            "library/other",
+            &format!("t{n}"),
+            seed + n,
+            &[pseudo_random(seed + 10 + n, size)],
+        );
+        assert_servable(mirror, "other", &img).await;
+        others.push(img);
+    }
+    others
+}
+
 /// A mirror config with a 1 MiB budget in `dir`, Docker Hub at `hub`.
 fn one_mib_budget(hub: &FakeRegistry, dir: &std::path::Path) -> String {
     format!(
@@ -194,17 +217,7 @@ async fn pinned_images_survive_a_budget_overflowed_by_other_pulls() {
     assert_eq!(summary(&events)["failed"], 0, "{events:?}");
 
     // 3 MiB of other pulls through a 1 MiB budget.
-    let mut others = Vec::new();
-    for n in 0..6 {
-        let img = hub.add_image(
-            "library/other",
-            &format!("t{n}"),
-            10 + n,
-            &[pseudo_random(20 + n, 512 * 1024)],
-        );
-        assert_servable(&mirror, "other", &img).await;
-        others.push(img);
-    }
+    pull_others(&hub, &mirror, 0..6, 10, 512 * 1024).await;
     let m = mirror
         .wait_metrics("evictions", |m| m.sum("hoard_evictions_total", &[]) >= 3.0)
         .await;
@@ -247,17 +260,7 @@ async fn a_prefetch_into_a_full_budget_evicts_nothing() {
     let toml = one_mib_budget(&hub, dir.path());
     let mirror = TestMirror::start(&toml).await;
     // Pulls fill most of the budget.
-    let mut others = Vec::new();
-    for n in 0..2 {
-        let img = hub.add_image(
-            "library/other",
-            &format!("t{n}"),
-            30 + n,
-            &[pseudo_random(40 + n, 400 * 1024)],
-        );
-        assert_servable(&mirror, "other", &img).await;
-        others.push(img);
-    }
+    let others = pull_others(&hub, &mirror, 0..2, 30, 400 * 1024).await;
     // A pinned image whose layers go through fills (each under half the
     // budget) is committed outside the budget: nothing unpinned must go.
     let kept = hub.add_image(

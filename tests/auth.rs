@@ -94,6 +94,12 @@ impl AuthEnv {
         r.send().await.unwrap_or_else(|e| panic!("{path}: {e}"))
     }
 
+    /// `POST /v2/team/app/blobs/uploads/` (the start of a push) as `who`.
+    async fn start_upload(&self, who: As<'_>) -> reqwest::Response {
+        self.send(reqwest::Method::POST, "/v2/team/app/blobs/uploads/", who)
+            .await
+    }
+
     /// A token from `/token` for `scope`, asked for by `who`.
     async fn token(&self, who: As<'_>, scope: &str) -> String {
         let path = format!("/token?service=hoard&scope={scope}");
@@ -157,13 +163,7 @@ async fn default_rules_allow_anonymous_pull_and_challenge_a_push() {
     );
 
     // The push is refused before any push handler runs.
-    let resp = env
-        .send(
-            reqwest::Method::POST,
-            "/v2/team/app/blobs/uploads/",
-            As::Anonymous,
-        )
-        .await;
+    let resp = env.start_upload(As::Anonymous).await;
     let challenge = header(&resp, "WWW-Authenticate");
     assert_eq!(
         challenge,
@@ -191,13 +191,7 @@ async fn default_rules_allow_anonymous_pull_and_challenge_a_push() {
     assert_eq!(resp.status(), 401);
 
     // Any logged-in user may push with the default rules.
-    let resp = env
-        .send(
-            reqwest::Method::POST,
-            "/v2/team/app/blobs/uploads/",
-            As::User("bob"),
-        )
-        .await;
+    let resp = env.start_upload(As::User("bob")).await;
     assert_eq!(
         resp.status(),
         202,
@@ -274,13 +268,7 @@ allow = ["pull"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn basic_challenge_and_forbidden_users() {
     let env = AuthEnv::start(&format!("challenge = \"basic\"\n{RULES}")).await;
-    let resp = env
-        .send(
-            reqwest::Method::POST,
-            "/v2/team/app/blobs/uploads/",
-            As::Anonymous,
-        )
-        .await;
+    let resp = env.start_upload(As::Anonymous).await;
     assert_eq!(
         header(&resp, "WWW-Authenticate"),
         "Basic realm=\"hoard\",charset=\"UTF-8\""
@@ -368,13 +356,7 @@ async fn bearer_flow_with_scope_intersection() {
     let narrow = env
         .token(As::User("alice"), "repository:team/app:pull")
         .await;
-    let resp = env
-        .send(
-            reqwest::Method::POST,
-            "/v2/team/app/blobs/uploads/",
-            As::Token(&narrow),
-        )
-        .await;
+    let resp = env.start_upload(As::Token(&narrow)).await;
     assert!(header(&resp, "WWW-Authenticate")
         .ends_with("scope=\"repository:team/app:pull,push\",error=\"insufficient_scope\""));
     assert_oci_error(resp, 401, &["UNAUTHORIZED"]).await;
@@ -384,13 +366,7 @@ async fn bearer_flow_with_scope_intersection() {
         .token(As::User("bob"), "repository:team/app:pull,push")
         .await;
     assert_eq!(granted(&bob, "team/app"), ["pull"]);
-    let resp = env
-        .send(
-            reqwest::Method::POST,
-            "/v2/team/app/blobs/uploads/",
-            As::Token(&bob),
-        )
-        .await;
+    let resp = env.start_upload(As::Token(&bob)).await;
     assert!(header(&resp, "WWW-Authenticate").contains("error=\"insufficient_scope\""));
     assert_oci_error(resp, 403, &["DENIED"]).await;
 
@@ -572,13 +548,7 @@ async fn expired_and_forged_tokens_are_refused() {
     }
     // A token naming a user the rules do not allow is no better than its user.
     let bob = mint(key, "bob", "team/app", now + 60);
-    let resp = env
-        .send(
-            reqwest::Method::POST,
-            "/v2/team/app/blobs/uploads/",
-            As::Token(&bob),
-        )
-        .await;
+    let resp = env.start_upload(As::Token(&bob)).await;
     assert_oci_error(resp, 403, &["DENIED"]).await;
     let m = env.mirror.metrics().await;
     assert_eq!(
