@@ -784,3 +784,35 @@ async fn metrics_count_hits_misses_bytes_and_upstream_requests() {
         assert!(m2.has(name), "/metrics lacks {name}:\n{}", m2.0);
     }
 }
+
+/// Once the upstream's realm is known, a new repository's token is fetched
+/// before its first request: a cold pull costs one token fetch, one
+/// manifest GET and one GET per blob, with no 401 round trip.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cold_pull_of_a_new_repository_costs_no_401_round_trip() {
+    let env = Env::start().await;
+    env.hub.require_auth();
+    let alpine = env.hub.add_simple_image("library/alpine", "latest", 41);
+    let redis = env.hub.add_simple_image("bitnami/redis", "7", 42);
+    pull(&env.mirror, "alpine", "latest", &alpine).await;
+    let before = env.hub.log().len();
+
+    pull(&env.mirror, "bitnami/redis", "7", &redis).await;
+    let seen: Vec<Seen> = env.hub.log().split_off(before);
+    let unauthenticated: Vec<&Seen> = seen
+        .iter()
+        .filter(|s| s.kind != Kind::Token && s.authorization.is_none())
+        .collect();
+    assert!(
+        unauthenticated.is_empty(),
+        "requests sent without a token: {unauthenticated:?}"
+    );
+    let tokens = seen.iter().filter(|s| s.kind == Kind::Token).count();
+    let manifests = seen.iter().filter(|s| s.kind == Kind::Manifest).count();
+    let blobs = seen.iter().filter(|s| s.kind == Kind::Blob).count();
+    assert_eq!(
+        (tokens, manifests, blobs, seen.len()),
+        (1, 1, redis.blobs().len(), 2 + redis.blobs().len()),
+        "upstream round trips of a cold pull: {seen:?}"
+    );
+}

@@ -28,7 +28,7 @@ impl Upstream {
         headers: HeaderMap,
     ) -> Result<Response<Incoming>, Error> {
         let scope = format!("repository:{repo}:pull");
-        let mut auth = self.cached_auth(&scope).await;
+        let mut auth = self.upfront_auth(&scope).await;
         let mut refreshed = false;
         loop {
             let resp = self
@@ -81,17 +81,28 @@ impl Upstream {
         }
     }
 
-    /// The `Authorization` header to send up front, if a token is cached.
-    async fn cached_auth(&self, scope: &str) -> Option<HeaderValue> {
+    /// The `Authorization` header to send up front.
+    ///
+    /// Once any challenge taught us this upstream's realm and service, a
+    /// token for a scope not seen before is fetched *before* the first
+    /// request, as containerd's authorizer does: without it every first
+    /// request of a new repository costs a 401 round trip. If that fetch
+    /// fails the request goes out without a token and the upstream's
+    /// challenge decides, as it would have anyway.
+    async fn upfront_auth(&self, scope: &str) -> Option<HeaderValue> {
         if let Credentials::Token(t) = &self.creds {
             return bearer(t).ok();
         }
         let (realm, service) = self.challenge.read().ok()?.clone()?;
-        let token = self.tokens.get(&(realm, service, scope.to_owned())).await?;
-        if token.is_fresh() {
-            bearer(&token.value).ok()
-        } else {
-            None
+        match self
+            .token((realm, service, scope.to_owned()), scope.to_owned())
+            .await
+        {
+            Ok(token) => bearer(&token.value).ok(),
+            Err(e) => {
+                tracing::debug!(upstream = %self.name, scope, error = %e, "no token up front; asking the upstream for a challenge");
+                None
+            }
         }
     }
 
