@@ -1,9 +1,9 @@
 //! The in-memory blob index: which digests are cached, their sizes, and the
 //! disk budget.
 //!
-//! A moka cache with least-recently-used eviction and a size weigher (in
-//! KiB, so multi-GiB blobs fit its `u32` weights) keeps the bytes under
-//! `max_size`. An evicted entry is handed to a background task that deletes
+//! A compact least-recently-used list ([`super::lru`], about 70 bytes per
+//! blob where moka spent 530) keeps the bytes under `max_size`, evicting in
+//! the same call that crossed it. An evicted entry is handed to a background task that deletes
 //! its file; a reader that has the file open finishes anyway (unlink keeps
 //! open descriptors valid).
 //!
@@ -16,14 +16,13 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use moka::notification::RemovalCause;
-use moka::policy::EvictionPolicy;
 use tokio::sync::mpsc;
 
 use super::held_set::HeldSet;
+use super::lru::Lru;
 use crate::oci::Digest;
 
 /// One indexed blob.
@@ -76,15 +75,15 @@ impl Holder {
 
 /// The index.
 pub struct BlobIndex {
-    lru: moka::sync::Cache<Digest, Arc<Entry>>,
+    /// The budgeted blobs. std lock: O(1) list operations only (but the
+    /// disk-full victim search), never held across an await.
+    lru: Mutex<Lru>,
     /// std lock: map operations only, never held across an await.
     pinned: RwLock<HeldSet>,
-    bytes: Arc<AtomicU64>,
+    /// Bytes of budgeted and held blobs together.
+    bytes: AtomicU64,
     limit: u64,
-}
-
-fn kib(size: u64) -> u32 {
-    u32::try_from(size.div_ceil(1024).max(1)).unwrap_or(u32::MAX)
+    evicted: mpsc::UnboundedSender<Evicted>,
 }
 
 /// Current time in unix seconds.
@@ -100,55 +99,47 @@ impl BlobIndex {
     /// on the returned receiver.
     pub fn new(limit: u64) -> (BlobIndex, mpsc::UnboundedReceiver<Evicted>) {
         let (tx, rx) = mpsc::unbounded_channel();
-        let bytes = Arc::new(AtomicU64::new(0));
-        let counted = bytes.clone();
-        let lru = moka::sync::Cache::builder()
-            .max_capacity(limit.div_ceil(1024))
-            .weigher(|_: &Digest, e: &Arc<Entry>| kib(e.size))
-            .eviction_policy(EvictionPolicy::lru())
-            .eviction_listener(move |digest: Arc<Digest>, e: Arc<Entry>, cause| {
-                // Every removal, a replacement too, takes away what the
-                // removed entry's insert added.
-                counted.fetch_sub(e.size, Ordering::Relaxed);
-                if cause == RemovalCause::Size {
-                    let _ = tx.send(Evicted {
-                        digest: (*digest).clone(),
-                        size: e.size,
-                    });
-                }
-            })
-            .build();
         (
             BlobIndex {
-                lru,
+                lru: Mutex::new(Lru::default()),
                 pinned: RwLock::new(HeldSet::default()),
-                bytes,
+                bytes: AtomicU64::new(0),
                 limit,
+                evicted: tx,
             },
             rx,
         )
     }
 
+    fn lru(&self) -> MutexGuard<'_, Lru> {
+        // A panic while holding the lock cannot leave the list half-linked
+        // in a way that matters more than refusing every later request.
+        self.lru.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Size of a cached blob, marking it used.
     pub fn get(&self, digest: &Digest) -> Option<u64> {
-        let e = self
-            .lru
-            .get(digest)
-            .or_else(|| Some(self.pinned.read().ok()?.get(digest)?.clone()))?;
-        e.last_use.store(now_secs(), Ordering::Relaxed);
+        let now = now_secs();
+        if let Some(size) = self.lru().touch(&digest.to_bytes(), now) {
+            return Some(size);
+        }
+        let p = self.pinned.read().ok()?;
+        let e = p.get(digest)?;
+        e.last_use.store(now, Ordering::Relaxed);
         Some(e.size)
     }
 
     /// Whether a blob is indexed (does not count as a use).
     pub fn contains(&self, digest: &Digest) -> bool {
-        self.lru.contains_key(digest) || self.pinned.read().is_ok_and(|p| p.contains(digest))
+        self.lru().contains(&digest.to_bytes())
+            || self.pinned.read().is_ok_and(|p| p.contains(digest))
     }
 
     /// Adds a committed blob. Eviction to stay under the budget runs now,
     /// so the caller sees its effect (and the deletes are queued) at once.
     pub fn insert(&self, digest: Digest, size: u64, last_use: u64) {
         self.add(digest, size, last_use);
-        self.lru.run_pending_tasks();
+        self.enforce();
     }
 
     /// Adds a committed blob straight into the held set, so the budget
@@ -165,14 +156,16 @@ impl BlobIndex {
     }
 
     /// Adds the blobs found at start (oldest first) and applies the budget
-    /// once at the end rather than after every one of possibly 100k inserts.
-    /// Blobs in `held` go straight to the held set: the budget applied at
-    /// start must not evict what a local repository or a pin still needs.
+    /// once at the end rather than after every one of possibly a million
+    /// inserts. Blobs in `held` go straight to the held set: the budget
+    /// applied at start must not evict what a local repository or a pin
+    /// still needs.
     pub fn load(
         &self,
-        blobs: impl Iterator<Item = (Digest, u64, u64)>,
+        blobs: impl ExactSizeIterator<Item = (Digest, u64, u64)>,
         held: &HashMap<Digest, Vec<Holder>>,
     ) {
+        self.lru().reserve(blobs.len());
         for (digest, size, last_use) in blobs {
             let Some(holders) = held.get(&digest) else {
                 self.add(digest, size, last_use);
@@ -185,52 +178,68 @@ impl BlobIndex {
             self.bytes.fetch_add(size, Ordering::Relaxed);
             pinned.insert(digest, Arc::new(Entry::new(size, last_use)), holders);
         }
-        self.lru.run_pending_tasks();
+        self.enforce();
     }
 
     fn add(&self, digest: Digest, size: u64, last_use: u64) {
-        if self.contains(&digest) {
+        if self.pinned.read().is_ok_and(|p| p.contains(&digest)) {
             return;
         }
-        self.bytes.fetch_add(size, Ordering::Relaxed);
-        self.lru
-            .insert(digest, Arc::new(Entry::new(size, last_use)));
+        if self.lru().insert(digest.to_bytes(), size, last_use) {
+            self.bytes.fetch_add(size, Ordering::Relaxed);
+        }
+    }
+
+    /// Evicts the least recently used blobs until the budgeted bytes fit
+    /// the limit, and queues their deletes.
+    fn enforce(&self) {
+        let mut lru = self.lru();
+        while lru.bytes() > self.limit {
+            let Some((key, size)) = lru.pop_oldest() else {
+                break;
+            };
+            self.bytes.fetch_sub(size, Ordering::Relaxed);
+            let _ = self.evicted.send(Evicted {
+                digest: Digest::from_bytes(key),
+                size,
+            });
+        }
     }
 
     /// Drops a blob from the index (its file is the caller's business).
     pub fn remove(&self, digest: &Digest) -> Option<u64> {
-        if let Some(e) = self.lru.remove(digest) {
-            self.lru.run_pending_tasks();
-            return Some(e.size);
+        if let Some((size, _)) = self.lru().remove(&digest.to_bytes()) {
+            self.bytes.fetch_sub(size, Ordering::Relaxed);
+            return Some(size);
         }
         let e = self.pinned.write().ok()?.remove(digest)?;
         self.bytes.fetch_sub(e.size, Ordering::Relaxed);
         Some(e.size)
     }
 
-    /// Keeps an indexed blob out of the budget's reach for `holder`.
-    /// `false` when the blob is not indexed (fetch or push it first).
+    /// Adds `holder` to an indexed blob, moving it out of the budget if it
+    /// was in it. `false` if the blob is not indexed.
     pub fn hold(&self, digest: &Digest, holder: Holder) -> bool {
         if let Ok(mut p) = self.pinned.write() {
             if p.add_holder(digest, holder) {
                 return true;
             }
         }
-        let Some(e) = self.lru.remove(digest) else {
+        let Some((size, last_use)) = self.lru().remove(&digest.to_bytes()) else {
             return false;
         };
-        self.lru.run_pending_tasks();
-        // The removal took its size off the count; it is still indexed.
-        self.bytes.fetch_add(e.size, Ordering::Relaxed);
         if let Ok(mut p) = self.pinned.write() {
-            p.insert(digest.clone(), e, &[holder]);
+            p.insert(
+                digest.clone(),
+                Arc::new(Entry::new(size, last_use)),
+                &[holder],
+            );
         }
         true
     }
 
-    /// Lets go of a blob for `holder`. When no holder is left it goes back
-    /// to the LRU (and under the budget) and `true` is returned: the caller
-    /// may then reclaim it at once.
+    /// Takes `holder` off a blob; once no holder is left the blob goes back
+    /// under the budget (and may be evicted at once). `true` if it did.
     pub fn release(&self, digest: &Digest, holder: Holder) -> bool {
         let freed = match self.pinned.write() {
             Ok(mut p) => p.drop_holder(digest, holder),
@@ -247,49 +256,37 @@ impl BlobIndex {
         }
     }
 
-    /// Whether `holder` keeps `digest`.
+    /// Whether `holder` holds the blob.
     pub fn is_held_by(&self, digest: &Digest, holder: Holder) -> bool {
         self.pinned
             .read()
             .is_ok_and(|p| p.is_held_by(digest, holder))
     }
 
-    /// Whether anyone keeps `digest` out of the budget.
+    /// Whether anything holds the blob.
     pub fn is_held(&self, digest: &Digest) -> bool {
         self.pinned.read().is_ok_and(|p| p.contains(digest))
     }
 
-    /// Bytes and count of blobs `holder` keeps (a blob both local and
-    /// pinned counts for each).
+    /// Bytes and count of blobs `holder` holds.
     pub fn held_by(&self, holder: Holder) -> (u64, u64) {
         let p = self.pinned.read().unwrap_or_else(|p| p.into_inner());
         p.held_by(holder)
     }
 
-    /// Bytes of all held blobs (each counted once): what sits outside the
-    /// budget.
+    /// Bytes of held blobs (outside the budget).
     pub fn held_bytes(&self) -> u64 {
         let p = self.pinned.read().unwrap_or_else(|p| p.into_inner());
         p.bytes()
     }
 
-    /// The least recently used unpinned blobs adding up to at least
-    /// `want` bytes, oldest first: victims when the disk is full.
+    /// Budgeted blobs to delete to free `want` bytes, least recently used
+    /// first (held blobs are never offered).
     pub fn oldest(&self, want: u64) -> Vec<(Digest, u64)> {
-        let mut all: Vec<(u64, Digest, u64)> = self
-            .lru
-            .iter()
-            .map(|(d, e)| (e.last_use.load(Ordering::Relaxed), (*d).clone(), e.size))
-            .collect();
-        all.sort_unstable_by_key(|(t, _, _)| *t);
-        let mut freed = 0;
-        all.into_iter()
-            .take_while(|(_, _, size)| {
-                let more = freed < want;
-                freed += size;
-                more
-            })
-            .map(|(_, d, size)| (d, size))
+        self.lru()
+            .oldest(want)
+            .into_iter()
+            .map(|(key, size)| (Digest::from_bytes(key), size))
             .collect()
     }
 
@@ -300,7 +297,7 @@ impl BlobIndex {
 
     /// Number of indexed blobs.
     pub fn count(&self) -> u64 {
-        self.lru.entry_count() + self.pinned.read().map_or(0, |p| p.len() as u64)
+        self.lru().len() as u64 + self.pinned.read().map_or(0, |p| p.len() as u64)
     }
 
     /// The budget.
@@ -380,7 +377,6 @@ mod tests {
         let v: Vec<_> = idx.oldest(150).into_iter().map(|(d, _)| d).collect();
         assert_eq!(v, vec![d(1), d(2)]);
         assert_eq!(idx.remove(&d(1)), Some(100));
-        idx.lru.run_pending_tasks();
         assert_eq!(idx.bytes(), 200);
     }
 }

@@ -22,6 +22,7 @@ mod held;
 mod held_set;
 pub mod index;
 mod layout;
+mod lru;
 pub mod meta;
 pub mod pagecache;
 mod reader;

@@ -38,6 +38,21 @@ impl Digest {
         &self.hex
     }
 
+    /// The raw 32 bytes, for compact in-memory keys (the budget index).
+    pub fn to_bytes(&self) -> [u8; 32] {
+        let mut raw = [0u8; 32];
+        // The hex was validated at parse time: 64 lowercase hex characters.
+        if hex::decode_to_slice(&self.hex, &mut raw).is_err() {
+            debug_assert!(false, "a validated digest is hex");
+        }
+        raw
+    }
+
+    /// The digest of raw 32 bytes kept by [`Digest::to_bytes`].
+    pub fn from_bytes(raw: [u8; 32]) -> Digest {
+        Digest::from_raw(&raw)
+    }
+
     /// Builds a digest from a raw 32-byte sha256 output.
     fn from_raw(raw: &[u8]) -> Digest {
         Digest {
