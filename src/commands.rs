@@ -10,12 +10,14 @@ use crate::cache::verify;
 /// Shows a progress bar on a terminal and a log line every few seconds
 /// otherwise. Returns whether the cache was intact.
 pub fn verify(cache_dir: &Path) -> Result<bool, String> {
-    if !cache_dir.join("blobs").is_dir() {
+    // A reader beside a possibly serving hoard: nothing claimed or swept.
+    let Some(dir) = crate::storage::CacheDir::existing(cache_dir) else {
         return Err(format!(
             "{} holds no hoard cache (no blobs/ directory): check --cache-dir or cache_dir",
             cache_dir.display()
         ));
-    }
+    };
+    let store = crate::storage::FsBlobs::new(dir);
     let started = Instant::now();
     let bar = std::io::stderr().is_terminal().then(|| {
         let bar = indicatif::ProgressBar::new(0);
@@ -48,8 +50,13 @@ pub fn verify(cache_dir: &Path) -> Result<bool, String> {
             }
         }
     };
-    let report =
-        verify::verify(cache_dir, &mut progress).map_err(|e| format!("verify failed: {e}"))?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    let report = runtime
+        .block_on(verify::verify(&store, &mut progress))
+        .map_err(|e| format!("verify failed: {e}"))?;
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
@@ -62,7 +69,7 @@ pub fn verify(cache_dir: &Path) -> Result<bool, String> {
         report.unreadable.len()
     );
     for (digest, to) in &report.damaged {
-        println!("damaged: {digest} moved to {}", to.display());
+        println!("damaged: {digest} moved to {to}");
     }
     for (digest, why) in &report.unreadable {
         println!("unreadable: {digest}: {why}");
@@ -195,21 +202,33 @@ where
     let runtime =
         tokio::runtime::Runtime::new().map_err(|e| format!("cannot start the runtime: {e}"))?;
     runtime.block_on(async {
-        let pins = crate::load_pins(&config.cache_dir)
+        let storage = open_storage(config).await?;
+        let pins = crate::load_pins(&storage)
             .await
             .map_err(|e| e.to_string())?;
         let metrics = std::sync::Arc::new(crate::metrics::Metrics::new());
-        let cache =
-            crate::cache::Cache::open_holding(&config.cache_dir, u64::MAX, metrics, &pins.held())
-                .await
-                .map_err(|e| {
-                    format!(
-                        "cannot open the cache at {}: {e}",
-                        config.cache_dir.display()
-                    )
-                })?;
+        let cache = crate::cache::Cache::open_holding(&storage, u64::MAX, metrics, &pins.held())
+            .await
+            .map_err(|e| {
+                format!(
+                    "cannot open the cache at {}: {e}",
+                    config.cache_dir.display()
+                )
+            })?;
         work(cache, pins).await.map_err(|e| e.to_string())
     })
+}
+
+/// The disk stores on `config.cache_dir` (take its lock first).
+async fn open_storage(config: &crate::Config) -> Result<crate::storage::Storage, String> {
+    crate::storage::Storage::open_disk(&config.cache_dir)
+        .await
+        .map_err(|e| {
+            format!(
+                "cannot open the cache at {}: {e}",
+                config.cache_dir.display()
+            )
+        })
 }
 
 /// Where an air-gap command works: through a running server's operator
@@ -228,11 +247,12 @@ async fn local_engine(
 ) -> Result<(crate::pins::CacheLock, std::sync::Arc<Prefetcher>), String> {
     let lock = crate::pins::CacheLock::acquire(&config.cache_dir).map_err(|e| e.to_string())?;
     let metrics = std::sync::Arc::new(crate::metrics::Metrics::new());
-    let pins = crate::load_pins(&config.cache_dir)
+    let storage = open_storage(config).await?;
+    let pins = crate::load_pins(&storage)
         .await
         .map_err(|e| e.to_string())?;
     let cache = crate::cache::Cache::open_holding(
-        &config.cache_dir,
+        &storage,
         config.max_size.as_u64(),
         metrics.clone(),
         &pins.held(),

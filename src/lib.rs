@@ -39,6 +39,7 @@ pub mod pins;
 pub mod prefetch;
 pub mod registry;
 pub mod server;
+pub mod storage;
 pub mod upstream;
 
 use std::future::Future;
@@ -119,28 +120,29 @@ pub async fn run_listeners(
     let upstreams = upstream::Upstreams::new(&config, metrics.clone())?;
     // One writer per cache directory.
     let _lock = pins::CacheLock::acquire(&config.cache_dir)?;
+    // The stores, built once and injected: the disk backend on cache_dir.
+    let storage = storage::Storage::open_disk(&config.cache_dir)
+        .await
+        .map_err(cache::Error::from)?;
     // Local records and pins first: the cache must know what they hold
-    // before it applies its budget to what it finds on disk.
-    let loaded = local::Local::load(&config.cache_dir).await?;
-    let pins = load_pins(&config.cache_dir).await?;
+    // before it applies its budget to what it finds in the store.
+    let loaded = local::Local::load(&*storage.records).await?;
+    let pins = load_pins(&storage).await?;
     let mut held = loaded.held();
     for (digest, holders) in pins.held() {
         held.entry(digest).or_default().extend(holders);
     }
-    let cache = cache::Cache::open_holding(
-        &config.cache_dir,
-        config.max_size.as_u64(),
-        metrics.clone(),
-        &held,
-    )
-    .await?;
+    let cache =
+        cache::Cache::open_holding(&storage, config.max_size.as_u64(), metrics.clone(), &held)
+            .await?;
     let local = local::Local::open(
         loaded,
         config.local.clone(),
-        &config.cache_dir,
+        storage.records.clone(),
         cache.clone(),
         metrics.clone(),
-    )?;
+    )
+    .await?;
     local.spawn_background();
     let limits = server::Limits::from_config(&config);
     let auth = auth::Auth::from_config(config.auth.as_ref(), metrics.clone())?;
@@ -176,13 +178,10 @@ pub async fn run_listeners(
     Ok(())
 }
 
-/// Reads the pin records of `cache_dir` off the runtime.
-pub async fn load_pins(cache_dir: &std::path::Path) -> Result<Arc<pins::Pins>, Error> {
-    let dir = cache_dir.to_owned();
-    let pins = tokio::task::spawn_blocking(move || pins::Pins::load(&dir))
+/// Reads the pin records of `storage`.
+pub async fn load_pins(storage: &storage::Storage) -> Result<Arc<pins::Pins>, Error> {
+    let pins = pins::Pins::load(storage.records.clone())
         .await
-        .map_err(std::io::Error::other)
-        .and_then(|r| r)
         .map_err(cache::Error::from)?;
     Ok(Arc::new(pins))
 }

@@ -85,6 +85,16 @@ async fn open(dir: &Path) -> Arc<Cache> {
         .expect("open cache")
 }
 
+/// The pin records of the cache at `dir`.
+async fn pins_of(dir: &Path) -> hoard::pins::Pins {
+    let storage = hoard::storage::Storage::open_disk(dir)
+        .await
+        .expect("storage");
+    hoard::pins::Pins::load(storage.records)
+        .await
+        .expect("pins")
+}
+
 fn refs(config: &hoard::Config, images: &[&str]) -> Vec<ImageRef> {
     images
         .iter()
@@ -119,7 +129,7 @@ async fn import_into(
 ) -> (Result<import::Summary, Error>, Arc<Cache>) {
     // The upstream of the disconnected site: nothing listens there.
     let config = config(dir, "http://127.0.0.1:9");
-    let pins = hoard::pins::Pins::load(dir).expect("pins");
+    let pins = pins_of(dir).await;
     let cache = open(dir).await;
     let r = import::import(cache.clone(), &config, archive, placement, &pins, true).await;
     (r, cache)
@@ -264,7 +274,7 @@ async fn exported_images_import_into_an_empty_cache_and_serve_offline() {
     assert!(files_in_tmp(site.path()).is_empty(), "no staged files left");
     drop(cache);
     // Durable pins: every digest of both images is held from the next start.
-    let pins = hoard::pins::Pins::load(site.path()).expect("pins");
+    let pins = pins_of(site.path()).await;
     let keys: Vec<String> = pins.list().iter().map(|p| p.key()).collect();
     assert_eq!(
         keys,
@@ -329,7 +339,7 @@ async fn platform_filter_exports_only_those_children() {
     let site = tempfile::tempdir().unwrap();
     let (r, _cache) = import_into(site.path(), &archive, &Placement::default()).await;
     assert_eq!(r.expect("import").absent_children, 1);
-    let pins = hoard::pins::Pins::load(site.path()).expect("pins");
+    let pins = pins_of(site.path()).await;
     let pin = &pins.list()[0];
     assert_eq!(pin.platforms, ["linux/arm64"], "the pin says what it holds");
     assert_eq!(

@@ -80,16 +80,10 @@ async fn entry(engine: &Prefetcher, r: &ImageRef, pin: Option<&Pin>, checked: u6
     let mut last_use = checked;
     let mut complete = plan.missing.is_empty() && plan.top.is_some();
     for (d, _) in &plan.blobs {
-        match engine.stored(d) {
+        match engine.stored(d).await {
             Some(m) => {
-                bytes += m.len();
-                let used = [m.accessed(), m.modified()]
-                    .into_iter()
-                    .filter_map(|t| t.ok()?.duration_since(std::time::UNIX_EPOCH).ok())
-                    .map(|d| d.as_secs())
-                    .max()
-                    .unwrap_or(0);
-                last_use = last_use.max(used);
+                bytes += m.size;
+                last_use = last_use.max(m.last_use);
             }
             None => complete = false,
         }

@@ -298,8 +298,10 @@ mod tests {
         let mut config = crate::Config::embedded().unwrap();
         config.cache_dir = dir.to_owned();
         let metrics = Arc::new(crate::metrics::Metrics::new());
-        let pins = crate::load_pins(dir).await.unwrap();
-        let cache = crate::cache::Cache::open(dir, 1 << 30, metrics.clone())
+        let storage = crate::storage::Storage::open_disk(dir).await.unwrap();
+        let pins = crate::load_pins(&storage).await.unwrap();
+        let held = std::collections::HashMap::new();
+        let cache = crate::cache::Cache::open_holding(&storage, 1 << 30, metrics.clone(), &held)
             .await
             .unwrap();
         Admin::new(Arc::new(

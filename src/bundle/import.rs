@@ -272,7 +272,7 @@ async fn manifest_bytes(
     match staged.blobs.get(digest) {
         None => Ok(None),
         Some(Have::Present(_)) => Ok(cache.read_small(digest).await?),
-        Some(Have::Staged(path, size)) => {
+        Some(Have::Staged(_, file, size)) => {
             let entry = format!("blobs/sha256/{}", digest.hex());
             if *size > config.max_manifest_size as u64 {
                 return Err(Error::archive(
@@ -280,8 +280,17 @@ async fn manifest_bytes(
                     format!("a manifest of {size} bytes is larger than max_manifest_size"),
                 ));
             }
-            let bytes = tokio::fs::read(path).await.map_err(Error::file(path))?;
-            Ok(Some(Bytes::from(bytes)))
+            let (file, len) = (file.clone(), *size as usize);
+            let read = tokio::task::spawn_blocking(move || {
+                use std::os::unix::fs::FileExt;
+                let mut buf = vec![0u8; len];
+                file.read_exact_at(&mut buf, 0).map(|()| buf)
+            })
+            .await
+            .map_err(std::io::Error::other)
+            .and_then(|r| r)
+            .map_err(|e| Error::Cache(e.into()))?;
+            Ok(Some(Bytes::from(read)))
         }
     }
 }
@@ -316,12 +325,10 @@ async fn commit(
         );
     for digest in order {
         match staged.blobs.remove(digest) {
-            Some(Have::Staged(path, size)) => {
-                let committed = cache.commit_held(digest, &path, size, Holder::Pin).await;
-                if committed.is_err() {
-                    let _ = std::fs::remove_file(&path);
-                }
-                committed?;
+            Some(Have::Staged(staging, _, size)) => {
+                cache
+                    .commit_held(digest, staging, size, Holder::Pin)
+                    .await?;
                 summary.new_blobs += 1;
                 summary.new_bytes += size;
             }

@@ -17,7 +17,6 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use bytes::Bytes;
@@ -27,6 +26,7 @@ use tokio::sync::watch;
 use super::reader::Chunks;
 use crate::metrics::{FillResult, Metrics};
 use crate::oci::{Digest, RepoName};
+use crate::storage::Staging;
 use crate::upstream;
 
 mod pipeline;
@@ -197,7 +197,6 @@ impl Fills {
         digest: &Digest,
         origin: (&Arc<upstream::Upstream>, &RepoName),
         present: impl Fn() -> bool,
-        tmp: PathBuf,
         metrics: Arc<Metrics>,
     ) -> Option<Join> {
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
@@ -223,7 +222,7 @@ impl Fills {
         let guard = FillGuard {
             fill: fill.clone(),
             map: self.map.clone(),
-            tmp,
+            staging: None,
             metrics,
             done: false,
         };
@@ -253,13 +252,14 @@ impl Fills {
     }
 }
 
-/// Owned by the fill task. Its `Drop` fails the fill, deletes the temp file
+/// Owned by the fill task. Its `Drop` fails the fill, aborts the staging
 /// and unregisters it, unless the fill was committed: readers never wait
 /// forever on a writer that went away.
 pub struct FillGuard {
     fill: Arc<Fill>,
     map: Arc<Mutex<HashMap<Digest, Arc<Fill>>>>,
-    tmp: PathBuf,
+    /// The blob being written; dropping it uncommitted removes its bytes.
+    staging: Option<Box<dyn Staging>>,
     metrics: Arc<Metrics>,
     done: bool,
 }
@@ -314,18 +314,20 @@ impl Drop for FillGuard {
             self.set(Progress::Failed(FillError::Abandoned));
             self.unregister();
         }
-        // Committed fills renamed the file away; this only removes leftovers.
-        let _ = std::fs::remove_file(&self.tmp);
     }
 }
 
 /// What the fill task needs from the cache when the bytes are verified.
 pub trait Committer: Send + Sync {
-    /// Commits the verified, synced temp file under `digest`.
+    /// A new staging in the store, for the fill to write.
+    fn stage(&self) -> impl std::future::Future<Output = io::Result<Box<dyn Staging>>> + Send;
+
+    /// Commits the verified staging under `digest` (the store syncs it and
+    /// re-checks its size).
     fn commit(
         &self,
         digest: &Digest,
-        tmp: &std::path::Path,
+        staged: Box<dyn Staging>,
         size: u64,
     ) -> impl std::future::Future<Output = std::io::Result<()>> + Send;
 
@@ -339,8 +341,8 @@ fn disk<C: Committer>(c: &C, e: io::Error, needed: u64) -> FillError {
     FillError::Disk(e.to_string())
 }
 
-/// Runs a fill: streams `resp` into the temp file, verifies, syncs and
-/// commits it.
+/// Runs a fill: streams `resp` into a staging of the store (its local
+/// temp file), verifies, and commits it.
 ///
 /// Three stages run side by side so the network is never stalled by the
 /// disk or the hash (`pipeline`): this task receives the body and cuts it
@@ -370,20 +372,18 @@ pub async fn run<C: Committer>(
         Err(e) => return guard.fail(e.into()),
     };
     let size = upstream::content_length(resp.headers());
-    let tmp = guard.tmp.clone();
-    let file = match tokio::task::spawn_blocking(move || {
-        std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&tmp)
-    })
-    .await
-    {
-        Ok(Ok(f)) => Arc::new(f),
-        Ok(Err(e)) => return guard.fail(disk(committer, e, size.unwrap_or(0))),
-        Err(e) => return guard.fail(FillError::Disk(e.to_string())),
+    let mut staging = match committer.stage().await {
+        Ok(s) => s,
+        Err(e) => return guard.fail(disk(committer, e, size.unwrap_or(0))),
     };
+    // The pipeline writes at offsets on a blocking thread and readers
+    // follow the file as it grows: the store must stage in a local file.
+    let Some(file) = staging.local_file() else {
+        return guard.fail(FillError::Disk(
+            "the blob store stages no local file to fill through".into(),
+        ));
+    };
+    guard.staging = Some(staging);
     let _ = guard.fill.file.set(file.clone());
     guard.set(Progress::Streaming { size, written: 0 });
 
@@ -433,14 +433,10 @@ pub async fn run<C: Committer>(
         return guard.fail(FillError::Mismatch(actual));
     }
     guard.set(Progress::Verified { size: written });
-    let f = file.clone();
-    let synced = tokio::task::spawn_blocking(move || f.sync_all())
-        .await
-        .map_err(io::Error::other)
-        .and_then(|r| r);
-    let committed = match synced {
-        Ok(()) => committer.commit(&digest, &guard.tmp, written).await,
-        Err(e) => Err(e),
+    // The commit syncs the file and renames it into the store.
+    let committed = match guard.staging.take() {
+        Some(staged) => committer.commit(&digest, staged, written).await,
+        None => Err(io::Error::other("the fill's staging is gone")),
     };
     match committed {
         Ok(()) => guard.metrics.fill_done(FillResult::Ok),

@@ -5,14 +5,14 @@
 //! set, hold a cached blob) and out (release, reclaim).
 
 use std::io;
-use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::{atomic, fill, Cache, Error, Holder};
+use super::{fill, Cache, Error, Holder};
 use crate::oci::Digest;
+use crate::storage::Staging;
 
 impl Cache {
     /// Keeps a cached blob out of the budget's reach for `holder`.
@@ -63,13 +63,13 @@ impl Cache {
         Ok(size)
     }
 
-    /// Commits a staged file, already verified to hash to `digest` and
-    /// synced, straight into the held set for `holder` (a pushed layer, an
-    /// imported blob): the budget never gets a chance to evict it.
+    /// Commits a staging, already verified to hash to `digest`, straight
+    /// into the held set for `holder` (a pushed layer, an imported blob):
+    /// the budget never gets a chance to evict it.
     pub async fn commit_held(
         &self,
         digest: &Digest,
-        staged: &Path,
+        staged: Box<dyn Staging>,
         size: u64,
         holder: Holder,
     ) -> Result<(), Error> {
@@ -77,10 +77,10 @@ impl Cache {
             let _held = self.store_lock.lock().await;
             if self.blobs.hold(digest, holder) {
                 // Already there (same digest, same bytes): drop the copy.
-                let _ = tokio::fs::remove_file(staged).await;
+                drop(staged);
                 Ok(())
             } else {
-                self.store.commit(digest, staged).await.map(|()| {
+                staged.commit(digest.clone(), size).await.map(|()| {
                     self.blobs.insert_held(digest.clone(), size, holder);
                     if self.disk_full.swap(false, Ordering::Relaxed) {
                         self.metrics.set_disk_full(false);
@@ -90,7 +90,6 @@ impl Cache {
         };
         self.update_size_metrics();
         if let Err(e) = result {
-            let _ = tokio::fs::remove_file(staged).await;
             fill::Committer::write_failed(self, &e, size);
             return Err(e.into());
         }
@@ -120,34 +119,24 @@ impl Cache {
         } else if self.blobs.contains(digest) {
             return Ok(());
         }
-        let tmp = atomic::temp_path(&self.tmp, "bytes");
-        let staged = tmp.clone();
-        let data = bytes.clone();
-        let written = tokio::task::spawn_blocking(move || -> io::Result<()> {
-            use std::io::Write;
-            let mut f = std::fs::File::create(&staged)?;
-            f.write_all(&data)?;
-            f.sync_all()
-        })
-        .await
-        .map_err(io::Error::other)
-        .and_then(|r| r);
-        if let Err(e) = written {
-            let _ = std::fs::remove_file(&tmp);
-            fill::Committer::write_failed(self, &e, bytes.len() as u64);
-            return Err(e.into());
-        }
-        match holder {
-            Some(h) => {
-                self.commit_held(digest, &tmp, bytes.len() as u64, h)
-                    .await?
+        let len = bytes.len() as u64;
+        let staged = async {
+            let mut staged = self.store.stage().await?;
+            staged.write(bytes.clone()).await?;
+            Ok::<_, io::Error>(staged)
+        };
+        let staged = match staged.await {
+            Ok(s) => s,
+            Err(e) => {
+                fill::Committer::write_failed(self, &e, len);
+                return Err(e.into());
             }
+        };
+        match holder {
+            Some(h) => self.commit_held(digest, staged, len, h).await?,
             None => {
-                if let Err(e) =
-                    fill::Committer::commit(self, digest, &tmp, bytes.len() as u64).await
-                {
-                    let _ = std::fs::remove_file(&tmp);
-                    fill::Committer::write_failed(self, &e, bytes.len() as u64);
+                if let Err(e) = fill::Committer::commit(self, digest, staged, len).await {
+                    fill::Committer::write_failed(self, &e, len);
                     return Err(e.into());
                 }
             }

@@ -1,22 +1,22 @@
-//! Manifest media types and tag -> digest mappings, persisted atomically.
+//! Manifest media types and tag -> digest mappings, kept as records.
 //!
 //! Manifest bytes live in the blob store like any blob; this keeps what the
 //! bytes alone do not say: each manifest's media type
-//! (`manifests/sha256/<2 hex>/<hex>`, the type as text) and each tag record
-//! (`tags/<2 hex>/<hex>.json`, named by the sha256 of
-//! `upstream/repo:tag` so no client text ever becomes a path). Everything is
-//! loaded into memory at start; lookups never touch the disk.
+//! ([`RecordKey::media_type`], the type as text) and each tag record
+//! ([`RecordKey::tag`], named by the sha256 of `upstream/repo:tag` so no
+//! client text ever becomes a key). Everything is loaded into memory at
+//! start; lookups never touch the store.
 
 use std::collections::BTreeMap;
 use std::io;
-use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use super::{atomic, layout};
 use crate::oci::{Digest, RepoName, Tag};
+use crate::storage::{RecordKey, Records};
 
 /// Which tag of which repository of which upstream.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -49,43 +49,54 @@ struct TagFile {
 
 /// The metadata side of the cache.
 pub struct Meta {
-    root: PathBuf,
-    tmp: PathBuf,
+    records: Arc<dyn Records>,
     /// std lock: short map operations only, never held across an await.
     tags: RwLock<BTreeMap<TagKey, TagRecord>>,
     types: moka::sync::Cache<Digest, Arc<str>>,
 }
 
 impl Meta {
-    /// Loads every record under `root` (blocking: call at start). Records
-    /// that cannot be read are moved aside; their count is returned.
-    pub fn load(root: &Path, tmp: &Path) -> io::Result<(Meta, usize)> {
+    /// Loads every record (at start). Records that cannot be read are
+    /// set aside; their count is returned.
+    pub async fn load(records: Arc<dyn Records>) -> io::Result<(Meta, usize)> {
         let meta = Meta {
-            root: root.to_owned(),
-            tmp: tmp.to_owned(),
+            records,
             tags: RwLock::new(BTreeMap::new()),
             types: moka::sync::Cache::builder().build(),
         };
         let mut moved = 0;
-        for (path, digest) in
-            walk_sharded(root, &root.join("manifests").join("sha256"), "", &mut moved)?
-        {
-            match std::fs::read_to_string(&path) {
-                Ok(t) if !t.trim().is_empty() => meta.types.insert(digest, Arc::from(t.trim())),
+        for key in meta.records.list("manifests/").await? {
+            let digest = key
+                .as_str()
+                .rsplit('/')
+                .next()
+                .and_then(|h| format!("sha256:{h}").parse::<Digest>().ok())
+                .filter(|d| RecordKey::media_type(d) == key);
+            let text = match meta.records.get(&key).await? {
+                Some(v) => String::from_utf8(v.bytes.to_vec()).ok(),
+                None => continue,
+            };
+            match (digest, text) {
+                (Some(d), Some(t)) if !t.trim().is_empty() => {
+                    meta.types.insert(d, Arc::from(t.trim()))
+                }
                 _ => {
-                    layout::quarantine(root, &path)?;
+                    meta.records.set_aside(&key).await?;
                     moved += 1;
                 }
             }
         }
         let mut tags = BTreeMap::new();
-        for (path, _) in walk_sharded(root, &root.join("tags"), ".json", &mut moved)? {
-            match std::fs::read(&path).ok().and_then(|b| parse_tag(&b)) {
+        for key in meta.records.list("tags/").await? {
+            let Some(v) = meta.records.get(&key).await? else {
+                continue;
+            };
+            match parse_tag(&v.bytes) {
                 Some((k, r)) => {
                     tags.insert(k, r);
                 }
                 None => {
-                    layout::quarantine(root, &path)?;
+                    meta.records.set_aside(&key).await?;
                     moved += 1;
                 }
             }
@@ -95,19 +106,9 @@ impl Meta {
     }
 
     /// Forgets a manifest's media type (its blob is gone or damaged).
-    pub fn remove_manifest_type(&self, digest: &Digest) -> io::Result<()> {
+    pub async fn remove_manifest_type(&self, digest: &Digest) -> io::Result<()> {
         self.types.invalidate(digest);
-        let hex = digest.hex();
-        let path = self
-            .root
-            .join("manifests")
-            .join("sha256")
-            .join(&hex[..2])
-            .join(hex);
-        match std::fs::remove_file(path) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
-        }
+        Ok(self.records.delete(&RecordKey::media_type(digest)).await?)
     }
 
     /// The media type of a cached manifest.
@@ -115,16 +116,12 @@ impl Meta {
         self.types.get(digest)
     }
 
-    /// Records a manifest's media type durably (blocking).
-    pub fn put_manifest_type(&self, digest: &Digest, media_type: &str) -> io::Result<()> {
-        let hex = digest.hex();
-        let path = self
-            .root
-            .join("manifests")
-            .join("sha256")
-            .join(&hex[..2])
-            .join(hex);
-        atomic::write_durable(&self.tmp, &path, media_type.as_bytes())?;
+    /// Records a manifest's media type durably.
+    pub async fn put_manifest_type(&self, digest: &Digest, media_type: &str) -> io::Result<()> {
+        let value = Bytes::copy_from_slice(media_type.as_bytes());
+        self.records
+            .put(&RecordKey::media_type(digest), value)
+            .await?;
         self.types.insert(digest.clone(), Arc::from(media_type));
         Ok(())
     }
@@ -134,8 +131,8 @@ impl Meta {
         self.tags.read().ok()?.get(key).cloned()
     }
 
-    /// Records a tag durably (blocking).
-    pub fn put_tag(&self, key: &TagKey, record: &TagRecord) -> io::Result<()> {
+    /// Records a tag durably.
+    pub async fn put_tag(&self, key: &TagKey, record: &TagRecord) -> io::Result<()> {
         let file = TagFile {
             upstream: key.upstream.clone(),
             repo: key.repo.to_string(),
@@ -148,7 +145,7 @@ impl Meta {
                 .as_millis() as u64,
         };
         let json = serde_json::to_vec(&file).map_err(io::Error::other)?;
-        atomic::write_durable(&self.tmp, &self.tag_path(key), &json)?;
+        self.records.put(&tag_key(key), Bytes::from(json)).await?;
         self.tags
             .write()
             .unwrap_or_else(|p| p.into_inner())
@@ -175,15 +172,13 @@ impl Meta {
         out.dedup();
         out
     }
+}
 
-    fn tag_path(&self, key: &TagKey) -> PathBuf {
-        let id = Digest::of(format!("{}/{}:{}", key.upstream, key.repo, key.tag).as_bytes());
-        let hex = id.hex();
-        self.root
-            .join("tags")
-            .join(&hex[..2])
-            .join(format!("{hex}.json"))
-    }
+/// Where a tag is recorded: by the hash of `upstream/repo:tag`.
+fn tag_key(key: &TagKey) -> RecordKey {
+    RecordKey::tag(&Digest::of(
+        format!("{}/{}:{}", key.upstream, key.repo, key.tag).as_bytes(),
+    ))
 }
 
 fn parse_tag(bytes: &[u8]) -> Option<(TagKey, TagRecord)> {
@@ -199,43 +194,4 @@ fn parse_tag(bytes: &[u8]) -> Option<(TagKey, TagRecord)> {
             checked_at: UNIX_EPOCH + Duration::from_millis(f.checked_at_ms),
         },
     ))
-}
-
-/// Files `dir/<2 hex>/<hex><suffix>`, with the digest their name spells;
-/// anything else is moved aside (counted in `moved`).
-fn walk_sharded(
-    root: &Path,
-    dir: &Path,
-    suffix: &str,
-    moved: &mut usize,
-) -> io::Result<Vec<(PathBuf, Digest)>> {
-    let mut out = Vec::new();
-    let shards = match std::fs::read_dir(dir) {
-        Ok(r) => r,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
-        Err(e) => return Err(e),
-    };
-    for shard in shards {
-        let shard = shard?;
-        if !shard.file_type()?.is_dir() {
-            layout::quarantine(root, &shard.path())?;
-            *moved += 1;
-            continue;
-        }
-        for entry in std::fs::read_dir(shard.path())? {
-            let entry = entry?;
-            let name = entry.file_name();
-            let digest = name
-                .to_str()
-                .and_then(|n| n.strip_suffix(suffix))
-                .and_then(|h| format!("sha256:{h}").parse::<Digest>().ok());
-            match digest {
-                Some(d) => out.push((entry.path(), d)),
-                None => {
-                    tracing::warn!(path = %entry.path().display(), "unexpected metadata file, left alone")
-                }
-            }
-        }
-    }
-    Ok(out)
 }

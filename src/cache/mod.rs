@@ -1,37 +1,26 @@
 //! The cache: verified blobs and manifests, tag records, in-flight fills and
 //! the in-memory index that answers "do we have it" without touching disk.
 //!
-//! Layout under `cache_dir`:
-//! ```text
-//! blobs/sha256/<2 hex>/<hex>      verified content (layers, configs, manifests)
-//! manifests/sha256/<2 hex>/<hex>  media type of each cached manifest
-//! tags/<2 hex>/<hex>.json         tag -> digest records
-//! tmp/                            fills and metadata being written
-//! quarantine/                     strays moved aside at start or by verify
-//! HOARD_CACHE                     marks the directory as a hoard cache
-//! ```
-//!
-//! Content enters `blobs/` only by an atomic rename after its digest was
-//! verified and the file synced, so a crash at any moment leaves either the
-//! whole verified blob or nothing (plus a temp file removed at next start).
+//! The bytes live in a [`BlobStore`] and the records in a
+//! [`Records`](crate::storage::Records) store, both injected
+//! ([`Storage`]): the cache never builds a path. Content becomes visible only through a staging's
+//! `commit` after its digest was verified, so a crash at any moment leaves
+//! either the whole verified blob or nothing.
 
-pub mod atomic;
-mod disk;
 pub mod fill;
 mod held;
 mod held_set;
 pub mod index;
-mod layout;
 mod lru;
 pub mod meta;
-pub mod pagecache;
+/// Page-cache reads live with the disk store; re-exported for the fill readers.
+pub use crate::storage::pagecache;
 mod reader;
-pub mod store;
 pub mod verify;
 
 use std::collections::HashMap;
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -39,15 +28,14 @@ use bytes::Bytes;
 
 use crate::metrics::Metrics;
 use crate::oci::{Digest, RepoName};
+pub use crate::storage::is_out_of_space;
+use crate::storage::{BlobInfo, BlobReader, BlobStore, Staging, Storage};
 use crate::upstream::{self, FetchedManifest, Upstream};
-pub use disk::is_out_of_space;
-use disk::{clean_tmp, free_bytes};
 use fill::{Fills, Join};
 pub use held::HoldOnCommit;
 pub use index::Holder;
 use index::{BlobIndex, Evicted};
 pub use meta::{TagKey, TagRecord};
-use store::{BlobReader, BlobStore, FsStore};
 
 /// A cache failure.
 #[derive(Debug, thiserror::Error)]
@@ -71,8 +59,6 @@ const MANIFEST_MEMORY: u64 = 64 * 1024 * 1024;
 pub struct Cache {
     /// Itself, for work spawned from `&self` (evictions after a full disk).
     this: std::sync::Weak<Cache>,
-    root: PathBuf,
-    tmp: PathBuf,
     store: Arc<dyn BlobStore>,
     blobs: BlobIndex,
     /// Serialises "commit a blob" against "delete an evicted blob", so an
@@ -93,47 +79,34 @@ pub struct Cache {
 }
 
 impl Cache {
-    /// Opens (creating) the cache at `dir` with a budget of `max_size`
-    /// bytes: removes leftovers of interrupted fills, moves strays aside and
-    /// rebuilds the index from what is on disk, least recently used first.
+    /// Opens (creating) a cache on the disk backend at `dir` with a
+    /// budget of `max_size` bytes (tests and tools; a server builds its
+    /// [`Storage`] once and calls [`Cache::open_holding`]).
     pub async fn open(
         dir: &Path,
         max_size: u64,
         metrics: Arc<Metrics>,
     ) -> Result<Arc<Cache>, Error> {
-        Cache::open_holding(dir, max_size, metrics, &HashMap::new()).await
+        let storage = Storage::open_disk(dir).await?;
+        Cache::open_holding(&storage, max_size, metrics, &HashMap::new()).await
     }
 
-    /// [`Cache::open`], with the blobs that local repositories and pins
-    /// hold (read from their records first) kept out of the budget from
-    /// the start.
+    /// Opens the cache over `storage` with a budget of `max_size` bytes:
+    /// loads the records, moves strays aside and rebuilds the index from
+    /// what the store holds, least recently used first, with the blobs that
+    /// local repositories and pins hold (read from their records first)
+    /// kept out of the budget from the start.
     pub async fn open_holding(
-        dir: &Path,
+        storage: &Storage,
         max_size: u64,
         metrics: Arc<Metrics>,
         held: &HashMap<Digest, Vec<Holder>>,
     ) -> Result<Arc<Cache>, Error> {
         let started = std::time::Instant::now();
-        let root = dir.to_owned();
-        let tmp = root.join("tmp");
-        let (meta, mut moved, removed) = tokio::task::spawn_blocking({
-            let (root, tmp) = (root.clone(), tmp.clone());
-            move || -> io::Result<_> {
-                layout::claim(&root)?;
-                for sub in ["blobs/sha256", "manifests/sha256", "tags"] {
-                    std::fs::create_dir_all(root.join(sub))?;
-                }
-                let moved_top = layout::check_top_level(&root)?;
-                let removed = clean_tmp(&tmp)?;
-                let (meta, moved_meta) = meta::Meta::load(&root, &tmp)?;
-                Ok((meta, moved_top + moved_meta, removed))
-            }
-        })
-        .await
-        .map_err(io::Error::other)??;
-        let store = FsStore::new(&root);
+        let (meta, mut moved) = meta::Meta::load(storage.records.clone()).await?;
+        let store = storage.blobs.clone();
         let mut listing = store.list().await?;
-        moved += listing.moved_aside.len();
+        moved += listing.moved_aside;
         listing.blobs.sort_unstable_by_key(|b| b.last_use);
         let (blobs, evicted) = BlobIndex::new(max_size);
         blobs.load(
@@ -150,18 +123,15 @@ impl Cache {
             bytes = blobs.bytes(),
             limit = max_size,
             moved_aside = moved,
-            removed_temp_files = removed,
             ms = started.elapsed().as_millis() as u64,
             "cache index loaded"
         );
         if moved > 0 {
-            tracing::warn!(moved, dir = %root.join("quarantine").display(), "entries that do not belong in the cache were moved aside; inspect and delete them");
+            tracing::warn!(moved, "entries that do not belong in the cache were moved aside into quarantine/; inspect and delete them");
         }
         let cache = Arc::new_cyclic(|this| Cache {
             this: this.clone(),
-            root,
-            tmp,
-            store: Arc::new(store),
+            store,
             blobs,
             store_lock: tokio::sync::Mutex::new(()),
             manifests: moka::sync::Cache::builder()
@@ -188,15 +158,19 @@ impl Cache {
         self.fills.len()
     }
 
-    /// Where staged files (uploads, imports) must be written so that a
-    /// commit is a rename on the same filesystem. Cleaned at start.
-    pub fn tmp_dir(&self) -> &Path {
-        &self.tmp
+    /// Starts writing a new blob into the store (an upload, an import, a
+    /// prefetch): commit it with [`Cache::commit_held`].
+    pub async fn stage(&self) -> Result<Box<dyn Staging>, Error> {
+        self.store.stage().await.map_err(|e| {
+            fill::Committer::write_failed(self, &e, 0);
+            Error::Io(e)
+        })
     }
 
-    /// A fresh, unique path in [`Cache::tmp_dir`].
-    pub fn temp_path(&self, what: &str) -> PathBuf {
-        atomic::temp_path(&self.tmp, what)
+    /// Size and last use of a stored blob, from the store itself: unlike
+    /// the index lookup, this does not count as a use for the LRU.
+    pub async fn stored(&self, digest: &Digest) -> Option<BlobInfo> {
+        self.store.stat(digest).await.ok().flatten()
     }
 
     /// Reads a whole cached blob that is known to be small (a manifest or
@@ -232,27 +206,23 @@ impl Cache {
             // Evictions may have made room since the write that failed. Only
             // a commit clears the flag otherwise, and an unready pod gets no
             // traffic to commit: look at the disk itself.
-            let root = self.root.clone();
-            let free = tokio::task::spawn_blocking(move || free_bytes(&root))
-                .await
-                .map_err(|e| e.to_string())?;
-            if !free.is_ok_and(|f| f >= ROOM_AGAIN) {
+            let free = self.store.free_space().await;
+            if !free.is_ok_and(|f| f.is_none_or(|f| f >= ROOM_AGAIN)) {
                 return Err("the cache disk is full: free space or lower max_size".into());
             }
             if self.disk_full.swap(false, Ordering::Relaxed) {
-                tracing::info!(dir = %self.root.display(), "cache disk has room again");
+                tracing::info!("cache disk has room again");
                 self.metrics.set_disk_full(false);
             }
         }
-        let probe = atomic::temp_path(&self.tmp, "ready");
-        let result = tokio::task::spawn_blocking(move || {
-            let r = std::fs::write(&probe, b"ok");
-            let _ = std::fs::remove_file(&probe);
-            r
-        })
-        .await
-        .map_err(|e| e.to_string())?;
-        result.map_err(|e| format!("the cache directory is not writable: {e}"))
+        // A staging written and dropped: the store takes bytes, and keeps none.
+        let probe = async {
+            let mut staging = self.store.stage().await?;
+            staging.write(Bytes::from_static(b"ok")).await
+        };
+        probe
+            .await
+            .map_err(|e| format!("the cache directory is not writable: {e}"))
     }
 
     /// Size of a blob being filled, once its upstream announced it.
@@ -292,12 +262,10 @@ impl Cache {
         repo: RepoName,
         digest: &Digest,
     ) -> Option<(Arc<fill::Fill>, bool)> {
-        let tmp = atomic::temp_path(&self.tmp, "fill");
         let join = self.fills.join(
             digest,
             (&upstream, &repo),
             || self.blobs.contains(digest),
-            tmp,
             self.metrics.clone(),
         )?;
         Some(match join {
@@ -329,11 +297,10 @@ impl Cache {
             return Ok(());
         }
         self.store_bytes(&m.digest, m.bytes.clone(), None).await?;
-        self.blocking_meta(
-            |meta, (d, t)| meta.put_manifest_type(&d, &t),
-            (m.digest.clone(), m.media_type.clone()),
-        )
-        .await
+        Ok(self
+            .meta
+            .put_manifest_type(&m.digest, &m.media_type)
+            .await?)
     }
 
     /// The cached record of a tag.
@@ -343,8 +310,7 @@ impl Cache {
 
     /// Records a tag durably.
     pub async fn put_tag(&self, key: TagKey, record: TagRecord) -> Result<(), Error> {
-        self.blocking_meta(|meta, (k, r)| meta.put_tag(&k, &r), (key, record))
-            .await
+        Ok(self.meta.put_tag(&key, &record).await?)
     }
 
     /// Cached tags of a repository.
@@ -355,19 +321,6 @@ impl Cache {
     /// Cached repositories.
     pub fn repositories(&self) -> Vec<(String, RepoName)> {
         self.meta.repositories()
-    }
-
-    /// Metadata writes are small but fsync: run them off the runtime.
-    async fn blocking_meta<A: Send + 'static>(
-        &self,
-        f: impl FnOnce(&meta::Meta, A) -> io::Result<()> + Send + 'static,
-        arg: A,
-    ) -> Result<(), Error> {
-        let meta = self.meta.clone();
-        tokio::task::spawn_blocking(move || f(&meta, arg))
-            .await
-            .map_err(io::Error::other)?
-            .map_err(Error::from)
     }
 
     /// Drops a blob from the index (e.g. missing or damaged on disk).
@@ -419,9 +372,13 @@ impl Cache {
 }
 
 impl fill::Committer for Cache {
-    async fn commit(&self, digest: &Digest, tmp: &Path, size: u64) -> io::Result<()> {
+    async fn stage(&self) -> io::Result<Box<dyn Staging>> {
+        self.store.stage().await
+    }
+
+    async fn commit(&self, digest: &Digest, staged: Box<dyn Staging>, size: u64) -> io::Result<()> {
         let _held = self.store_lock.lock().await;
-        self.store.commit(digest, tmp).await?;
+        staged.commit(digest.clone(), size).await?;
         let holder = self
             .held_on_commit
             .lock()
@@ -445,7 +402,7 @@ impl fill::Committer for Cache {
             return;
         }
         if !self.disk_full.swap(true, Ordering::Relaxed) {
-            tracing::error!(error = %err, dir = %self.root.display(), "cache disk is full: pulls are passed through, evicting to make room");
+            tracing::error!(error = %err, "cache disk is full: pulls are passed through, evicting to make room");
         }
         self.metrics.set_disk_full(true);
         // Room for the blob that failed, and a margin for the next ones.

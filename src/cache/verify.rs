@@ -1,14 +1,17 @@
-//! `hoard verify`: re-hash every cached blob and manifest.
+//! `hoard verify`: re-hash every stored blob.
 //!
-//! Runs beside a serving hoard on the same directory without disturbing it:
-//! it only reads, and moves a damaged blob aside with one rename. The
-//! server's index may still list a moved blob; its next read finds the file
-//! gone, drops it from the index and fetches it again.
+//! Runs beside a serving hoard on the same store without disturbing it: it
+//! only reads, and moves a damaged blob aside with
+//! [`BlobStore::set_aside`]. The server's index may still list a moved
+//! blob; its next read finds it gone, drops it from the index and fetches
+//! it again.
 
-use std::io::{self, Read};
-use std::path::{Path, PathBuf};
+use std::io;
+
+use tokio::io::AsyncReadExt;
 
 use crate::oci::{Digest, Hasher};
+use crate::storage::BlobStore;
 
 /// What a verification found.
 #[derive(Debug, Default)]
@@ -18,7 +21,7 @@ pub struct Report {
     /// Bytes hashed.
     pub bytes: u64,
     /// Blobs whose content did not match their name, and where they went.
-    pub damaged: Vec<(Digest, PathBuf)>,
+    pub damaged: Vec<(Digest, String)>,
     /// Blobs that could not be read.
     pub unreadable: Vec<(Digest, String)>,
 }
@@ -31,40 +34,41 @@ impl Report {
 }
 
 /// Progress callback: (blobs done, blobs total, bytes done, bytes total).
-pub type Progress<'a> = &'a mut dyn FnMut(u64, u64, u64, u64);
+pub type Progress<'a> = &'a mut (dyn FnMut(u64, u64, u64, u64) + Send);
 
-/// Re-hashes every blob under `cache_dir` (blocking; run it on a thread).
-pub fn verify(cache_dir: &Path, progress: Progress<'_>) -> io::Result<Report> {
-    let blobs = list(cache_dir)?;
-    let total_bytes: u64 = blobs.iter().map(|(_, _, s)| s).sum();
+/// Re-hashes every blob of `store`, in digest order.
+pub async fn verify(store: &dyn BlobStore, progress: Progress<'_>) -> io::Result<Report> {
+    let mut blobs = store.list().await?.blobs;
+    blobs.sort_by(|a, b| a.digest.cmp(&b.digest));
+    let total_bytes: u64 = blobs.iter().map(|b| b.size).sum();
     let total = blobs.len() as u64;
     let mut report = Report::default();
     let mut buf = vec![0u8; 1024 * 1024];
-    for (digest, path, _) in blobs {
+    for blob in blobs {
+        let digest = blob.digest;
         let mut hasher = Hasher::new();
-        let read = (|| -> io::Result<u64> {
-            let mut f = std::fs::File::open(&path)?;
-            let mut n = 0;
+        let read = async {
+            let mut reader = store.open(&digest, 0, blob.size).await?;
             loop {
-                let k = f.read(&mut buf)?;
+                let k = reader.read(&mut buf).await?;
                 if k == 0 {
-                    return Ok(n);
+                    return Ok::<_, io::Error>(());
                 }
                 hasher.update(&buf[..k]);
-                n += k as u64;
                 report.bytes += k as u64;
             }
-        })();
+        }
+        .await;
         report.checked += 1;
         match read {
             // Removed by an eviction while we looked: not damage.
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => report.unreadable.push((digest, e.to_string())),
-            Ok(_) => {
+            Ok(()) => {
                 let actual = hasher.finish();
                 if actual != digest {
-                    let to = super::layout::quarantine(cache_dir, &path)?;
-                    tracing::error!(%digest, %actual, moved_to = %to.display(), "damaged blob moved aside");
+                    let to = store.set_aside(&digest).await?;
+                    tracing::error!(%digest, %actual, moved_to = %to, "damaged blob moved aside");
                     report.damaged.push((digest, to));
                 }
             }
@@ -72,28 +76,4 @@ pub fn verify(cache_dir: &Path, progress: Progress<'_>) -> io::Result<Report> {
         progress(report.checked, total, report.bytes, total_bytes);
     }
     Ok(report)
-}
-
-fn list(cache_dir: &Path) -> io::Result<Vec<(Digest, PathBuf, u64)>> {
-    let root = cache_dir.join("blobs").join("sha256");
-    let mut out = Vec::new();
-    for shard in std::fs::read_dir(&root)? {
-        let shard = shard?;
-        if !shard.file_type()?.is_dir() {
-            continue;
-        }
-        for entry in std::fs::read_dir(shard.path())? {
-            let entry = entry?;
-            let digest = entry
-                .file_name()
-                .to_str()
-                .and_then(|n| format!("sha256:{n}").parse::<Digest>().ok());
-            if let Some(d) = digest {
-                let size = entry.metadata().map(|m| m.len()).unwrap_or(0);
-                out.push((d, entry.path(), size));
-            }
-        }
-    }
-    out.sort_by(|a, b| a.1.cmp(&b.1));
-    Ok(out)
 }

@@ -3,8 +3,8 @@
 //!
 //! - [`config`]: the `[local]` table.
 //! - [`records`]: each repository's linked blobs, manifests and tags,
-//!   persisted atomically under `local/`.
-//! - [`uploads`]: upload sessions streaming to `uploads/`.
+//!   persisted atomically in the [`Records`] store.
+//! - [`uploads`]: upload sessions streaming into a staging of the blob store.
 //! - [`manifest`]: what a pushed manifest references.
 //! - [`gc`]: the online garbage collector.
 //!
@@ -23,7 +23,6 @@ pub mod records;
 pub mod uploads;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
@@ -31,6 +30,7 @@ use bytes::Bytes;
 use crate::cache::{self, index::now_secs, Cache, Holder};
 use crate::metrics::Metrics;
 use crate::oci::{Digest, Reference, RepoName};
+use crate::storage::{Records, Staging};
 pub use config::LocalConfig;
 use records::{ManifestRecord, RepoRecord};
 use uploads::Uploads;
@@ -85,7 +85,7 @@ pub enum Error {
 /// The local repositories.
 pub struct Local {
     config: LocalConfig,
-    dir: PathBuf,
+    records: Arc<dyn Records>,
     cache: Arc<Cache>,
     metrics: Arc<Metrics>,
     /// std lock: reads and swaps of records, never across an await.
@@ -120,25 +120,23 @@ impl Loaded {
 }
 
 impl Local {
-    /// Reads the records under `cache_dir/local` (creates nothing: the
-    /// cache claims the directory first).
-    pub async fn load(cache_dir: &Path) -> Result<Loaded, Error> {
-        let dir = cache_dir.join("local");
-        let repos = tokio::task::spawn_blocking(move || records::load(&dir))
-            .await
-            .map_err(std::io::Error::other)??;
+    /// Reads the repositories' records (before the cache opens: it must
+    /// know what they hold).
+    pub async fn load(records: &dyn Records) -> Result<Loaded, Error> {
+        let repos = records::load(records).await?;
         Ok(Loaded { repos })
     }
 
-    /// The local repositories over an opened cache; empties `uploads/`.
-    pub fn open(
+    /// The local repositories over an opened cache; drops the upload
+    /// sessions a previous run left.
+    pub async fn open(
         loaded: Loaded,
         config: LocalConfig,
-        cache_dir: &Path,
+        records: Arc<dyn Records>,
         cache: Arc<Cache>,
         metrics: Arc<Metrics>,
     ) -> Result<Arc<Local>, Error> {
-        let uploads = Uploads::open(&cache_dir.join("uploads"), config.upload_timeout)?;
+        let uploads = Uploads::open(records.clone(), cache.clone(), config.upload_timeout).await?;
         let missing: usize = loaded
             .repos
             .values()
@@ -157,7 +155,7 @@ impl Local {
         );
         Ok(Arc::new(Local {
             config,
-            dir: cache_dir.join("local"),
+            records,
             cache,
             metrics,
             repos: RwLock::new(loaded.repos),
@@ -228,13 +226,13 @@ impl Local {
         Ok((digest, media_type, bytes))
     }
 
-    /// Commits an uploaded, verified file as `digest` and links it into
-    /// `name` (creating the repository).
+    /// Commits an uploaded, verified staging as `digest` and links it
+    /// into `name` (creating the repository).
     pub async fn commit_upload(
         &self,
         name: &RepoName,
         digest: &Digest,
-        staged: &Path,
+        staged: Box<dyn Staging>,
         size: u64,
     ) -> Result<(), Error> {
         let _order = self.commit.lock().await;
@@ -428,11 +426,7 @@ impl Local {
     /// Persists a repository's record, then makes it visible (caller holds
     /// `commit`, so records change one at a time).
     async fn save(&self, name: &RepoName, repo: RepoRecord) -> Result<(), Error> {
-        let (dir, tmp) = (self.dir.clone(), self.cache.tmp_dir().to_owned());
-        let (n, r) = (name.clone(), repo.clone());
-        tokio::task::spawn_blocking(move || records::save(&dir, &tmp, &n, &r))
-            .await
-            .map_err(std::io::Error::other)??;
+        records::save(&*self.records, name, &repo).await?;
         let mut repos = self.repos.write().unwrap_or_else(|p| p.into_inner());
         if repo.is_empty() {
             repos.remove(name);

@@ -1,19 +1,21 @@
 //! Records of local repositories: linked blobs, manifests, tags.
 //!
-//! One JSON file per repository, `local/<sha256 of the name>.json`, written
-//! with temp file + fsync + rename (like the cache's tag records), so a
-//! crash leaves the old or the new record, never half of one. The name
-//! inside the file is what counts; the file name is only derived from it,
-//! so no client text ever becomes a path. Everything is loaded at start.
+//! One record per repository in the [`Records`] store, under
+//! [`RecordKey::local`] of the sha256 of its name, replaced whole (on disk:
+//! temp file + fsync + rename, like the cache's tag records), so a crash
+//! leaves the old or the new record, never half of one. The name inside the
+//! record is what counts; the key is only derived from it, so no client
+//! text ever becomes a key. Everything is loaded at start.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io;
-use std::path::{Path, PathBuf};
 
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::cache::Holder;
 use crate::oci::{Digest, RepoName, Tag};
+use crate::storage::{RecordKey, Records};
 
 /// A blob linked into a repository (uploaded, mounted, or a manifest).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -106,56 +108,46 @@ struct RepoFile {
     record: RepoRecord,
 }
 
-/// Where a repository's record lives: named by the hash of its name.
-pub fn path_of(dir: &Path, name: &RepoName) -> PathBuf {
-    dir.join(format!(
-        "{}.json",
-        Digest::of(name.as_str().as_bytes()).hex()
-    ))
+/// Where a repository's record lives: keyed by the hash of its name.
+pub fn key_of(name: &RepoName) -> RecordKey {
+    RecordKey::local(&Digest::of(name.as_str().as_bytes()))
 }
 
-/// Writes a repository's record durably (blocking); an empty one is removed.
-pub fn save(dir: &Path, tmp: &Path, name: &RepoName, record: &RepoRecord) -> io::Result<()> {
-    let path = path_of(dir, name);
+/// Writes a repository's record durably; an empty one is removed.
+pub async fn save(records: &dyn Records, name: &RepoName, record: &RepoRecord) -> io::Result<()> {
+    let key = key_of(name);
     if record.is_empty() {
-        return match std::fs::remove_file(&path) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
-        };
+        return Ok(records.delete(&key).await?);
     }
     let file = RepoFile {
         name: name.to_string(),
         record: record.clone(),
     };
     let bytes = serde_json::to_vec(&file).map_err(io::Error::other)?;
-    crate::cache::atomic::write_durable(tmp, &path, &bytes)
+    records.put(&key, Bytes::from(bytes)).await?;
+    Ok(())
 }
 
-/// Every record under `dir` (blocking; `dir` may not exist yet). A record
-/// that cannot be read is skipped with an error in the log and left in
-/// place for the operator: its blobs are then not held.
-pub fn load(dir: &Path) -> io::Result<BTreeMap<RepoName, RepoRecord>> {
+/// Every record. A record that cannot be read is skipped with an error in
+/// the log and left in place for the operator: its blobs are then not held.
+pub async fn load(records: &dyn Records) -> io::Result<BTreeMap<RepoName, RepoRecord>> {
     let mut out = BTreeMap::new();
-    let entries = match std::fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
-        Err(e) => return Err(e),
-    };
-    for entry in entries {
-        let path = entry?.path();
-        let parsed = std::fs::read(&path)
+    for key in records.list("local/").await? {
+        let Some(v) = records.get(&key).await? else {
+            continue;
+        };
+        let parsed = serde_json::from_slice::<RepoFile>(&v.bytes)
             .ok()
-            .and_then(|b| serde_json::from_slice::<RepoFile>(&b).ok())
             .and_then(|f| Some((f.name.parse::<RepoName>().ok()?, f.record)))
             .filter(|(name, rec)| {
-                path_of(dir, name) == path && rec.tags.keys().all(|t| t.parse::<Tag>().is_ok())
+                key_of(name) == key && rec.tags.keys().all(|t| t.parse::<Tag>().is_ok())
             });
         match parsed {
             Some((name, record)) => {
                 out.insert(name, record);
             }
             None => {
-                tracing::error!(path = %path.display(), "unreadable local repository record skipped; move it away or fix it")
+                tracing::error!(record = %key, "unreadable local repository record skipped; move it away or fix it")
             }
         }
     }
@@ -174,11 +166,13 @@ pub fn held(repos: &BTreeMap<RepoName, RepoRecord>) -> HashMap<Digest, Vec<Holde
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::Storage;
 
-    #[test]
-    fn round_trip_and_empty_removes() {
+    #[tokio::test]
+    async fn round_trip_and_empty_removes() {
         let dir = tempfile::tempdir().unwrap();
-        let (recs, tmp) = (dir.path().join("local"), dir.path().to_owned());
+        let storage = Storage::open_disk(dir.path()).await.unwrap();
+        let recs = &*storage.records;
         let name: RepoName = "team/app".parse().unwrap();
         let mut rec = RepoRecord::default();
         rec.blobs.insert(
@@ -190,19 +184,20 @@ mod tests {
             },
         );
         rec.tags.insert("v1".into(), Digest::of(b"m"));
-        save(&recs, &tmp, &name, &rec).unwrap();
-        let loaded = load(&recs).unwrap();
+        save(recs, &name, &rec).await.unwrap();
+        let loaded = load(recs).await.unwrap();
         assert_eq!(loaded.get(&name), Some(&rec));
-        save(&recs, &tmp, &name, &RepoRecord::default()).unwrap();
-        assert!(load(&recs).unwrap().is_empty());
+        save(recs, &name, &RepoRecord::default()).await.unwrap();
+        assert!(load(recs).await.unwrap().is_empty());
     }
 
-    #[test]
-    fn a_record_under_the_wrong_file_name_is_skipped() {
+    #[tokio::test]
+    async fn a_record_under_the_wrong_key_is_skipped() {
         let dir = tempfile::tempdir().unwrap();
-        let recs = dir.path().join("local");
-        std::fs::create_dir_all(&recs).unwrap();
-        std::fs::write(recs.join("x.json"), br#"{"name":"team/app"}"#).unwrap();
-        assert!(load(&recs).unwrap().is_empty());
+        let storage = Storage::open_disk(dir.path()).await.unwrap();
+        let key = RecordKey::new("local/x.json").unwrap();
+        let body = Bytes::from_static(br#"{"name":"team/app"}"#);
+        storage.records.put(&key, body).await.unwrap();
+        assert!(load(&*storage.records).await.unwrap().is_empty());
     }
 }

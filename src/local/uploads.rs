@@ -1,14 +1,16 @@
-//! Blob upload sessions: bytes stream to a file in `uploads/`, hashed as
-//! they pass, so memory stays flat for multi-GiB layers and the digest is
-//! known the moment the last byte lands.
+//! Blob upload sessions: bytes stream into a staging of the blob store
+//! (its local file), hashed as they pass, so memory stays flat for
+//! multi-GiB layers and the digest is known the moment the last byte lands.
 //!
-//! A session is in memory only (a restart drops it; `uploads/` is emptied
-//! at start). Each session takes one request at a time: its state sits
-//! behind an async mutex held while a chunk streams in. Sessions idle for
-//! `upload_timeout` are dropped with their file by [`Uploads::sweep`].
+//! Each session is recorded in the [`Records`] store (created at start,
+//! deleted at the end) so the sessions in flight can be seen from outside;
+//! its bytes and progress are in this process only (a restart drops it: its
+//! staging is swept, its record deleted at the next start). Each session
+//! takes one request at a time: its state sits behind an async mutex held
+//! while a chunk streams in. Sessions idle for `upload_timeout` are dropped
+//! with their bytes by [`Uploads::sweep`].
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -17,7 +19,9 @@ use http_body_util::BodyExt;
 use tokio::io::AsyncWriteExt;
 
 use super::Error;
+use crate::cache::Cache;
 use crate::oci::{Digest, Hasher, RepoName};
+use crate::storage::{RecordKey, Records, Staging};
 
 /// One upload session.
 pub struct Session {
@@ -31,7 +35,10 @@ pub struct Session {
 }
 
 struct State {
-    path: PathBuf,
+    /// The blob being written; `None` once finished or cancelled
+    /// (dropping it removes its bytes).
+    staging: Option<Box<dyn Staging>>,
+    /// The staging's local file, appended to and rewound on a bad chunk.
     file: Option<tokio::fs::File>,
     size: u64,
     hasher: Hasher,
@@ -39,23 +46,28 @@ struct State {
 
 /// Every open session.
 pub struct Uploads {
-    dir: PathBuf,
+    records: Arc<dyn Records>,
+    cache: Arc<Cache>,
     timeout: Duration,
     /// std lock: map operations only.
     sessions: Mutex<HashMap<String, Arc<Session>>>,
 }
 
 impl Uploads {
-    /// Sessions staged in `dir`, which is emptied now (leftovers of a
-    /// previous run were never verified).
-    pub fn open(dir: &Path, timeout: Duration) -> std::io::Result<Uploads> {
-        match std::fs::remove_dir_all(dir) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-            _ => {}
+    /// Sessions staged in `cache`'s blob store and recorded in
+    /// `records`, whose leftover session records are deleted now (their
+    /// bytes were never verified, and are gone with the previous run).
+    pub async fn open(
+        records: Arc<dyn Records>,
+        cache: Arc<Cache>,
+        timeout: Duration,
+    ) -> std::io::Result<Uploads> {
+        for key in records.list("uploads/").await? {
+            records.delete(&key).await?;
         }
-        std::fs::create_dir_all(dir)?;
         Ok(Uploads {
-            dir: dir.to_owned(),
+            records,
+            cache,
             timeout,
             sessions: Mutex::new(HashMap::new()),
         })
@@ -64,13 +76,22 @@ impl Uploads {
     /// Starts a session in `repo`.
     pub async fn start(&self, repo: RepoName) -> Result<Arc<Session>, Error> {
         let id = new_id();
-        let path = self.dir.join(&id);
-        let file = tokio::fs::File::create(&path).await?;
+        let key = RecordKey::upload(&id).ok_or(Error::UploadUnknown)?;
+        let mut staging = self.cache.stage().await?;
+        let file = staging.local_file().ok_or_else(|| {
+            std::io::Error::other("the blob store stages no local file for uploads")
+        })?;
+        let file = tokio::fs::File::from_std(file.try_clone()?);
+        let record = serde_json::json!({ "repository": repo.to_string() });
+        self.records
+            .create(&key, Bytes::from(record.to_string()))
+            .await
+            .map_err(std::io::Error::from)?;
         let session = Arc::new(Session {
             repo,
             id: id.clone(),
             state: tokio::sync::Mutex::new(State {
-                path,
+                staging: Some(staging),
                 file: Some(file),
                 size: 0,
                 hasher: Hasher::new(),
@@ -138,16 +159,16 @@ impl Uploads {
     }
 
     /// Takes the final chunk (may be empty), closes the file and checks the
-    /// digest. On success the session is gone and its synced file, ready
-    /// to be committed by a rename, is returned with its size. On a wrong
-    /// digest the session and its bytes are dropped: nothing is stored.
+    /// digest. On success the session is gone and its staging, ready to be
+    /// committed, is returned with its size. On a wrong digest the session
+    /// and its bytes are dropped: nothing is stored.
     pub async fn finish<B>(
         &self,
         s: &Session,
         expected: &Digest,
         body: B,
         pushed: &crate::metrics::Metrics,
-    ) -> Result<(PathBuf, u64), Error>
+    ) -> Result<(Box<dyn Staging>, u64), Error>
     where
         B: hyper::body::Body<Data = Bytes> + Unpin,
         B::Error: std::fmt::Display,
@@ -159,27 +180,38 @@ impl Uploads {
             return Err(e);
         }
         let mut file = st.file.take().ok_or(Error::UploadUnknown)?;
+        // The commit syncs the staging; this only hands over what tokio buffers.
         file.flush().await?;
-        file.sync_all().await?;
         drop(file);
+        let staging = st.staging.take().ok_or(Error::UploadUnknown)?;
         let actual = std::mem::take(&mut st.hasher).finish();
-        self.lock().remove(&s.id);
+        self.forget(s).await;
         if actual != *expected {
-            let _ = tokio::fs::remove_file(&st.path).await;
             return Err(Error::DigestInvalid {
                 expected: expected.clone(),
                 actual,
             });
         }
-        Ok((st.path.clone(), st.size))
+        Ok((staging, st.size))
     }
 
     /// Drops a session and its bytes.
     pub async fn cancel(&self, s: &Session) {
-        self.lock().remove(&s.id);
+        self.forget(s).await;
         let mut st = s.state.lock().await;
         st.file = None;
-        let _ = tokio::fs::remove_file(&st.path).await;
+        st.staging = None;
+    }
+
+    /// Ends a session: out of the map and its record deleted (a record
+    /// left by a failed delete goes at the next start).
+    async fn forget(&self, s: &Session) {
+        self.lock().remove(&s.id);
+        if let Some(key) = RecordKey::upload(&s.id) {
+            if let Err(e) = self.records.delete(&key).await {
+                tracing::warn!(upload = %s.id, error = %e, "could not delete an upload session's record");
+            }
+        }
     }
 
     /// Drops sessions idle longer than the timeout (skipping one that is

@@ -7,26 +7,31 @@
 //! pinned tag is served as its pinned digest even when the upstream moves
 //! it, until it is unpinned or pinned again (a new prefetch re-pins it).
 //!
-//! Records live in `pins/<sha256 of the key>.json`, written temp + fsync +
-//! rename, and are read before the cache is opened so the budget applied at
-//! start never sees pinned blobs. One blob may belong to several pins; the
+//! Records live in the [`Records`] store under
+//! [`RecordKey::pin`](crate::storage::RecordKey::pin) (the
+//! sha256 of the pin's key, so no client text becomes a key), and are read
+//! before the cache is opened so the budget applied at start never sees
+//! pinned blobs. One blob may belong to several pins; the
 //! cache keeps a single pin bit, so this module releases a blob only when no
 //! pin (and no prefetch still in progress) needs it.
 
-pub mod lock;
 mod record;
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::{self, Write};
-use std::path::{Path, PathBuf};
-use std::sync::{Mutex, RwLock};
+use std::io;
+use std::sync::{Arc, Mutex, RwLock};
 
-pub use lock::{CacheLock, LockError};
+use bytes::Bytes;
+
 pub use record::Pin;
 use record::PinFile;
 
 use crate::cache::{Cache, Holder, TagKey};
 use crate::oci::Digest;
+use crate::storage::Records;
+/// The directory lock lives with the storage; re-exported where the CLI
+/// has always found it.
+pub use crate::storage::{CacheLock, LockError};
 
 /// Why a pin could not be recorded.
 #[derive(Debug, thiserror::Error)]
@@ -48,9 +53,10 @@ pub enum PinError {
 
 /// Every pin of one cache directory.
 pub struct Pins {
-    dir: PathBuf,
-    /// std lock: map operations only, never held across an await.
-    records: RwLock<BTreeMap<String, Pin>>,
+    records: Arc<dyn Records>,
+    /// Every pin by key. std lock: map operations only, never held across
+    /// an await.
+    pins: RwLock<BTreeMap<String, Pin>>,
     /// Digests a prefetch holds before its pin is recorded, counted per
     /// prefetch, so a failed prefetch does not release what another needs.
     /// std lock: map operations only.
@@ -60,39 +66,30 @@ pub struct Pins {
 }
 
 impl Pins {
-    /// Reads every pin record under `cache_dir/pins` (blocking: call at
-    /// start, before [`Cache::open_holding`]). Creates nothing: a new cache
-    /// directory must stay empty until the cache claims it. A record that
-    /// does not parse is logged and left alone.
-    pub fn load(cache_dir: &Path) -> io::Result<Pins> {
-        let dir = cache_dir.join("pins");
-        let mut records = BTreeMap::new();
-        let entries = match std::fs::read_dir(&dir) {
-            Ok(e) => Some(e),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-            Err(e) => return Err(e),
-        };
-        for entry in entries.into_iter().flatten() {
-            let path = entry?.path();
-            if path.extension().is_none_or(|e| e != "json") {
+    /// Reads every pin record (call at start, before
+    /// [`Cache::open_holding`]). A record that does not parse is logged
+    /// and left alone.
+    pub async fn load(records: Arc<dyn Records>) -> io::Result<Pins> {
+        let mut pins = BTreeMap::new();
+        for key in records.list("pins/").await? {
+            let Some(v) = records.get(&key).await? else {
                 continue;
-            }
-            let pin = std::fs::read(&path)
+            };
+            let pin = serde_json::from_slice::<PinFile>(&v.bytes)
                 .ok()
-                .and_then(|b| serde_json::from_slice::<PinFile>(&b).ok())
                 .and_then(PinFile::into_pin);
             match pin {
                 Some(p) => {
-                    records.insert(p.key(), p);
+                    pins.insert(p.key(), p);
                 }
                 None => {
-                    tracing::error!(path = %path.display(), "unreadable pin record ignored: its image is not protected from eviction; pin it again")
+                    tracing::error!(record = %key, "unreadable pin record ignored: its image is not protected from eviction; pin it again")
                 }
             }
         }
         Ok(Pins {
-            dir,
-            records: RwLock::new(records),
+            records,
+            pins: RwLock::new(pins),
             reserved: Mutex::default(),
             writing: tokio::sync::Mutex::new(()),
         })
@@ -100,7 +97,7 @@ impl Pins {
 
     /// The digests pins hold, for [`Cache::open_holding`].
     pub fn held(&self) -> HashMap<Digest, Vec<Holder>> {
-        let records = self.records.read().unwrap_or_else(|p| p.into_inner());
+        let records = self.pins.read().unwrap_or_else(|p| p.into_inner());
         records
             .values()
             .flat_map(|p| p.digests())
@@ -110,7 +107,7 @@ impl Pins {
 
     /// The pinned digest of a tag: pulls serve it without asking upstream.
     pub fn tag(&self, key: &TagKey) -> Option<Digest> {
-        let records = self.records.read().ok()?;
+        let records = self.pins.read().ok()?;
         records
             .get(&format!("{}/{}:{}", key.upstream, key.repo, key.tag))
             .map(|p| p.digest.clone())
@@ -118,13 +115,13 @@ impl Pins {
 
     /// Every pin, sorted by key.
     pub fn list(&self) -> Vec<Pin> {
-        let records = self.records.read().unwrap_or_else(|p| p.into_inner());
+        let records = self.pins.read().unwrap_or_else(|p| p.into_inner());
         records.values().cloned().collect()
     }
 
     /// The pin recorded under `key` (see [`Pin::key`]).
     pub fn get(&self, key: &str) -> Option<Pin> {
-        self.records.read().ok()?.get(key).cloned()
+        self.pins.read().ok()?.get(key).cloned()
     }
 
     /// Holds `digest` for a prefetch in progress; `false` when it is not
@@ -177,14 +174,12 @@ impl Pins {
         }
         let key = pin.key();
         let json = serde_json::to_vec_pretty(&PinFile::from(&pin)).map_err(io::Error::other)?;
-        let path = self.dir.join(Pin::file_name(&key));
-        let tmp = cache.temp_path("pin");
-        let dir = self.dir.clone();
-        tokio::task::spawn_blocking(move || write_durable(&dir, &tmp, &path, &json))
+        self.records
+            .put(&Pin::record_key(&key), Bytes::from(json))
             .await
-            .map_err(io::Error::other)??;
+            .map_err(io::Error::from)?;
         let old = {
-            let mut records = self.records.write().unwrap_or_else(|p| p.into_inner());
+            let mut records = self.pins.write().unwrap_or_else(|p| p.into_inner());
             records.insert(key, pin)
         };
         if let Some(old) = &old {
@@ -200,16 +195,12 @@ impl Pins {
         if self.get(key).is_none() {
             return Ok(None);
         }
-        let path = self.dir.join(Pin::file_name(key));
-        let dir = self.dir.clone();
-        tokio::task::spawn_blocking(move || match std::fs::remove_file(&path) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-            _ => std::fs::File::open(&dir)?.sync_all(),
-        })
-        .await
-        .map_err(io::Error::other)??;
+        self.records
+            .delete(&Pin::record_key(key))
+            .await
+            .map_err(io::Error::from)?;
         let old = {
-            let mut records = self.records.write().unwrap_or_else(|p| p.into_inner());
+            let mut records = self.pins.write().unwrap_or_else(|p| p.into_inner());
             records.remove(key)
         };
         if let Some(old) = &old {
@@ -221,7 +212,7 @@ impl Pins {
     /// Releases each digest that no recorded pin and no reservation needs.
     /// Called with `writing` held.
     fn release_unneeded(&self, cache: &Cache, digests: Vec<Digest>) {
-        let records = self.records.read().unwrap_or_else(|p| p.into_inner());
+        let records = self.pins.read().unwrap_or_else(|p| p.into_inner());
         let reserved = self.reserved.lock().unwrap_or_else(|p| p.into_inner());
         for d in digests {
             let needed =
@@ -233,27 +224,9 @@ impl Pins {
     }
 }
 
-/// Writes `bytes` to `to` through `tmp` (in the cache's tmp/, same
-/// filesystem): complete or absent after a crash.
-fn write_durable(dir: &Path, tmp: &Path, to: &Path, bytes: &[u8]) -> io::Result<()> {
-    std::fs::create_dir_all(dir)?;
-    let result = (|| {
-        let mut f = std::fs::File::create(tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(tmp, to)?;
-        std::fs::File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(tmp);
-    }
-    result
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
 
     fn pin(tag: &str, top: &Digest, blobs: &[&Digest]) -> Pin {
         Pin {
@@ -273,8 +246,13 @@ mod tests {
     async fn shared_blobs_stay_held_until_the_last_pin_goes() {
         let dir = tempfile::tempdir().unwrap();
         let metrics = Arc::new(crate::metrics::Metrics::new());
-        let cache = Cache::open(dir.path(), 1 << 30, metrics).await.unwrap();
-        let pins = Pins::load(dir.path()).unwrap();
+        let storage = crate::storage::Storage::open_disk(dir.path())
+            .await
+            .unwrap();
+        let cache = Cache::open_holding(&storage, 1 << 30, metrics, &HashMap::new())
+            .await
+            .unwrap();
+        let pins = Pins::load(storage.records.clone()).await.unwrap();
         let mut d = Vec::new();
         for n in 0..3u8 {
             let bytes = bytes::Bytes::from(vec![n; 100]);
@@ -306,7 +284,7 @@ mod tests {
         assert!(cache.is_held_by(&d[2], Holder::Pin), "still needed by b");
         assert_eq!(pins.tag(&key("a")), None);
 
-        let again = Pins::load(dir.path()).unwrap();
+        let again = Pins::load(storage.records.clone()).await.unwrap();
         let keys = |p: &Pins| -> Vec<(String, Vec<Digest>)> {
             p.list()
                 .iter()

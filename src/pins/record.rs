@@ -1,5 +1,5 @@
-//! A pin as stored on disk: `pins/<hex>.json`, one file per pinned reference,
-//! named by the sha256 of the reference so no client text becomes a path.
+//! A pin as stored: one record per pinned reference, keyed by the sha256
+//! of the reference so no client text becomes a key.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -59,9 +59,9 @@ impl Pin {
             .chain(self.blobs.iter())
     }
 
-    /// The file name of a pin key: sha256 of the key, hex.
-    pub fn file_name(key: &str) -> String {
-        format!("{}.json", Digest::of(key.as_bytes()).hex())
+    /// Where the pin of `key` is recorded: by the sha256 of the key.
+    pub fn record_key(key: &str) -> crate::storage::RecordKey {
+        crate::storage::RecordKey::pin(&Digest::of(key.as_bytes()))
     }
 }
 

@@ -4,30 +4,17 @@
 //! A fill commits into the LRU; a blob larger than `max_size` would be
 //! evicted by its own commit before the pin could hold it (and would flush
 //! every unpinned blob on the way). Such blobs are streamed here instead:
-//! hashed while written to a temp file in the cache's tmp/, synced, checked
+//! hashed while written into a staging of the cache's store, checked
 //! against their digest and committed with [`Cache::commit_held`], so the
 //! budget never sees them. Concurrent pulls of the same blob are not
 //! coalesced with this download.
 
 use std::sync::Arc;
 
-use tokio::io::AsyncWriteExt;
-
 use super::{Event, Prefetcher, PROGRESS_STEP};
 use crate::cache::Holder;
 use crate::oci::{Digest, Hasher, RepoName};
 use crate::upstream::{self, Upstream};
-
-/// Removes a temp file unless it was handed to the cache.
-struct Staged(Option<std::path::PathBuf>);
-
-impl Drop for Staged {
-    fn drop(&mut self) {
-        if let Some(p) = self.0.take() {
-            let _ = std::fs::remove_file(p);
-        }
-    }
-}
 
 impl Prefetcher {
     /// Downloads `digest` and commits it held for the pin. Returns its size.
@@ -44,9 +31,8 @@ impl Prefetcher {
             upstream::Error::NotFound => fail(&"not known upstream"),
             e => fail(&e),
         })?;
-        let path = self.cache.temp_path("prefetch");
-        let staged = Staged(Some(path.clone()));
-        let mut file = tokio::fs::File::create(&path).await.map_err(|e| fail(&e))?;
+        // Dropped uncommitted on any error below: its bytes go with it.
+        let mut staged = self.cache.stage().await.map_err(|e| fail(&e))?;
         let mut body = resp.into_body();
         let mut hasher = Hasher::new();
         let (mut size, mut unreported) = (0u64, 0u64);
@@ -55,9 +41,10 @@ impl Prefetcher {
                 continue;
             };
             hasher.update(&data);
-            file.write_all(&data).await.map_err(|e| fail(&e))?;
-            size += data.len() as u64;
-            unreported += data.len() as u64;
+            let len = data.len() as u64;
+            staged.write(data).await.map_err(|e| fail(&e))?;
+            size += len;
+            unreported += len;
             if unreported >= PROGRESS_STEP {
                 let _ = events.send(Event::Progress {
                     image: image.to_owned(),
@@ -65,8 +52,6 @@ impl Prefetcher {
                 });
             }
         }
-        file.sync_all().await.map_err(|e| fail(&e))?;
-        drop(file);
         let got = hasher.finish();
         if got != *digest {
             return Err(fail(&format!(
@@ -79,10 +64,8 @@ impl Prefetcher {
                 bytes: unreported,
             });
         }
-        let mut staged = staged;
-        let path = staged.0.take().unwrap_or(path);
         self.cache
-            .commit_held(digest, &path, size, Holder::Pin)
+            .commit_held(digest, staged, size, Holder::Pin)
             .await
             .map_err(|e| fail(&e))?;
         Ok(size)

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use super::{ImageRef, Plan, Platform, Prefetcher};
 use crate::oci::Digest;
 use crate::pins::Pin;
+use crate::storage::BlobInfo;
 
 /// Whether an image can be served with the network gone.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -48,7 +49,7 @@ impl Prefetcher {
             },
         };
         for (d, _) in &plan.blobs {
-            if self.stored_size(d).is_none() {
+            if self.stored_size(d).await.is_none() {
                 plan.missing.push(format!("blob {d}"));
             }
         }
@@ -74,11 +75,10 @@ impl Prefetcher {
             ));
         }
         let top = plan.top.clone().ok_or("no top manifest")?;
-        let bytes: u64 = plan
-            .blobs
-            .iter()
-            .map(|(d, s)| self.stored_size(d).unwrap_or(*s))
-            .sum();
+        let mut bytes: u64 = 0;
+        for (d, s) in &plan.blobs {
+            bytes += self.stored_size(d).await.unwrap_or(*s);
+        }
         let pin = Pin {
             upstream: r.upstream.clone(),
             repo: r.repo.clone(),
@@ -131,14 +131,13 @@ impl Prefetcher {
             })
     }
 
-    /// Size and last use of a stored blob, from its file: unlike the
+    /// Size and last use of a stored blob, from the store: unlike the
     /// index lookup, this does not count as a use for the LRU.
-    pub fn stored(&self, digest: &Digest) -> Option<std::fs::Metadata> {
-        let path = crate::cache::store::FsStore::new(&self.config.cache_dir).path(digest);
-        std::fs::metadata(path).ok().filter(|m| m.is_file())
+    pub async fn stored(&self, digest: &Digest) -> Option<BlobInfo> {
+        self.cache.stored(digest).await
     }
 
-    fn stored_size(&self, digest: &Digest) -> Option<u64> {
-        self.stored(digest).map(|m| m.len())
+    async fn stored_size(&self, digest: &Digest) -> Option<u64> {
+        self.stored(digest).await.map(|m| m.size)
     }
 }

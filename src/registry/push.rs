@@ -134,14 +134,10 @@ async fn finish<B: ReqBody>(
         .uploads
         .finish(s, digest, body, reg.local.metrics())
         .await?;
-    if let Err(e) = reg
-        .local
-        .commit_upload(&s.repo, digest, &staged, size)
-        .await
-    {
-        let _ = tokio::fs::remove_file(&staged).await;
-        return Err(e.into());
-    }
+    // A staging that fails to commit is dropped, and its bytes with it.
+    reg.local
+        .commit_upload(&s.repo, digest, staged, size)
+        .await?;
     tracing::info!(repo = %s.repo, %digest, bytes = size, "blob pushed");
     Ok(created(&s.repo, digest))
 }

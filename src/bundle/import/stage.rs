@@ -1,23 +1,26 @@
 //! Phase 1 of an import: one pass over the tar, staging and verifying
-//! every blob in the cache's `tmp/` (see [`super`]).
+//! every blob in the cache's blob store (see [`super`]).
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
+use std::sync::Arc;
 
 use crate::bundle::layout::{self, Index, LayoutFile};
 use crate::bundle::progress::Progress;
 use crate::bundle::Error;
 use crate::cache::Cache;
 use crate::oci::{Digest, Hasher};
+use crate::storage::Staging;
 
 /// Largest `index.json` or `oci-layout` read into memory.
 const MAX_INDEX: u64 = 16 * 1024 * 1024;
 
 /// A verified blob from the archive.
 pub(super) enum Have {
-    /// Staged in the cache's `tmp/`, not yet committed.
-    Staged(PathBuf, u64),
+    /// Staged in the cache's store, not yet committed, with the staging's
+    /// file (manifests are read back from it).
+    Staged(Box<dyn Staging>, Arc<std::fs::File>, u64),
     /// Already in the cache.
     Present(u64),
 }
@@ -25,12 +28,12 @@ pub(super) enum Have {
 impl Have {
     pub(super) fn size(&self) -> u64 {
         match self {
-            Have::Staged(_, s) | Have::Present(s) => *s,
+            Have::Staged(_, _, s) | Have::Present(s) => *s,
         }
     }
 }
 
-/// Everything read from the archive. Dropping it removes staged files that
+/// Everything read from the archive. Dropping it aborts the stagings that
 /// were not committed.
 #[derive(Default)]
 pub(super) struct Staged {
@@ -39,17 +42,8 @@ pub(super) struct Staged {
     pub(super) layout_seen: bool,
 }
 
-impl Drop for Staged {
-    fn drop(&mut self) {
-        for have in self.blobs.values() {
-            if let Have::Staged(path, _) = have {
-                let _ = std::fs::remove_file(path);
-            }
-        }
-    }
-}
-
 /// Phase 1: reads the whole archive, staging and verifying every blob.
+/// Runs on a blocking thread of the runtime (it reads the tar with std I/O).
 pub(super) fn stage(cache: &Cache, archive: &Path, progress: &Progress) -> Result<Staged, Error> {
     let file = std::fs::File::open(archive).map_err(Error::file(archive))?;
     let counted = Counted {
@@ -116,17 +110,21 @@ pub(super) fn stage(cache: &Cache, archive: &Path, progress: &Progress) -> Resul
             ));
         }
         let keep = !staged.blobs.contains_key(&digest) && cache.blob_size(&digest).is_none();
-        let tmp = keep.then(|| cache.temp_path("import"));
-        let result = copy_verified(&mut entry, &name, &digest, size, tmp.as_deref());
-        if let Err(e) = result {
-            if let Some(t) = &tmp {
-                let _ = std::fs::remove_file(t);
+        let mut staging = match keep {
+            true => Some(tokio::runtime::Handle::current().block_on(cache.stage())?),
+            false => None,
+        };
+        let file = staging.as_mut().and_then(|s| s.local_file());
+        // An error drops the staging, and its bytes with it.
+        copy_verified(&mut entry, &name, &digest, size, file.as_deref())?;
+        let have = match (staging, file) {
+            (Some(s), Some(f)) => Have::Staged(s, f, size),
+            (Some(_), None) => {
+                return Err(Error::Cache(
+                    io::Error::other("the blob store stages no local file to import into").into(),
+                ))
             }
-            return Err(e);
-        }
-        let have = match tmp {
-            Some(t) => Have::Staged(t, size),
-            None => Have::Present(size),
+            (None, _) => Have::Present(size),
         };
         staged.blobs.entry(digest).or_insert(have);
     }
@@ -134,18 +132,14 @@ pub(super) fn stage(cache: &Cache, archive: &Path, progress: &Progress) -> Resul
 }
 
 /// Streams one blob entry into `to` (or nowhere), checking its length and
-/// digest; `to` is synced so a later rename makes it durable.
+/// digest (the staging's commit syncs the file).
 fn copy_verified(
     entry: &mut impl Read,
     name: &str,
     digest: &Digest,
     size: u64,
-    to: Option<&Path>,
+    mut out: Option<&std::fs::File>,
 ) -> Result<(), Error> {
-    let mut out = match to {
-        Some(p) => Some((std::fs::File::create(p).map_err(Error::file(p))?, p)),
-        None => None,
-    };
     let mut hasher = Hasher::new();
     let mut buf = vec![0u8; 1 << 20];
     let mut read = 0u64;
@@ -161,8 +155,9 @@ fn copy_verified(
         }
         hasher.update(&buf[..n]);
         read += n as u64;
-        if let Some((f, p)) = &mut out {
-            f.write_all(&buf[..n]).map_err(Error::file(p))?;
+        if let Some(f) = &mut out {
+            f.write_all(&buf[..n])
+                .map_err(|e| Error::Cache(crate::cache::Error::Io(e)))?;
         }
     }
     if read != size {
@@ -177,9 +172,6 @@ fn copy_verified(
             name,
             format!("content hashes to {actual}, not to its name"),
         ));
-    }
-    if let Some((f, p)) = out {
-        f.sync_all().map_err(Error::file(p))?;
     }
     Ok(())
 }
