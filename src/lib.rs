@@ -13,12 +13,16 @@
 //! - [`oci`]: validated digests, names, tags, references.
 //! - [`registry`]: the `/v2` protocol: routing and the cache policy.
 //! - [`upstream`]: the client for configured registries (tokens, redirects).
-//! - [`cache`]: content-addressed store, tag records, in-flight fills, index.
+//! - [`cache`]: verified blobs and tag records over the stores, in-flight
+//!   fills, the index and its budget.
+//! - [`storage`]: the ground floor under `cache`, `pins` and `local`: the
+//!   [`storage::BlobStore`] and [`storage::Records`] traits, injected, and
+//!   their disk implementation, the one owner of `cache_dir`.
 //! - [`local`]: pushed repositories: uploads, manifests, records, GC.
 //! - [`server`]: listeners (plain and TLS), connection limits, graceful shutdown.
 //! - [`bundle`]: `hoard export` / `hoard import`: images to and from one
 //!   OCI-layout tar, to carry a warmed cache to a disconnected site.
-//! - [`pins`]: pinned images kept outside the budget, the cache directory lock.
+//! - [`pins`]: pinned images kept outside the budget.
 //! - [`prefetch`]: fetching whole images ahead of need, readiness checks.
 //! - [`admin`]: the operator API under `/_hoard/` (prefetch, pins, ls, check).
 //! - [`malloc`]: glibc malloc settings that keep streaming buffers resident.

@@ -230,3 +230,86 @@ fn info(digest: Digest, meta: &std::fs::Metadata) -> BlobInfo {
         last_use,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    async fn store() -> (tempfile::TempDir, Arc<CacheDir>, FsBlobs) {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = CacheDir::open(&tmp.path().join("cache")).await.unwrap();
+        (tmp, dir.clone(), FsBlobs::new(dir))
+    }
+
+    fn files_in(dir: &std::path::Path) -> usize {
+        std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
+    }
+
+    #[tokio::test]
+    async fn a_commit_rechecks_size_and_digest_and_only_then_shows_the_blob() {
+        let (_tmp, dir, store) = store().await;
+        let data = Bytes::from_static(b"some layer bytes");
+        let digest = Digest::of(&data);
+
+        let mut wrong = store.stage().await.unwrap();
+        wrong
+            .write(Bytes::from_static(b"other bytes"))
+            .await
+            .unwrap();
+        let err = wrong.commit(digest.clone(), 11).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
+
+        let mut short = store.stage().await.unwrap();
+        short.write(data.clone()).await.unwrap();
+        let err = short.commit(digest.clone(), 99).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
+        assert!(
+            store.stat(&digest).await.unwrap().is_none(),
+            "nothing shown"
+        );
+        assert_eq!(files_in(&dir.tmp()), 0, "failed stagings leave nothing");
+
+        let mut right = store.stage().await.unwrap();
+        right.write(data.slice(..4)).await.unwrap();
+        right.write(data.slice(4..)).await.unwrap();
+        right
+            .commit(digest.clone(), data.len() as u64)
+            .await
+            .unwrap();
+        let info = store.stat(&digest).await.unwrap().unwrap();
+        assert_eq!(info.size, data.len() as u64);
+        let mut back = Vec::new();
+        let mut r = store.open(&digest, 0, info.size).await.unwrap();
+        r.read_to_end(&mut back).await.unwrap();
+        assert_eq!(back, data);
+        assert_eq!(files_in(&dir.tmp()), 0);
+    }
+
+    #[tokio::test]
+    async fn a_dropped_staging_leaves_nothing_and_a_local_file_is_size_checked() {
+        let (_tmp, dir, store) = store().await;
+        let mut dropped = store.stage().await.unwrap();
+        dropped.write(Bytes::from_static(b"half")).await.unwrap();
+        assert_eq!(files_in(&dir.tmp()), 1);
+        drop(dropped);
+        assert_eq!(files_in(&dir.tmp()), 0, "drop is abort");
+
+        let data = b"written at offsets by a fill";
+        let digest = Digest::of(data);
+        let mut staged = store.stage().await.unwrap();
+        let file = staged.local_file().unwrap();
+        file.write_all_at(data, 0).unwrap();
+        let err = staged.commit(digest.clone(), 5).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
+        let mut staged = store.stage().await.unwrap();
+        staged.local_file().unwrap().write_all_at(data, 0).unwrap();
+        staged
+            .commit(digest.clone(), data.len() as u64)
+            .await
+            .unwrap();
+        assert_eq!(store.list().await.unwrap().blobs.len(), 1);
+        store.remove(&digest).await.unwrap();
+        assert!(store.stat(&digest).await.unwrap().is_none());
+    }
+}

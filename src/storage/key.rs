@@ -10,6 +10,8 @@ use std::fmt;
 use crate::oci::Digest;
 
 /// Namespaces records live in (top-level directories of the disk layout).
+/// A new kind of record adds its namespace here (and a constructor below):
+/// its directory then belongs to the layout and is not quarantined at start.
 pub const NAMESPACES: &[&str] = &["manifests", "tags", "pins", "local", "uploads"];
 
 /// A validated record key.

@@ -19,6 +19,20 @@
 //!   compare-and-swap `replace`, so replicas sharing one store can agree on
 //!   who wrote last.
 //!
+//! Who uses what: the cache's fills, pushes (`local::uploads`), imports
+//! and held prefetches write blobs through stagings; tag records and
+//! manifests' media types (`cache::meta`), pins, local repository records
+//! and upload sessions are records (uploads use `create`: a session id is
+//! never reused). `hoard verify` reads and sets aside through the
+//! [`BlobStore`] too, over [`CacheDir::existing`] so it claims and sweeps
+//! nothing beside a serving hoard.
+//!
+//! What an object store must still provide that the disk gives for free:
+//! the fill pipeline and uploads write a staging's [`Staging::local_file`]
+//! (positional writes, readers following the file, rewinding a broken
+//! chunk), so an object-store staging keeps a local spool file and streams
+//! it out as a multipart upload, completing it at `commit`.
+//!
 //! The disk implementations ([`FsBlobs`], [`FsRecords`]) share one owner of
 //! the directory, [`CacheDir`]: it alone knows the layout (below), claims
 //! the directory, sweeps `tmp/`, walks sharded directories and moves strays
