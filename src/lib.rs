@@ -137,7 +137,7 @@ pub async fn run_listeners(
         held.entry(digest).or_default().extend(holders);
     }
     let cache =
-        cache::Cache::open_holding(&storage, config.max_size.as_u64(), metrics.clone(), &held)
+        cache::Cache::open_serving(&storage, config.max_size.as_u64(), metrics.clone(), &held)
             .await?;
     let local = local::Local::open(
         loaded,

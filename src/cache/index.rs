@@ -15,7 +15,7 @@
 //! leaves when its last holder lets go.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -84,6 +84,10 @@ pub struct BlobIndex {
     bytes: AtomicU64,
     limit: u64,
     evicted: mpsc::UnboundedSender<Evicted>,
+    /// Set while the start-up load runs: the budget waits for it (an
+    /// eviction decided on half the blobs would pick the wrong victims),
+    /// and a miss must ask the store before it counts.
+    loading: AtomicBool,
 }
 
 /// Current time in unix seconds.
@@ -106,6 +110,7 @@ impl BlobIndex {
                 bytes: AtomicU64::new(0),
                 limit,
                 evicted: tx,
+                loading: AtomicBool::new(false),
             },
             rx,
         )
@@ -155,30 +160,64 @@ impl BlobIndex {
         }
     }
 
-    /// Adds the blobs found at start (oldest first) and applies the budget
-    /// once at the end rather than after every one of possibly a million
-    /// inserts. Blobs in `held` go straight to the held set: the budget
-    /// applied at start must not evict what a local repository or a pin
-    /// still needs.
-    pub fn load(
-        &self,
-        blobs: impl ExactSizeIterator<Item = (Digest, u64, u64)>,
-        held: &HashMap<Digest, Vec<Holder>>,
-    ) {
+    /// Marks the index as loading: see [`BlobIndex::load`].
+    pub fn start_loading(&self) {
+        self.loading.store(true, Ordering::Release);
+    }
+
+    /// Whether the start-up load is still running: a digest not indexed
+    /// may then still be in the store.
+    pub fn is_loading(&self) -> bool {
+        self.loading.load(Ordering::Acquire)
+    }
+
+    /// Adds the blobs found at start, sorted oldest first, while the index
+    /// serves: they go behind whatever was used meanwhile, a few thousand
+    /// per lock so lookups are never held up for long, and the budget is
+    /// applied once at the end rather than after every one of possibly a
+    /// million inserts. Blobs in `held` go straight to the held set: the
+    /// budget applied at start must not evict what a local repository or a
+    /// pin still needs.
+    pub fn load(&self, blobs: Vec<(Digest, u64, u64)>, held: &HashMap<Digest, Vec<Holder>>) {
+        const BATCH: usize = 4096;
         self.lru().reserve(blobs.len());
-        for (digest, size, last_use) in blobs {
-            let Some(holders) = held.get(&digest) else {
-                self.add(digest, size, last_use);
-                continue;
-            };
-            let mut pinned = self.pinned.write().unwrap_or_else(|p| p.into_inner());
-            if pinned.contains(&digest) {
-                continue;
+        let mut rest = blobs.into_iter().rev().peekable();
+        while rest.peek().is_some() {
+            let mut lru = self.lru();
+            for (digest, size, last_use) in rest.by_ref().take(BATCH) {
+                if let Some(holders) = held.get(&digest) {
+                    let mut pinned = self.pinned.write().unwrap_or_else(|p| p.into_inner());
+                    if !pinned.contains(&digest) {
+                        self.bytes.fetch_add(size, Ordering::Relaxed);
+                        pinned.insert(digest, Arc::new(Entry::new(size, last_use)), holders);
+                    }
+                    continue;
+                }
+                if self.pinned.read().is_ok_and(|p| p.contains(&digest)) {
+                    continue;
+                }
+                if lru.insert_oldest(digest.to_bytes(), size, last_use) {
+                    self.bytes.fetch_add(size, Ordering::Relaxed);
+                }
             }
+        }
+        self.loading.store(false, Ordering::Release);
+        self.enforce();
+    }
+
+    /// Adds a blob the store had while the index was still loading, as
+    /// just used.
+    pub fn found(&self, digest: Digest, size: u64) {
+        self.add(digest, size, now_secs());
+    }
+
+    /// Adds a held blob found in the store at start, before the load.
+    pub fn found_held(&self, digest: Digest, size: u64, last_use: u64, holders: &[Holder]) {
+        let mut pinned = self.pinned.write().unwrap_or_else(|p| p.into_inner());
+        if !pinned.contains(&digest) {
             self.bytes.fetch_add(size, Ordering::Relaxed);
             pinned.insert(digest, Arc::new(Entry::new(size, last_use)), holders);
         }
-        self.enforce();
     }
 
     fn add(&self, digest: Digest, size: u64, last_use: u64) {
@@ -193,6 +232,9 @@ impl BlobIndex {
     /// Evicts the least recently used blobs until the budgeted bytes fit
     /// the limit, and queues their deletes.
     fn enforce(&self) {
+        if self.is_loading() {
+            return;
+        }
         let mut lru = self.lru();
         while lru.bytes() > self.limit {
             let Some((key, size)) = lru.pop_oldest() else {
@@ -357,10 +399,30 @@ mod tests {
     }
 
     #[test]
+    fn the_budget_waits_for_the_load_and_commits_stay_newest() {
+        let (idx, mut rx) = BlobIndex::new(8 * 1024);
+        idx.start_loading();
+        // Committed while the store is walked: over budget, nothing evicted yet.
+        idx.insert(d(9), 4 * 1024, now_secs());
+        idx.found(d(8), 4 * 1024);
+        idx.insert(d(7), 4 * 1024, now_secs());
+        assert!(rx.try_recv().is_err(), "no eviction while loading");
+        let blobs = (0..3).map(|n| (d(n), 4 * 1024, u64::from(n))).collect();
+        idx.load(blobs, &HashMap::new());
+        assert!(!idx.is_loading());
+        let evicted: Vec<Digest> =
+            std::iter::from_fn(|| rx.try_recv().ok().map(|e| e.digest)).collect();
+        // The walk's blobs are older than anything used while it ran.
+        assert_eq!(evicted, vec![d(0), d(1), d(2), d(9)]);
+        assert!(idx.contains(&d(8)) && idx.contains(&d(7)));
+        assert_eq!(idx.bytes(), 8 * 1024);
+    }
+
+    #[test]
     fn held_blobs_survive_the_budget_at_load() {
         let (idx, _rx) = BlobIndex::new(4 * 1024);
         let held = HashMap::from([(d(0), vec![Holder::Local])]);
-        let blobs = (0..4).map(|n| (d(n), 4 * 1024, u64::from(n)));
+        let blobs = (0..4).map(|n| (d(n), 4 * 1024, u64::from(n))).collect();
         idx.load(blobs, &held);
         assert!(idx.is_held_by(&d(0), Holder::Local));
         assert!(idx.contains(&d(3)));

@@ -18,6 +18,13 @@ use hashbrown::HashTable;
 /// The raw sha256 of a blob.
 pub type Key = [u8; 32];
 
+/// Which end of the recency list an insert goes to.
+#[derive(Clone, Copy)]
+enum End {
+    Newest,
+    Oldest,
+}
+
 /// Marks the end of the recency list.
 const NONE: u32 = u32::MAX;
 
@@ -116,6 +123,16 @@ impl Lru {
     /// Adds `key` as the most recently used; `false` (and nothing changed)
     /// if it is already listed.
     pub fn insert(&mut self, key: Key, size: u64, last_use: u64) -> bool {
+        self.insert_at(key, size, last_use, End::Newest)
+    }
+
+    /// Adds `key` as the least recently used (the start-up load, newest
+    /// first, behind whatever was used while it ran); `false` if listed.
+    pub fn insert_oldest(&mut self, key: Key, size: u64, last_use: u64) -> bool {
+        self.insert_at(key, size, last_use, End::Oldest)
+    }
+
+    fn insert_at(&mut self, key: Key, size: u64, last_use: u64, end: End) -> bool {
         let hash = self.hasher.hash_one(key);
         if self
             .table
@@ -146,7 +163,10 @@ impl Lru {
         let (hasher, slots) = (&self.hasher, &self.slots);
         self.table
             .insert_unique(hash, i, |&j| hasher.hash_one(slots[j as usize].key));
-        self.link_newest(i);
+        match end {
+            End::Newest => self.link_newest(i),
+            End::Oldest => self.link_oldest(i),
+        }
         self.len += 1;
         self.bytes += size;
         true
@@ -235,6 +255,21 @@ impl Lru {
         slot.older = NONE;
     }
 
+    fn link_oldest(&mut self, i: u32) {
+        let tail = self.oldest;
+        {
+            let slot = &mut self.slots[i as usize];
+            slot.older = NONE;
+            slot.newer = tail;
+        }
+        if tail == NONE {
+            self.newest = i;
+        } else {
+            self.slots[tail as usize].older = i;
+        }
+        self.oldest = i;
+    }
+
     fn link_newest(&mut self, i: u32) {
         let head = self.newest;
         {
@@ -298,6 +333,17 @@ mod tests {
         assert_eq!(lru.oldest(1), vec![(k(4), 14)], "by last use");
         assert_eq!((lru.len(), lru.bytes()), (3, 37));
         assert!(lru.contains(&k(1)) && !lru.contains(&k(0)));
+    }
+
+    #[test]
+    fn insert_oldest_goes_behind_everything() {
+        let mut lru = Lru::default();
+        lru.insert(k(1), 1, 0);
+        lru.insert_oldest(k(2), 1, 0);
+        lru.insert_oldest(k(3), 1, 0);
+        lru.insert(k(4), 1, 0);
+        assert_eq!(order(&lru), [3, 2, 1, 4]);
+        assert_eq!(lru.pop_oldest().map(|(key, _)| key), Some(k(3)));
     }
 
     #[test]

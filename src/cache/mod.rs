@@ -11,6 +11,7 @@ pub mod fill;
 mod held;
 mod held_set;
 pub mod index;
+mod load;
 mod lru;
 pub mod meta;
 /// Page-cache reads live with the disk store; re-exported for the fill readers.
@@ -35,6 +36,7 @@ use fill::{Fills, Join};
 pub use held::HoldOnCommit;
 pub use index::Holder;
 use index::{BlobIndex, Evicted};
+pub use load::IndexState;
 pub use meta::{TagKey, TagRecord};
 
 /// A cache failure.
@@ -57,11 +59,9 @@ const MANIFEST_MEMORY: u64 = 64 * 1024 * 1024;
 
 /// The cache.
 pub struct Cache {
+    /// Itself, for work spawned from `&self` (evictions after a full disk).
+    this: std::sync::Weak<Cache>,
     store: Arc<dyn BlobStore>,
-    /// Asks the background task to free this many bytes (a write ran out
-    /// of space): work started from `&self` without the cache pointing at
-    /// itself.
-    make_room: tokio::sync::mpsc::UnboundedSender<u64>,
     blobs: BlobIndex,
     /// Serialises "commit a blob" against "delete an evicted blob", so an
     /// eviction can never delete a copy that was just committed again.
@@ -77,6 +77,8 @@ pub struct Cache {
     /// Set when a write failed for lack of space; cleared by the next
     /// successful commit. Reported by readiness and `hoard_disk_full`.
     disk_full: std::sync::atomic::AtomicBool,
+    /// Where the start-up load of the index stands ([`load`]).
+    index: tokio::sync::watch::Receiver<IndexState>,
     metrics: Arc<Metrics>,
 }
 
@@ -93,61 +95,19 @@ impl Cache {
         Cache::open_holding(&storage, max_size, metrics, &HashMap::new()).await
     }
 
-    /// Opens the cache over `storage` with a budget of `max_size` bytes:
-    /// loads the records, moves strays aside and rebuilds the index from
-    /// what the store holds, least recently used first, with the blobs that
-    /// local repositories and pins hold (read from their records first)
-    /// kept out of the budget from the start.
+    /// Opens the cache over `storage` with a budget of `max_size` bytes,
+    /// with the blobs that local repositories and pins hold (read from
+    /// their records first) kept out of the budget from the start, and
+    /// returns once the index is complete (commands and tests; the server
+    /// uses [`Cache::open_serving`] and answers while it loads).
     pub async fn open_holding(
         storage: &Storage,
         max_size: u64,
         metrics: Arc<Metrics>,
         held: &HashMap<Digest, Vec<Holder>>,
     ) -> Result<Arc<Cache>, Error> {
-        let started = std::time::Instant::now();
-        let (meta, mut moved) = meta::Meta::load(storage.records.clone()).await?;
-        let store = storage.blobs.clone();
-        let mut listing = store.list().await?;
-        moved += listing.moved_aside;
-        listing.blobs.sort_unstable_by_key(|b| b.last_use);
-        let (blobs, evicted) = BlobIndex::new(max_size);
-        blobs.load(
-            listing
-                .blobs
-                .iter()
-                .map(|b| (b.digest.clone(), b.size, b.last_use)),
-            held,
-        );
-        metrics.set_cache_limit(max_size);
-        publish_sizes(&blobs, &metrics);
-        tracing::info!(
-            blobs = listing.blobs.len(),
-            bytes = blobs.bytes(),
-            limit = max_size,
-            moved_aside = moved,
-            ms = started.elapsed().as_millis() as u64,
-            "cache index loaded"
-        );
-        if moved > 0 {
-            tracing::warn!(moved, "entries that do not belong in the cache were moved aside into quarantine/; inspect and delete them");
-        }
-        let (make_room, room_wanted) = tokio::sync::mpsc::unbounded_channel();
-        let cache = Arc::new(Cache {
-            store,
-            make_room,
-            blobs,
-            store_lock: tokio::sync::Mutex::new(()),
-            manifests: moka::sync::Cache::builder()
-                .max_capacity(MANIFEST_MEMORY)
-                .weigher(|_, v: &Bytes| u32::try_from(v.len()).unwrap_or(u32::MAX))
-                .build(),
-            meta: Arc::new(meta),
-            fills: Fills::default(),
-            held_on_commit: std::sync::Mutex::new(HashMap::new()),
-            disk_full: std::sync::atomic::AtomicBool::new(false),
-            metrics,
-        });
-        tokio::spawn(housekeeping(Arc::downgrade(&cache), evicted, room_wanted));
+        let cache = Cache::open_serving(storage, max_size, metrics, held).await?;
+        cache.index_loaded().await?;
         Ok(cache)
     }
 
@@ -183,7 +143,7 @@ impl Cache {
         if let Some(b) = self.manifests.get(digest) {
             return Ok(Some(b));
         }
-        let Some(size) = self.blob_size(digest) else {
+        let Some(size) = self.lookup(digest).await else {
             return Ok(None);
         };
         let Some(mut reader) = self.open_blob(digest, 0, size).await? else {
@@ -205,6 +165,13 @@ impl Cache {
     /// Whether the cache can take new content: its directory is writable and
     /// the last write did not run out of space. The error says what to do.
     pub async fn readiness(&self) -> Result<(), String> {
+        match self.index_state() {
+            IndexState::Loading => {
+                return Err("the cache index is still loading (cached blobs are served meanwhile); wait a few seconds".into())
+            }
+            IndexState::Failed(e) => return Err(format!("the cache index is incomplete: {e}")),
+            IndexState::Complete => {}
+        }
         if self.disk_full.load(Ordering::Relaxed) {
             // Evictions may have made room since the write that failed. Only
             // a commit clears the flag otherwise, and an unready pod gets no
@@ -233,7 +200,9 @@ impl Cache {
         self.fills.size_of(digest)
     }
 
-    /// Size of a cached blob (from memory).
+    /// Size of a cached blob, from memory only: while the index loads it
+    /// may not know a stored blob yet. Paths that would fetch on a miss use
+    /// [`Cache::lookup`].
     pub fn blob_size(&self, digest: &Digest) -> Option<u64> {
         self.blobs.get(digest)
     }
@@ -410,7 +379,9 @@ impl fill::Committer for Cache {
         self.metrics.set_disk_full(true);
         // Room for the blob that failed, and a margin for the next ones.
         let needed = needed.max(1) + needed / 10 + 16 * 1024 * 1024;
-        let _ = self.make_room.send(needed);
+        if let Some(cache) = self.this.upgrade() {
+            tokio::spawn(async move { cache.make_room(needed).await });
+        }
     }
 }
 
@@ -427,24 +398,13 @@ fn publish_sizes(blobs: &BlobIndex, metrics: &Metrics) {
     }
 }
 
-/// Off the hot path: deletes the files of blobs the budget evicted, and
-/// evicts to make room after a write found the disk full. Ends with the
-/// cache (both channels close when it drops).
-async fn housekeeping(
+/// Deletes the files of blobs the budget evicted, off the hot path.
+async fn delete_evicted(
     cache: std::sync::Weak<Cache>,
-    mut evicted: tokio::sync::mpsc::UnboundedReceiver<Evicted>,
-    mut room_wanted: tokio::sync::mpsc::UnboundedReceiver<u64>,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<Evicted>,
 ) {
-    loop {
-        tokio::select! {
-            ev = evicted.recv() => {
-                let (Some(ev), Some(cache)) = (ev, cache.upgrade()) else { break };
-                cache.remove_evicted(ev).await;
-            }
-            needed = room_wanted.recv() => {
-                let (Some(needed), Some(cache)) = (needed, cache.upgrade()) else { break };
-                cache.make_room(needed).await;
-            }
-        }
+    while let Some(ev) = rx.recv().await {
+        let Some(cache) = cache.upgrade() else { break };
+        cache.remove_evicted(ev).await;
     }
 }

@@ -371,6 +371,10 @@ impl Prefetcher {
         // through the LRU it would first evict as many unpinned bytes.
         let _held = self.cache.hold_on_commit(digest, Holder::Pin);
         for _ in 0..3 {
+            // Stored already (the index may still be loading: ask the store).
+            if let Some(size) = self.cache.lookup(digest).await {
+                return Ok(size);
+            }
             let Some((fill, _leader)) = self.cache.fill(upstream.clone(), r.repo.clone(), digest)
             else {
                 // Committed meanwhile (a pull got there first).

@@ -55,7 +55,7 @@ async fn serve(
     // Two rounds at most: a blob can vanish from disk (round two fetches it
     // again) or be committed by a fill between our lookups.
     for _ in 0..3 {
-        if let Some(size) = reg.cache.blob_size(digest) {
+        if let Some(size) = reg.cache.lookup(digest).await {
             let range = range::parse(range_header, size)?;
             if head {
                 return Ok((headers_only(digest, size, range), Outcome::Hit));

@@ -360,11 +360,15 @@ impl Hoard {
         }
     }
 
+    /// Waits for `/v2/` to answer 200 and the index to be complete (hoard
+    /// serves while it loads; tests look at the cache as the load left it).
     async fn wait_ready(&mut self) {
         let deadline = Instant::now() + DEADLINE;
         loop {
             let last = match self.client.get(self.url("/v2/")).send().await {
-                Ok(r) if r.status() == 200 => return,
+                Ok(r) if r.status() == 200 && self.log.text().contains("cache index loaded") => {
+                    return
+                }
                 Ok(r) => format!("status {}", r.status()),
                 Err(e) => e.to_string(),
             };
