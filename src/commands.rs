@@ -4,20 +4,16 @@ use std::io::IsTerminal;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::cache::verify;
-
 /// `hoard verify`: re-hashes the cache at `cache_dir`, moving damage aside.
 /// Shows a progress bar on a terminal and a log line every few seconds
 /// otherwise. Returns whether the cache was intact.
 pub fn verify(cache_dir: &Path) -> Result<bool, String> {
-    // A reader beside a possibly serving hoard: nothing claimed or swept.
-    let Some(dir) = crate::storage::CacheDir::existing(cache_dir) else {
+    let Some(store) = crate::storage::FsBlobs::beside(cache_dir) else {
         return Err(format!(
             "{} holds no hoard cache (no blobs/ directory): check --cache-dir or cache_dir",
             cache_dir.display()
         ));
     };
-    let store = crate::storage::FsBlobs::new(dir);
     let started = Instant::now();
     let bar = std::io::stderr().is_terminal().then(|| {
         let bar = indicatif::ProgressBar::new(0);
@@ -50,12 +46,7 @@ pub fn verify(cache_dir: &Path) -> Result<bool, String> {
             }
         }
     };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("cannot start the runtime: {e}"))?;
-    let report = runtime
-        .block_on(verify::verify(&store, &mut progress))
+    let report = crate::cache::verify::verify_blocking(&store, &mut progress)
         .map_err(|e| format!("verify failed: {e}"))?;
     if let Some(bar) = bar {
         bar.finish_and_clear();
@@ -201,34 +192,21 @@ where
     })?;
     let runtime =
         tokio::runtime::Runtime::new().map_err(|e| format!("cannot start the runtime: {e}"))?;
+    let dir = config.cache_dir.display();
+    let cannot = |e: &dyn std::fmt::Display| format!("cannot open the cache at {dir}: {e}");
     runtime.block_on(async {
-        let storage = open_storage(config).await?;
+        let storage = crate::storage::Storage::open_disk(&config.cache_dir)
+            .await
+            .map_err(|e| cannot(&e))?;
         let pins = crate::load_pins(&storage)
             .await
             .map_err(|e| e.to_string())?;
         let metrics = std::sync::Arc::new(crate::metrics::Metrics::new());
         let cache = crate::cache::Cache::open_holding(&storage, u64::MAX, metrics, &pins.held())
             .await
-            .map_err(|e| {
-                format!(
-                    "cannot open the cache at {}: {e}",
-                    config.cache_dir.display()
-                )
-            })?;
+            .map_err(|e| cannot(&e))?;
         work(cache, pins).await.map_err(|e| e.to_string())
     })
-}
-
-/// The disk stores on `config.cache_dir` (take its lock first).
-async fn open_storage(config: &crate::Config) -> Result<crate::storage::Storage, String> {
-    crate::storage::Storage::open_disk(&config.cache_dir)
-        .await
-        .map_err(|e| {
-            format!(
-                "cannot open the cache at {}: {e}",
-                config.cache_dir.display()
-            )
-        })
 }
 
 /// Where an air-gap command works: through a running server's operator
@@ -247,7 +225,9 @@ async fn local_engine(
 ) -> Result<(crate::pins::CacheLock, std::sync::Arc<Prefetcher>), String> {
     let lock = crate::pins::CacheLock::acquire(&config.cache_dir).map_err(|e| e.to_string())?;
     let metrics = std::sync::Arc::new(crate::metrics::Metrics::new());
-    let storage = open_storage(config).await?;
+    let storage = crate::storage::Storage::open_disk(&config.cache_dir)
+        .await
+        .map_err(|e| format!("cannot open the cache: {e}"))?;
     let pins = crate::load_pins(&storage)
         .await
         .map_err(|e| e.to_string())?;

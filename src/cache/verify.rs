@@ -36,6 +36,15 @@ impl Report {
 /// Progress callback: (blobs done, blobs total, bytes done, bytes total).
 pub type Progress<'a> = &'a mut (dyn FnMut(u64, u64, u64, u64) + Send);
 
+/// [`verify`] for a caller outside any runtime (the `hoard verify`
+/// command): runs it on a small runtime of its own.
+pub fn verify_blocking(store: &dyn BlobStore, progress: Progress<'_>) -> io::Result<Report> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(verify(store, progress))
+}
+
 /// Re-hashes every blob of `store`, in digest order.
 pub async fn verify(store: &dyn BlobStore, progress: Progress<'_>) -> io::Result<Report> {
     let mut blobs = store.list().await?.blobs;

@@ -30,6 +30,13 @@ impl FsBlobs {
         FsBlobs { dir }
     }
 
+    /// The blobs of an existing cache at `cache_dir`, for a reader beside a
+    /// possibly serving hoard (`hoard verify`): nothing is claimed or swept,
+    /// strays are left alone. `None` when it holds no hoard cache.
+    pub fn beside(cache_dir: &std::path::Path) -> Option<FsBlobs> {
+        CacheDir::existing(cache_dir).map(FsBlobs::new)
+    }
+
     /// Every blob, with its size and last use (blocking). Strays are
     /// moved aside in a claimed directory, left alone by a reader beside a
     /// serving hoard.
