@@ -155,11 +155,17 @@ impl Upstream {
         self.metrics.token_fetch(&self.name);
         let resp = self.timed_send(req).await?;
         let status = resp.status();
-        let bytes = tokio::time::timeout(self.read_timeout, resp.into_body().collect())
-            .await
-            .map_err(|_| Error::Timeout("reading the token"))?
-            .map_err(|e| Error::Unreachable(e.to_string()))?
-            .to_bytes();
+        let (bytes, more) = tokio::time::timeout(
+            self.read_timeout,
+            read_capped(resp.into_body(), MAX_TOKEN_BODY),
+        )
+        .await
+        .map_err(|_| Error::Timeout("reading the token"))??;
+        if more {
+            return Err(Error::Protocol(format!(
+                "token response is larger than {MAX_TOKEN_BODY} bytes"
+            )));
+        }
         if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
             return Err(Error::Unauthorized(format!(
                 "token realm answered {status}"
@@ -269,12 +275,17 @@ async fn check_status(
     if status.is_success() {
         return Ok(resp);
     }
-    let body = tokio::time::timeout(Duration::from_secs(5), resp.into_body().collect())
-        .await
-        .ok()
-        .and_then(|r| r.ok())
-        .map(|c| snippet(&c.to_bytes()))
-        .unwrap_or_default();
+    // Only the start is wanted, for the log: the rest is never read, and
+    // dropping the body closes the connection instead of draining it.
+    let body = tokio::time::timeout(
+        Duration::from_secs(5),
+        read_capped(resp.into_body(), MAX_ERROR_BODY),
+    )
+    .await
+    .ok()
+    .and_then(|r| r.ok())
+    .map(|(bytes, _)| snippet(&bytes))
+    .unwrap_or_default();
     Err(match status {
         StatusCode::NOT_FOUND => Error::NotFound,
         StatusCode::TOO_MANY_REQUESTS => Error::RateLimited {
@@ -287,6 +298,31 @@ async fn check_status(
             body,
         },
     })
+}
+
+/// Most of an upstream's error body hoard reads (it only logs the start).
+const MAX_ERROR_BODY: usize = 4 * 1024;
+
+/// Largest token response accepted; real ones are a few KiB.
+const MAX_TOKEN_BODY: usize = 1024 * 1024;
+
+/// Reads `body` until its end or until `cap` bytes, whichever is first:
+/// the bytes (at most `cap`) and whether more followed. What follows the
+/// cap is never read, so a hostile upstream's huge body costs `cap` bytes of
+/// memory, not its length.
+async fn read_capped(mut body: Incoming, cap: usize) -> Result<(Bytes, bool), Error> {
+    let mut buf = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| Error::Unreachable(format!("body broke off: {e}")))?;
+        if let Ok(data) = frame.into_data() {
+            if buf.len() + data.len() > cap {
+                buf.extend_from_slice(&data[..cap - buf.len()]);
+                return Ok((Bytes::from(buf), true));
+            }
+            buf.extend_from_slice(&data);
+        }
+    }
+    Ok((Bytes::from(buf), false))
 }
 
 fn snippet(bytes: &[u8]) -> String {
