@@ -149,9 +149,12 @@ impl Admin {
     {
         let (method, path) = (req.method().clone(), req.uri().path().to_owned());
         let peer = req.extensions().get::<ConnInfo>().map(|c| c.peer);
-        let resp = match peer {
-            Some(p) if p.ip().is_loopback() => self.route(req, rest).await,
-            _ => Err(AdminError::Forbidden),
+        // Loopback only, IPv4-mapped included; a request relayed by a proxy
+        // on this host is not the operator, whatever its peer address.
+        let resp = if ConnInfo::is_local(&req) {
+            self.route(req, rest).await
+        } else {
+            Err(AdminError::Forbidden)
         };
         let resp = resp.unwrap_or_else(|e| ApiError::from(e).into_response(method == Method::HEAD));
         tracing::info!(%method, %path, peer = ?peer, status = resp.status().as_u16(), "operator request");
@@ -348,5 +351,28 @@ mod tests {
             .handle(req(Method::POST, Some("127.0.0.1:1")), "pins")
             .await;
         assert_eq!(resp.status(), StatusCode::CONFLICT, "alpine is not cached");
+    }
+
+    #[tokio::test]
+    async fn mapped_loopback_is_answered_and_proxied_requests_are_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let admin = admin(dir.path()).await;
+        // IPv4 clients of a dual-stack [::] listener (issue 14, defect 6).
+        let resp = admin
+            .handle(req(Method::GET, Some("[::ffff:127.0.0.1]:1")), "pins")
+            .await;
+        assert_eq!(resp.status(), StatusCode::OK);
+        let resp = admin
+            .handle(req(Method::GET, Some("[::ffff:10.1.2.3]:1")), "pins")
+            .await;
+        assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+        // A reverse proxy on this host: loopback peer, but not the operator.
+        for header in ["x-forwarded-for", "forwarded", "x-real-ip"] {
+            let mut r = req(Method::GET, Some("127.0.0.1:1"));
+            r.headers_mut()
+                .insert(header, http::HeaderValue::from_static("203.0.113.7"));
+            let resp = admin.handle(r, "pins").await;
+            assert_eq!(resp.status(), StatusCode::FORBIDDEN, "{header}");
+        }
     }
 }

@@ -12,6 +12,11 @@ pub struct LocalConfig {
     /// Whether pushes are accepted at all.
     #[serde(default = "yes")]
     pub push: bool,
+    /// Who may push when `[auth]` is off: `"loopback"` (the default: only
+    /// clients on this host, not relayed by a proxy) or `"anywhere"`.
+    /// With `[auth]` on, its rules decide instead.
+    #[serde(default)]
+    pub push_from: PushFrom,
     /// Name prefixes that may be pushed (`team` allows `team/app`); empty
     /// allows every name the routing rule leaves to local repositories.
     #[serde(default)]
@@ -38,10 +43,26 @@ pub struct LocalConfig {
     pub max_manifest_size: usize,
 }
 
+/// Who may push while `[auth]` is off.
+///
+/// Loopback by default: a mirror listening on `0.0.0.0` with no `[auth]`
+/// must not let a stranger create a repository that clients sending no
+/// `ns` (dockerd, podman mirrors) would then pull instead of Docker Hub's.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PushFrom {
+    /// Only clients on this host.
+    #[default]
+    Loopback,
+    /// Any client that can reach the listener.
+    Anywhere,
+}
+
 impl Default for LocalConfig {
     fn default() -> LocalConfig {
         LocalConfig {
             push: true,
+            push_from: PushFrom::default(),
             push_prefixes: Vec::new(),
             shadow_docker_hub: false,
             delete: false,

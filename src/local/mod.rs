@@ -31,7 +31,7 @@ use crate::cache::{self, index::now_secs, Cache, Holder};
 use crate::metrics::Metrics;
 use crate::oci::{Digest, Reference, RepoName};
 use crate::storage::{Records, Staging};
-pub use config::LocalConfig;
+pub use config::{LocalConfig, PushFrom};
 use records::{ManifestRecord, RepoRecord};
 use uploads::Uploads;
 

@@ -305,6 +305,16 @@ impl Registry {
         body: B,
         ns: Option<&str>,
     ) -> Result<Response<Body>, ApiError> {
+        if !self.auth.is_on()
+            && self.local.config().push_from == crate::local::PushFrom::Loopback
+            && !crate::server::ConnInfo::is_local(req)
+        {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "DENIED",
+                "without [auth], pushes are accepted only from this host: configure [auth], or set push_from = \"anywhere\" under [local]",
+            ));
+        }
         let repo = |name: &str| resolve::push_target(self, name, ns);
         match route {
             Route::Uploads { name } => push::start(self, req, repo(name)?, body).await,

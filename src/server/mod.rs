@@ -224,6 +224,24 @@ pub struct ConnInfo {
     pub tls: bool,
 }
 
+impl ConnInfo {
+    /// Whether the request comes from this host: the peer is a loopback
+    /// address (IPv4-mapped ones unmapped first, as a dual-stack `[::]`
+    /// listener shows IPv4 clients) and no proxy header says it merely
+    /// relays someone else. Behind a reverse proxy on the same host every
+    /// client connects from loopback; the header is the only tell.
+    pub fn is_local<B>(req: &hyper::Request<B>) -> bool {
+        let proxied = ["forwarded", "x-forwarded-for", "x-real-ip"]
+            .iter()
+            .any(|h| req.headers().contains_key(*h));
+        !proxied
+            && req
+                .extensions()
+                .get::<ConnInfo>()
+                .is_some_and(|c| c.peer.ip().to_canonical().is_loopback())
+    }
+}
+
 struct Slot {
     _permit: OwnedSemaphorePermit,
     metrics: Arc<Metrics>,
