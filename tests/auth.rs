@@ -652,6 +652,13 @@ async fn htpasswd_changes_apply_without_a_restart() {
     };
     assert_eq!(login("bob", "b-pw").await.unwrap().status(), 200);
     assert_eq!(login("carol", "c-pw").await.unwrap().status(), 401);
+    let bobs_token = env.token(As::User("bob"), "repository:bob/app:pull").await;
+    let with_token = |token: String| {
+        env.req(reqwest::Method::GET, "/v2/")
+            .bearer_auth(token)
+            .send()
+    };
+    assert_eq!(with_token(bobs_token.clone()).await.unwrap().status(), 200);
 
     // carol joins, bob leaves.
     let path = env.dir.path().join("htpasswd");
@@ -668,6 +675,8 @@ async fn htpasswd_changes_apply_without_a_restart() {
     }
     // bob's earlier success was cached; the reload dropped it.
     assert_eq!(login("bob", "b-pw").await.unwrap().status(), 401);
+    // And the token issued to bob before is refused (issue 14).
+    assert_eq!(with_token(bobs_token).await.unwrap().status(), 401);
 
     // A broken file keeps the users loaded before.
     std::fs::write(&path, "alice:{SHA}W6ph5Mm5Pz8GgiULbPgzG37mj9g=\n").unwrap();

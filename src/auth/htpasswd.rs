@@ -2,10 +2,15 @@
 //!
 //! Only bcrypt is accepted: the other htpasswd formats (MD5-apr1, SHA-1,
 //! crypt) are too cheap to brute-force and refused at start, naming the line.
-//! A user that does not exist is checked against a dummy hash of the same
-//! cost, so the answer and its timing say nothing about which names exist.
+//! A user that does not exist is checked against a dummy hash whose cost is
+//! drawn from the file's users (one user's cost, picked by a keyed hash of
+//! the name, so one name always gets the same cost). A file mixing costs
+//! then cannot tell names apart by timing: an unknown name takes as long as
+//! a real user of the cost it drew, and that cost is as likely as in the
+//! file itself. (A dummy of the highest cost, as before, made every cheap
+//! user stand out.) The timing still tells a name's cost, as it always did.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use crate::config::ConfigError;
@@ -15,8 +20,12 @@ use super::config::ANONYMOUS;
 /// Users and their bcrypt hashes.
 pub struct Htpasswd {
     users: HashMap<String, String>,
-    /// Checked when the user is unknown, so that costs the same time.
-    dummy: String,
+    /// One dummy hash per cost in the file, checked for unknown users.
+    dummies: BTreeMap<u32, String>,
+    /// Every user's cost, one entry per user: an unknown name draws from it.
+    costs: Vec<u32>,
+    /// Key of the draw, random per load, so nobody can predict a name's cost.
+    draw_key: [u8; 16],
 }
 
 impl std::fmt::Debug for Htpasswd {
@@ -31,7 +40,9 @@ impl Htpasswd {
     pub fn empty() -> Htpasswd {
         Htpasswd::parse("", "").unwrap_or_else(|_| Htpasswd {
             users: HashMap::new(),
-            dummy: String::new(),
+            dummies: BTreeMap::new(),
+            costs: Vec::new(),
+            draw_key: [0; 16],
         })
     }
 
@@ -51,7 +62,7 @@ impl Htpasswd {
             msg: format!("{origin} line {line}: {msg}"),
         };
         let mut users = HashMap::new();
-        let mut cost = None;
+        let mut costs = Vec::new();
         for (i, line) in text.lines().enumerate() {
             let line = line.trim();
             if line.is_empty() || line.starts_with('#') {
@@ -75,17 +86,52 @@ impl Htpasswd {
                     format!("user {user:?}: only bcrypt hashes are accepted (create them with `htpasswd -B`)"),
                 )
             })?;
-            cost = cost.max(Some(parts.get_cost()));
+            costs.push(parts.get_cost());
             if users.insert(user.to_owned(), hash.to_owned()).is_some() {
                 return Err(invalid(i + 1, format!("user {user:?} appears twice")));
             }
         }
-        // The dummy costs what a real entry costs; its password is random so
-        // no guess can match it.
-        let secret: [u8; 16] = super::token::random_bytes();
-        let dummy = bcrypt::hash(secret, cost.unwrap_or(bcrypt::DEFAULT_COST))
-            .map_err(|e| invalid(0, format!("cannot make the dummy hash: {e}")))?;
-        Ok(Htpasswd { users, dummy })
+        if costs.is_empty() {
+            costs.push(bcrypt::DEFAULT_COST);
+        }
+        // One dummy per distinct cost (files hold one or two); its password
+        // is random so no guess can match it.
+        let mut dummies = BTreeMap::new();
+        for &cost in &costs {
+            if dummies.contains_key(&cost) {
+                continue;
+            }
+            let secret: [u8; 16] = super::token::random_bytes();
+            let dummy = bcrypt::hash(secret, cost)
+                .map_err(|e| invalid(0, format!("cannot make the dummy hash: {e}")))?;
+            dummies.insert(cost, dummy);
+        }
+        Ok(Htpasswd {
+            users,
+            dummies,
+            costs,
+            draw_key: super::token::random_bytes(),
+        })
+    }
+
+    /// The dummy hash an unknown `user` is checked against (see the module doc).
+    fn dummy_for(&self, user: &str) -> &str {
+        use sha2::{Digest as _, Sha256};
+        let mut h = Sha256::new();
+        h.update(self.draw_key);
+        h.update(user.as_bytes());
+        let d = h.finalize();
+        let n = u64::from_be_bytes([d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]]);
+        let i = usize::try_from(n % self.costs.len().max(1) as u64).unwrap_or(0);
+        self.costs
+            .get(i)
+            .and_then(|c| self.dummies.get(c))
+            .map_or("", String::as_str)
+    }
+
+    /// Whether `user` is in the file.
+    pub fn contains(&self, user: &str) -> bool {
+        self.users.contains_key(user)
     }
 
     /// Whether `password` is the user's. Slow on purpose (bcrypt): call it
@@ -93,7 +139,7 @@ impl Htpasswd {
     pub fn verify(&self, user: &str, password: &str) -> bool {
         let (hash, exists) = match self.users.get(user) {
             Some(h) => (h.as_str(), true),
-            None => (self.dummy.as_str(), false),
+            None => (self.dummy_for(user), false),
         };
         bcrypt::verify(password, hash).unwrap_or(false) && exists
     }
@@ -122,6 +168,26 @@ mod tests {
         assert!(!h.verify("alice", "wrong"));
         assert!(!h.verify("bob", "s3cret"));
         assert!(!h.verify("bob", ""));
+    }
+
+    #[test]
+    fn unknown_names_draw_their_dummy_cost_from_the_users() {
+        // Issue 14: with the highest cost as the dummy, a cost-4 user
+        // answered far faster than an unknown name.
+        let cheap = bcrypt::hash("a", 4).unwrap();
+        let dear = bcrypt::hash("b", 6).unwrap();
+        let h = Htpasswd::parse(&format!("cheap:{cheap}\ndear:{dear}"), "t").unwrap();
+        let cost = |name: &str| {
+            h.dummy_for(name)
+                .parse::<bcrypt::HashParts>()
+                .unwrap()
+                .get_cost()
+        };
+        let drawn: std::collections::BTreeSet<u32> =
+            (0..64).map(|i| cost(&format!("nobody{i}"))).collect();
+        assert_eq!(drawn, [4, 6].into());
+        // One name always costs the same, as a real user would.
+        assert_eq!(cost("nobody0"), cost("nobody0"));
     }
 
     #[test]

@@ -1,12 +1,14 @@
 //! Failed-login limits: after `max_failures` failures within
-//! `failure_window` from one client address, or for one user name, further
-//! logins are refused without looking at the password.
+//! `failure_window` from one client address, further logins from that
+//! address are refused without looking at the password.
 //!
-//! Counting per address stops one client guessing; counting per name stops
-//! many addresses guessing one password. Unknown names are counted like
-//! known ones, so the limit reveals nothing about which names exist. The
-//! refusal happens before bcrypt runs, so a flood of guesses cannot eat the
-//! CPU either.
+//! Counting per address stops one client guessing. Failures are not counted
+//! per user name across addresses: that let any stranger lock a user out
+//! (issue 14) by failing as them, and the user's right password from their
+//! own address then got 429. A failure without a known address (no peer)
+//! counts against the name alone. Unknown names are counted like known ones,
+//! so the limit reveals nothing about which names exist. The refusal happens
+//! before bcrypt runs, so a flood of guesses cannot eat the CPU either.
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -51,20 +53,23 @@ impl FailureLimit {
                 .get(&k)
                 .is_some_and(|c| c.load(Ordering::Relaxed) >= self.max)
         };
-        peer.is_some_and(|p| over(Key::Peer(p))) || over(user_key(user))
+        over(key(peer, user))
     }
 
     /// Counts a failed login.
     pub fn failed(&self, peer: Option<IpAddr>, user: &str) {
-        let keys = peer
-            .map(Key::Peer)
-            .into_iter()
-            .chain(std::iter::once(user_key(user)));
-        for k in keys {
-            self.counts
-                .get_with(k, || Arc::new(AtomicU32::new(0)))
-                .fetch_add(1, Ordering::Relaxed);
-        }
+        self.counts
+            .get_with(key(peer, user), || Arc::new(AtomicU32::new(0)))
+            .fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// The counter a failure goes to: the address (IPv4-mapped unmapped), or
+/// the name when there is no address.
+fn key(peer: Option<IpAddr>, user: &str) -> Key {
+    match peer {
+        Some(p) => Key::Peer(p.to_canonical()),
+        None => user_key(user),
     }
 }
 
@@ -81,19 +86,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn limits_per_peer_and_per_user() {
+    fn limits_per_peer_and_never_locks_a_user_out_elsewhere() {
         let l = FailureLimit::new(2, Duration::from_secs(60));
         let a: IpAddr = "127.0.0.1".parse().unwrap();
         let b: IpAddr = "127.0.0.2".parse().unwrap();
         l.failed(Some(a), "alice");
         assert!(!l.limited(Some(a), "bob"));
         l.failed(Some(a), "bob");
-        // Peer a is over; another peer for another user is not.
+        // Peer a is over, for any name; another peer is not.
         assert!(l.limited(Some(a), "carol"));
+        assert!(l.limited(Some("::ffff:127.0.0.1".parse().unwrap()), "carol"));
         assert!(!l.limited(Some(b), "carol"));
-        l.failed(Some(b), "alice");
-        // alice failed from a and b: the name is over on any address.
-        assert!(l.limited(Some("127.0.0.3".parse().unwrap()), "alice"));
+        // Issue 14: failing as alice from a does not lock alice out on b.
+        l.failed(Some(a), "alice");
+        assert!(!l.limited(Some(b), "alice"));
     }
 
     #[test]

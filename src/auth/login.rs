@@ -108,6 +108,13 @@ impl Logins {
         }
     }
 
+    /// Whether `user` is (still) in the htpasswd file: a token names a user
+    /// who may have been removed since it was issued.
+    pub async fn user_exists(&self, user: &str) -> bool {
+        self.reload_if_changed().await;
+        self.current().contains(user)
+    }
+
     fn current(&self) -> Arc<Htpasswd> {
         match self.htpasswd.read() {
             Ok(h) => h.clone(),
@@ -200,6 +207,9 @@ mod tests {
         assert_eq!(l.check(peer, "alice", "pw").await, Ok(()));
         assert_eq!(l.check(peer, "alice", "x").await, Err(LoginError::Failed));
         assert_eq!(l.check(peer, "nobody", "x").await, Err(LoginError::Failed));
+        // From another address the right password still works.
+        let other = Some("127.0.0.2".parse().unwrap());
+        assert_eq!(l.check(other, "alice", "pw").await, Ok(()));
         assert_eq!(
             l.check(peer, "alice", "pw").await,
             Err(LoginError::RateLimited)

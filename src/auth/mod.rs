@@ -257,6 +257,14 @@ impl Policy {
         let rest = rest.trim();
         if scheme.eq_ignore_ascii_case("bearer") {
             return match self.signer.verify(rest, SystemTime::now()) {
+                // A user removed from htpasswd loses their tokens at once.
+                Ok(claims)
+                    if !claims.sub.is_empty() && !self.logins.user_exists(&claims.sub).await =>
+                {
+                    tracing::info!(user = %claims.sub, "token of a user no longer in htpasswd refused");
+                    self.metrics.auth(AuthOutcome::TokenRefused);
+                    Err(self.unauthenticated(req, &[], "invalid or expired token"))
+                }
                 Ok(claims) => Ok(Principal::Token(claims)),
                 Err(why) => {
                     tracing::debug!(error = %why, "token refused");
