@@ -30,7 +30,7 @@ use bytes::Bytes;
 use crate::cache::{self, index::now_secs, Cache, Holder};
 use crate::metrics::Metrics;
 use crate::oci::{Digest, Reference, RepoName};
-use crate::storage::{Records, Staging};
+use crate::storage::{Records, Staging, Version};
 pub use config::{LocalConfig, PushFrom};
 use records::{ManifestRecord, RepoRecord};
 use uploads::Uploads;
@@ -90,6 +90,10 @@ pub struct Local {
     metrics: Arc<Metrics>,
     /// std lock: reads and swaps of records, never across an await.
     repos: RwLock<BTreeMap<RepoName, RepoRecord>>,
+    /// The version of each record as last read or written: its next save
+    /// is conditional on it (see [`records::save`]). std lock: map
+    /// operations only; changed only under `commit`.
+    versions: std::sync::Mutex<HashMap<RepoName, Version>>,
     /// Orders record changes against the GC (see the module doc).
     commit: tokio::sync::Mutex<()>,
     /// Open upload sessions.
@@ -107,9 +111,10 @@ pub struct Local {
     gc_wake: Arc<tokio::sync::Notify>,
 }
 
-/// Records read at start, before the cache opens (it must know what they hold).
+/// Records read at start, before the cache opens (it must know what they
+/// hold), with the version each was read at.
 pub struct Loaded {
-    repos: BTreeMap<RepoName, RepoRecord>,
+    repos: BTreeMap<RepoName, (RepoRecord, Version)>,
 }
 
 impl Loaded {
@@ -140,7 +145,7 @@ impl Local {
         let missing: usize = loaded
             .repos
             .values()
-            .flat_map(|r| r.blobs.keys())
+            .flat_map(|(r, _)| r.blobs.keys())
             .filter(|d| cache.blob_size(d).is_none())
             .count();
         if missing > 0 {
@@ -158,7 +163,14 @@ impl Local {
             records,
             cache,
             metrics,
-            repos: RwLock::new(loaded.repos),
+            versions: std::sync::Mutex::new(
+                loaded
+                    .repos
+                    .iter()
+                    .map(|(n, (_, v))| (n.clone(), v.clone()))
+                    .collect(),
+            ),
+            repos: RwLock::new(loaded.repos.into_iter().map(|(n, (r, _))| (n, r)).collect()),
             commit: tokio::sync::Mutex::new(()),
             uploads,
             seen: std::sync::Mutex::new(HashMap::new()),
@@ -426,7 +438,12 @@ impl Local {
     /// Persists a repository's record, then makes it visible (caller holds
     /// `commit`, so records change one at a time).
     async fn save(&self, name: &RepoName, repo: RepoRecord) -> Result<(), Error> {
-        records::save(&*self.records, name, &repo).await?;
+        let expected = self.versions().get(name).cloned();
+        let version = records::save(&*self.records, name, &repo, expected.as_ref()).await?;
+        match version {
+            Some(v) => self.versions().insert(name.clone(), v),
+            None => self.versions().remove(name),
+        };
         let mut repos = self.repos.write().unwrap_or_else(|p| p.into_inner());
         if repo.is_empty() {
             repos.remove(name);
@@ -434,6 +451,10 @@ impl Local {
             repos.insert(name.clone(), repo);
         }
         Ok(())
+    }
+
+    fn versions(&self) -> std::sync::MutexGuard<'_, HashMap<RepoName, Version>> {
+        self.versions.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<RepoName, RepoRecord>> {

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::cache::Holder;
 use crate::oci::{Digest, RepoName, Tag};
-use crate::storage::{RecordKey, Records};
+use crate::storage::{RecordKey, Records, Version};
 
 /// A blob linked into a repository (uploaded, mounted, or a manifest).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -114,23 +114,36 @@ pub fn key_of(name: &RepoName) -> RecordKey {
 }
 
 /// Writes a repository's record durably; an empty one is removed.
-pub async fn save(records: &dyn Records, name: &RepoName, record: &RepoRecord) -> io::Result<()> {
+/// Conditional: `expected` is the version this process last read or wrote
+/// (`None`: the record must not exist yet), so a writer that raced another
+/// (a second replica on a shared store) fails instead of overwriting it.
+/// Returns the new version (`None` once removed).
+pub async fn save(
+    records: &dyn Records,
+    name: &RepoName,
+    record: &RepoRecord,
+    expected: Option<&Version>,
+) -> io::Result<Option<Version>> {
     let key = key_of(name);
     if record.is_empty() {
-        return Ok(records.delete(&key).await?);
+        records.delete(&key).await?;
+        return Ok(None);
     }
     let file = RepoFile {
         name: name.to_string(),
         record: record.clone(),
     };
-    let bytes = serde_json::to_vec(&file).map_err(io::Error::other)?;
-    records.put(&key, Bytes::from(bytes)).await?;
-    Ok(())
+    let bytes = Bytes::from(serde_json::to_vec(&file).map_err(io::Error::other)?);
+    let version = match expected {
+        Some(v) => records.replace(&key, bytes, v).await?,
+        None => records.create(&key, bytes).await?,
+    };
+    Ok(Some(version))
 }
 
 /// Every record. A record that cannot be read is skipped with an error in
 /// the log and left in place for the operator: its blobs are then not held.
-pub async fn load(records: &dyn Records) -> io::Result<BTreeMap<RepoName, RepoRecord>> {
+pub async fn load(records: &dyn Records) -> io::Result<BTreeMap<RepoName, (RepoRecord, Version)>> {
     let mut out = BTreeMap::new();
     for key in records.list("local/").await? {
         let Some(v) = records.get(&key).await? else {
@@ -144,7 +157,7 @@ pub async fn load(records: &dyn Records) -> io::Result<BTreeMap<RepoName, RepoRe
             });
         match parsed {
             Some((name, record)) => {
-                out.insert(name, record);
+                out.insert(name, (record, v.version));
             }
             None => {
                 tracing::error!(record = %key, "unreadable local repository record skipped; move it away or fix it")
@@ -155,10 +168,10 @@ pub async fn load(records: &dyn Records) -> io::Result<BTreeMap<RepoName, RepoRe
 }
 
 /// Every blob some local repository links, for [`crate::cache::Cache::open_holding`].
-pub fn held(repos: &BTreeMap<RepoName, RepoRecord>) -> HashMap<Digest, Vec<Holder>> {
+pub fn held(repos: &BTreeMap<RepoName, (RepoRecord, Version)>) -> HashMap<Digest, Vec<Holder>> {
     repos
         .values()
-        .flat_map(|r| r.blobs.keys())
+        .flat_map(|(r, _)| r.blobs.keys())
         .map(|d| (d.clone(), vec![Holder::Local]))
         .collect()
 }
@@ -184,10 +197,18 @@ mod tests {
             },
         );
         rec.tags.insert("v1".into(), Digest::of(b"m"));
-        save(recs, &name, &rec).await.unwrap();
+        let v1 = save(recs, &name, &rec, None).await.unwrap();
         let loaded = load(recs).await.unwrap();
-        assert_eq!(loaded.get(&name), Some(&rec));
-        save(recs, &name, &RepoRecord::default()).await.unwrap();
+        assert_eq!(loaded.get(&name), Some(&(rec.clone(), v1.clone().unwrap())));
+        let again = save(recs, &name, &rec, None).await.unwrap_err();
+        assert_eq!(again.kind(), io::ErrorKind::AlreadyExists, "{again}");
+        rec.tags.insert("v2".into(), Digest::of(b"n"));
+        let v2 = save(recs, &name, &rec, v1.as_ref()).await.unwrap();
+        let stale = save(recs, &name, &rec, v1.as_ref()).await;
+        assert!(stale.is_err(), "a writer with an old version loses");
+        save(recs, &name, &RepoRecord::default(), v2.as_ref())
+            .await
+            .unwrap();
         assert!(load(recs).await.unwrap().is_empty());
     }
 

@@ -4,16 +4,16 @@
 //! A fill commits into the LRU; a blob larger than `max_size` would be
 //! evicted by its own commit before the pin could hold it (and would flush
 //! every unpinned blob on the way). Such blobs are streamed here instead:
-//! hashed while written into a staging of the cache's store, checked
-//! against their digest and committed with [`Cache::commit_held`], so the
-//! budget never sees them. Concurrent pulls of the same blob are not
+//! written into a staging of the cache's store, which hashes them as they
+//! pass and checks them against their digest when they are committed with
+//! [`Cache::commit_held`], so the budget never sees them. Concurrent pulls of the same blob are not
 //! coalesced with this download.
 
 use std::sync::Arc;
 
 use super::{Event, Prefetcher, PROGRESS_STEP};
 use crate::cache::Holder;
-use crate::oci::{Digest, Hasher, RepoName};
+use crate::oci::{Digest, RepoName};
 use crate::upstream::{self, Upstream};
 
 impl Prefetcher {
@@ -34,13 +34,11 @@ impl Prefetcher {
         // Dropped uncommitted on any error below: its bytes go with it.
         let mut staged = self.cache.stage().await.map_err(|e| fail(&e))?;
         let mut body = resp.into_body();
-        let mut hasher = Hasher::new();
         let (mut size, mut unreported) = (0u64, 0u64);
         while let Some(frame) = upstream.next_frame(&mut body).await.map_err(|e| fail(&e))? {
             let Ok(data) = frame.into_data() else {
                 continue;
             };
-            hasher.update(&data);
             let len = data.len() as u64;
             staged.write(data).await.map_err(|e| fail(&e))?;
             size += len;
@@ -52,18 +50,13 @@ impl Prefetcher {
                 });
             }
         }
-        let got = hasher.finish();
-        if got != *digest {
-            return Err(fail(&format!(
-                "content does not match its digest (got {got})"
-            )));
-        }
         if unreported > 0 {
             let _ = events.send(Event::Progress {
                 image: image.to_owned(),
                 bytes: unreported,
             });
         }
+        // The commit re-checks the bytes against `digest`.
         self.cache
             .commit_held(digest, staged, size, Holder::Pin)
             .await

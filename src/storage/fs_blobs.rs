@@ -111,6 +111,7 @@ impl BlobStore for FsBlobs {
                 file: Arc::new(file),
                 written: 0,
                 hasher: Some(Hasher::new()),
+                broken: false,
             });
             Ok(staging)
         })
@@ -154,6 +155,8 @@ struct FsStaging {
     /// Hash of what came through `write`; `None` once the file was handed
     /// out through `local_file` (the caller hashes then).
     hasher: Option<Hasher>,
+    /// A write failed (or was cancelled half-way): never commit.
+    broken: bool,
 }
 
 impl Staging for FsStaging {
@@ -161,11 +164,22 @@ impl Staging for FsStaging {
         Box::pin(async move {
             let (file, at) = (self.file.clone(), self.written);
             let len = bytes.len() as u64;
-            let data = bytes.clone();
-            blocking(move || file.write_all_at(&data, at)).await?;
-            if let Some(h) = &mut self.hasher {
-                h.update(&bytes);
-            }
+            // Hashed on the blocking thread too: a multi-GiB prefetch must
+            // not spend runtime threads on SHA-256.
+            let mut hasher = self.hasher.take();
+            // A failed write leaves the staging broken: its hash is gone
+            // and its file may hold part of the bytes, so it cannot commit.
+            self.broken = true;
+            let hasher = blocking(move || {
+                file.write_all_at(&bytes, at)?;
+                if let Some(h) = &mut hasher {
+                    h.update(&bytes);
+                }
+                Ok(hasher)
+            })
+            .await?;
+            self.hasher = hasher;
+            self.broken = false;
             self.written += len;
             Ok(())
         })
@@ -182,6 +196,9 @@ impl Staging for FsStaging {
         size: u64,
     ) -> BoxFuture<'static, io::Result<()>> {
         Box::pin(async move {
+            if self.broken {
+                return Err(io::Error::other("a write to this staging failed"));
+            }
             if let Some(h) = self.hasher.take() {
                 let actual = h.finish();
                 if actual != digest {
