@@ -54,23 +54,29 @@ impl FsRecords {
         })
     }
 
-    /// Writes `value` under `key` if `check` accepts what is there now.
+    /// Writes `value` under `key` if `check` (when given) accepts the
+    /// version there now (`None`: absent).
     fn write_if(
         &self,
         key: &RecordKey,
         value: Bytes,
-        check: impl FnOnce(Option<Version>) -> Result<(), RecordError> + Send + 'static,
+        check: Option<Check>,
     ) -> BoxFuture<'static, Result<Version, RecordError>> {
         let k = key.clone();
         self.locked(key, move |dir| {
             let path = dir.record(&k);
-            check(read(&path)?.map(|v| v.version))?;
+            if let Some(check) = check {
+                check(read(&path)?.map(|v| v.version))?;
+            }
             std::fs::create_dir_all(dir.tmp())?;
             super::durable::write_durable(&dir.temp_path("record"), &path, &value)?;
             Ok(version_of(&value))
         })
     }
 }
+
+/// A condition on the version a record has before it is written.
+type Check = Box<dyn FnOnce(Option<Version>) -> Result<(), RecordError> + Send>;
 
 fn stripe_of(key: &RecordKey) -> usize {
     use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
@@ -126,7 +132,7 @@ impl Records for FsRecords {
         key: &'a RecordKey,
         value: Bytes,
     ) -> BoxFuture<'a, Result<Version, RecordError>> {
-        self.write_if(key, value, |_| Ok(()))
+        self.write_if(key, value, None)
     }
 
     fn create<'a>(
@@ -135,10 +141,11 @@ impl Records for FsRecords {
         value: Bytes,
     ) -> BoxFuture<'a, Result<Version, RecordError>> {
         let k = key.clone();
-        self.write_if(key, value, move |now| match now {
+        let check: Check = Box::new(move |now| match now {
             None => Ok(()),
             Some(_) => Err(RecordError::Exists(k)),
-        })
+        });
+        self.write_if(key, value, Some(check))
     }
 
     fn replace<'a>(
@@ -148,10 +155,11 @@ impl Records for FsRecords {
         expected: &'a Version,
     ) -> BoxFuture<'a, Result<Version, RecordError>> {
         let (k, expected) = (key.clone(), expected.clone());
-        self.write_if(key, value, move |now| match now {
+        let check: Check = Box::new(move |now| match now {
             Some(v) if v == expected => Ok(()),
             _ => Err(RecordError::Changed(k)),
-        })
+        });
+        self.write_if(key, value, Some(check))
     }
 
     fn delete<'a>(&'a self, key: &'a RecordKey) -> BoxFuture<'a, Result<(), RecordError>> {
