@@ -19,7 +19,7 @@ use futures_util::{StreamExt, TryStreamExt};
 use tokio::sync::watch;
 
 use super::index::{BlobIndex, Holder};
-use super::{delete_evicted, fill::Fills, meta, publish_sizes, Cache, Error, MANIFEST_MEMORY};
+use super::{fill::Fills, housekeeping, meta, publish_sizes, Cache, Error, MANIFEST_MEMORY};
 use crate::metrics::Metrics;
 use crate::oci::Digest;
 use crate::storage::Storage;
@@ -77,9 +77,10 @@ impl Cache {
         metrics.set_cache_limit(max_size);
         publish_sizes(&blobs, &metrics);
         let (state, state_rx) = watch::channel(IndexState::Loading);
-        let cache = Arc::new_cyclic(|this| Cache {
-            this: this.clone(),
+        let (make_room, room_wanted) = tokio::sync::mpsc::unbounded_channel();
+        let cache = Arc::new(Cache {
             store,
+            make_room,
             blobs,
             store_lock: tokio::sync::Mutex::new(()),
             manifests: moka::sync::Cache::builder()
@@ -93,7 +94,7 @@ impl Cache {
             index: state_rx,
             metrics,
         });
-        tokio::spawn(delete_evicted(Arc::downgrade(&cache), evicted));
+        tokio::spawn(housekeeping(Arc::downgrade(&cache), evicted, room_wanted));
         tokio::spawn(load_index(
             cache.clone(),
             held.clone(),

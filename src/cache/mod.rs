@@ -59,9 +59,11 @@ const MANIFEST_MEMORY: u64 = 64 * 1024 * 1024;
 
 /// The cache.
 pub struct Cache {
-    /// Itself, for work spawned from `&self` (evictions after a full disk).
-    this: std::sync::Weak<Cache>,
     store: Arc<dyn BlobStore>,
+    /// Asks the background task to free this many bytes (a write ran out
+    /// of space): work started from `&self` without the cache pointing at
+    /// itself.
+    make_room: tokio::sync::mpsc::UnboundedSender<u64>,
     blobs: BlobIndex,
     /// Serialises "commit a blob" against "delete an evicted blob", so an
     /// eviction can never delete a copy that was just committed again.
@@ -379,9 +381,7 @@ impl fill::Committer for Cache {
         self.metrics.set_disk_full(true);
         // Room for the blob that failed, and a margin for the next ones.
         let needed = needed.max(1) + needed / 10 + 16 * 1024 * 1024;
-        if let Some(cache) = self.this.upgrade() {
-            tokio::spawn(async move { cache.make_room(needed).await });
-        }
+        let _ = self.make_room.send(needed);
     }
 }
 
@@ -398,13 +398,24 @@ fn publish_sizes(blobs: &BlobIndex, metrics: &Metrics) {
     }
 }
 
-/// Deletes the files of blobs the budget evicted, off the hot path.
-async fn delete_evicted(
+/// Off the hot path: deletes the files of blobs the budget evicted, and
+/// evicts to make room after a write found the disk full. Ends with the
+/// cache (both channels close when it drops).
+async fn housekeeping(
     cache: std::sync::Weak<Cache>,
-    mut rx: tokio::sync::mpsc::UnboundedReceiver<Evicted>,
+    mut evicted: tokio::sync::mpsc::UnboundedReceiver<Evicted>,
+    mut room_wanted: tokio::sync::mpsc::UnboundedReceiver<u64>,
 ) {
-    while let Some(ev) = rx.recv().await {
-        let Some(cache) = cache.upgrade() else { break };
-        cache.remove_evicted(ev).await;
+    loop {
+        tokio::select! {
+            ev = evicted.recv() => {
+                let (Some(ev), Some(cache)) = (ev, cache.upgrade()) else { break };
+                cache.remove_evicted(ev).await;
+            }
+            needed = room_wanted.recv() => {
+                let (Some(needed), Some(cache)) = (needed, cache.upgrade()) else { break };
+                cache.make_room(needed).await;
+            }
+        }
     }
 }
