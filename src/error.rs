@@ -15,6 +15,14 @@ use crate::cache;
 use crate::oci::{DigestError, NameError};
 use crate::upstream;
 
+/// `Retry-After` when nobody said better: long enough for an upstream hiccup.
+const DEFAULT_RETRY_AFTER: u64 = 30;
+
+/// What an upstream's 401 is answered with, so the 401 carries the challenge
+/// RFC 9110 requires. The fault is hoard's upstream credentials, not the
+/// client's; a client that has none simply reports the message.
+const UPSTREAM_CHALLENGE: &str = "Basic realm=\"hoard\"";
+
 /// An error answered to a client.
 #[derive(Debug, Clone)]
 pub struct ApiError {
@@ -28,6 +36,8 @@ pub struct ApiError {
     pub range_size: Option<u64>,
     /// `WWW-Authenticate` for 401 and 403 answers of access control.
     pub challenge: Option<String>,
+    /// `Retry-After` seconds for 429 and 503 (None: hoard's default, 30).
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -39,6 +49,7 @@ impl ApiError {
             message: message.into(),
             range_size: None,
             challenge: None,
+            retry_after: None,
         }
     }
 
@@ -141,7 +152,8 @@ impl ApiError {
         if self.status == StatusCode::TOO_MANY_REQUESTS
             || self.status == StatusCode::SERVICE_UNAVAILABLE
         {
-            h.insert(header::RETRY_AFTER, HeaderValue::from_static("30"));
+            let secs = self.retry_after.unwrap_or(DEFAULT_RETRY_AFTER);
+            h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         resp
     }
@@ -174,16 +186,22 @@ impl From<upstream::Error> for ApiError {
             U::NotFound => {
                 ApiError::new(StatusCode::NOT_FOUND, "NAME_UNKNOWN", "not found upstream")
             }
-            U::RateLimited { .. } => ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "TOOMANYREQUESTS",
-                format!("{e}; pull again later, or configure credentials for this upstream"),
-            ),
-            U::Unauthorized(_) => ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "UNAUTHORIZED",
-                format!("{e}; check the upstream's credentials in mirror.toml"),
-            ),
+            U::RateLimited { retry_after, .. } => ApiError {
+                retry_after: *retry_after,
+                ..ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "TOOMANYREQUESTS",
+                    format!("{e}; pull again later, or configure credentials for this upstream"),
+                )
+            },
+            U::Unauthorized(_) => ApiError {
+                challenge: Some(UPSTREAM_CHALLENGE.to_owned()),
+                ..ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "UNAUTHORIZED",
+                    format!("{e}; check the upstream's credentials in mirror.toml"),
+                )
+            },
             U::Denied(_) => ApiError::new(StatusCode::FORBIDDEN, "DENIED", e.to_string()),
             U::Unreachable(_) | U::Timeout(_) => {
                 tracing::warn!(error = %e, "upstream unreachable");

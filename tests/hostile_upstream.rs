@@ -163,3 +163,18 @@ async fn a_huge_token_response_is_refused_unread() {
         "hoard read {most} bytes of a {HUGE}-byte token response"
     );
 }
+
+#[tokio::test]
+async fn an_upstream_401_reaches_the_client_with_a_challenge() {
+    // RFC 9110: a 401 carries WWW-Authenticate (issue 14: it did not).
+    let env = common::Env::start().await;
+    env.hub.add_simple_image("library/alpine", "latest", 3);
+    env.hub.require_auth_with_basic("hoarder", "s3cret");
+    let resp = env
+        .mirror
+        .get(&common::manifest_path("alpine", "latest"))
+        .await;
+    assert_eq!(resp.status(), 401);
+    let challenge = common::header(&resp, "www-authenticate");
+    assert!(challenge.starts_with("Basic realm="), "{challenge:?}");
+}

@@ -408,6 +408,8 @@ async fn rate_limited_upstream_with_nothing_cached_is_toomanyrequests() {
     let image = env.hub.add_simple_image("library/alpine", "latest", 15);
     env.hub.set_rate_limited(true);
     let resp = env.mirror.get(&manifest_path("alpine", "latest")).await;
+    // The upstream's Retry-After (7), not a fixed 30 (issue 14).
+    assert_eq!(common::header(&resp, "retry-after"), "7");
     assert_oci_error(resp, 429, &["TOOMANYREQUESTS"]).await;
     let resp = env
         .mirror

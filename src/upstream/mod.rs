@@ -37,6 +37,8 @@ pub enum Error {
     RateLimited {
         /// Upstream name.
         upstream: String,
+        /// Seconds the upstream asked to wait (its `Retry-After`), if it said.
+        retry_after: Option<u64>,
     },
     /// 401 that the token dance could not fix.
     #[error("upstream refused hoard's credentials: {0}")]

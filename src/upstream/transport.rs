@@ -155,6 +155,7 @@ impl Upstream {
         self.metrics.token_fetch(&self.name);
         let resp = self.timed_send(req).await?;
         let status = resp.status();
+        let retry_after = retry_after(resp.headers());
         let (bytes, more) = tokio::time::timeout(
             self.read_timeout,
             read_capped(resp.into_body(), MAX_TOKEN_BODY),
@@ -174,6 +175,7 @@ impl Upstream {
         if status == StatusCode::TOO_MANY_REQUESTS {
             return Err(Error::RateLimited {
                 upstream: self.name.clone(),
+                retry_after,
             });
         }
         if !status.is_success() {
@@ -275,6 +277,7 @@ async fn check_status(
     if status.is_success() {
         return Ok(resp);
     }
+    let retry_after = retry_after(resp.headers());
     // Only the start is wanted, for the log: the rest is never read, and
     // dropping the body closes the connection instead of draining it.
     let body = tokio::time::timeout(
@@ -290,6 +293,7 @@ async fn check_status(
         StatusCode::NOT_FOUND => Error::NotFound,
         StatusCode::TOO_MANY_REQUESTS => Error::RateLimited {
             upstream: upstream.to_owned(),
+            retry_after,
         },
         StatusCode::UNAUTHORIZED => Error::Unauthorized(body),
         StatusCode::FORBIDDEN => Error::Denied(body),
@@ -379,6 +383,24 @@ fn basic(user: &str, password: &str) -> Result<HeaderValue, Error> {
     Ok(v)
 }
 
+/// Longest wait passed on from an upstream's `Retry-After`: a client told to
+/// come back tomorrow would rather try another mirror.
+const MAX_RETRY_AFTER: u64 = 3600;
+
+/// An upstream's `Retry-After` in seconds (delta-seconds or an HTTP date),
+/// between 1 and [`MAX_RETRY_AFTER`]; None when absent or unreadable.
+fn retry_after(h: &HeaderMap) -> Option<u64> {
+    let v = h.get(header::RETRY_AFTER)?.to_str().ok()?.trim();
+    let secs = match v.parse::<u64>() {
+        Ok(s) => s,
+        Err(_) => httpdate::parse_http_date(v)
+            .ok()?
+            .duration_since(std::time::SystemTime::now())
+            .map_or(0, |d| d.as_secs()),
+    };
+    Some(secs.clamp(1, MAX_RETRY_AFTER))
+}
+
 /// A Docker Hub rate-limit header (`100;w=21600`) as its count.
 fn ratelimit(h: &HeaderMap, name: &str) -> Option<i64> {
     h.get(name)?
@@ -394,6 +416,23 @@ fn ratelimit(h: &HeaderMap, name: &str) -> Option<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retry_after_is_read_and_bounded() {
+        let h = |v: &str| {
+            let mut m = HeaderMap::new();
+            m.insert(header::RETRY_AFTER, HeaderValue::from_str(v).unwrap());
+            retry_after(&m)
+        };
+        assert_eq!(h("120"), Some(120));
+        assert_eq!(h("0"), Some(1));
+        assert_eq!(h("999999"), Some(MAX_RETRY_AFTER));
+        let soon = std::time::SystemTime::now() + Duration::from_secs(90);
+        let secs = h(&httpdate::fmt_http_date(soon)).unwrap();
+        assert!((85..=90).contains(&secs), "{secs}");
+        assert_eq!(h("soon"), None);
+        assert_eq!(retry_after(&HeaderMap::new()), None);
+    }
 
     #[test]
     fn redirects_resolve() {

@@ -242,6 +242,8 @@ async fn handle(shared: Arc<Shared>, role: Role, req: Request<Incoming>) -> Resp
         );
         resp.headers_mut()
             .insert("ratelimit-remaining", HeaderValue::from_static("0;w=21600"));
+        resp.headers_mut()
+            .insert("retry-after", HeaderValue::from_static("7"));
         return resp;
     }
     match (kind, &method) {
