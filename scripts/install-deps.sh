@@ -6,7 +6,8 @@
 # died mid-unpack, prometheus for the Prometheus server that scrapes hoard during the run and
 # for promtool (`check metrics` on hoard's exposition, `check rules` on deploy/prometheus/), umoci
 # to read the OCI layout `hoard export` writes (tests/e2e/bundle.py), podman for the push tests
-# (tests/e2e/push.py: `podman push` into hoard's local registry).
+# (tests/e2e/push.py: `podman push` into hoard's local registry), docker.io (dockerd 20.10 and its
+# CLI) and buildah for the dockerd and buildah suite (tests/e2e/docker.py).
 #
 # Idempotent: when every package is present it does nothing (no network). Otherwise it runs
 # `apt-get update` once, then installs only the missing packages. Meant for root on Debian 12,
@@ -16,6 +17,9 @@ set -euo pipefail
 packages=(docker-registry skopeo containerd runc openssl curl ca-certificates python3 mount prometheus umoci)
 # tests/e2e/auth.py: htpasswd -B (apache2-utils) makes the user file, podman logs in and pushes.
 packages+=(apache2-utils podman)
+# tests/e2e/docker.py: a private dockerd pulls through hoard's registry-mirror, logs in and pushes;
+# buildah pulls through registries.conf mirrors.
+packages+=(docker.io buildah)
 
 missing=()
 for pkg in "${packages[@]}"; do
@@ -37,8 +41,18 @@ fi
 
 echo "install-deps: installing ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
-apt-get update </dev/null
-apt-get install -y --no-install-recommends \
+# The tests run their own private daemons (containerd, dockerd, prometheus, registry); a package's
+# post-install must not start a system one beside them. policy-rc.d answering 101 tells
+# invoke-rc.d not to start anything; one the machine already has is left alone.
+if [ ! -e /usr/sbin/policy-rc.d ]; then
+  printf '#!/bin/sh\n# written by hoard scripts/install-deps.sh for the install only\nexit 101\n' \
+    >/usr/sbin/policy-rc.d
+  chmod 755 /usr/sbin/policy-rc.d
+  trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+fi
+# Another apt run on the machine (a second checkout installing too) is waited for, not failed on.
+apt-get -o DPkg::Lock::Timeout=600 update </dev/null
+apt-get install -y --no-install-recommends -o DPkg::Lock::Timeout=600 \
   -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
   "${missing[@]}" </dev/null
 echo "install-deps: done"

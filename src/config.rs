@@ -77,6 +77,9 @@ pub struct Config {
     /// Most client connections served at once.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// Most client connections served at once from one address (IPv6: one /64).
+    #[serde(default = "default_max_connections_per_address")]
+    pub max_connections_per_address: usize,
     /// Longest a client may take to send its request headers.
     #[serde(default = "default_header_timeout", with = "humantime_serde")]
     pub header_read_timeout: Duration,
@@ -120,6 +123,10 @@ fn default_grace() -> Duration {
 
 fn default_max_connections() -> usize {
     4096
+}
+
+fn default_max_connections_per_address() -> usize {
+    256
 }
 
 fn default_header_timeout() -> Duration {
@@ -247,6 +254,12 @@ impl Config {
         }
         if self.max_connections == 0 {
             return Err(invalid("max_connections", "must be at least 1".into()));
+        }
+        if self.max_connections_per_address == 0 {
+            return Err(invalid(
+                "max_connections_per_address",
+                "must be at least 1".into(),
+            ));
         }
         if self.max_header_bytes < 8192 {
             return Err(invalid("max_header_bytes", "must be at least 8192".into()));

@@ -278,7 +278,7 @@ impl Metrics {
             gc_bytes: plain_counter("hoard_gc_reclaimed_bytes_total", "Bytes of local blobs deleted by the garbage collector."),
             connections_rejected: plain_counter(
                 "hoard_connections_rejected_total",
-                "Client connections closed at once because max_connections were open.",
+                "Client connections closed at once because max_connections (or max_connections_per_address from their address) were open.",
             ),
             fills_in_flight: gauge(
                 "hoard_fills_in_flight",

@@ -314,3 +314,120 @@ async fn past_max_connections_new_connections_are_closed_at_once_and_counted() {
     .await;
     assert_eq!(get(&mut a, "/v2/").await.0, 200);
 }
+
+/// The HTTP/2 client preface, as a client speaking h2c sends it first.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// An empty SETTINGS frame: length 0, type 4, no flags, stream 0.
+const H2_EMPTY_SETTINGS: &[u8] = &[0, 0, 0, 4, 0, 0, 0, 0, 0];
+
+#[tokio::test]
+async fn idle_http2_connections_are_closed_after_header_read_timeout() {
+    let hub = FakeRegistry::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let hoard = Hoard::start(
+        dir.path(),
+        &config(dir.path(), &hub, "header_read_timeout = \"1s\""),
+        false,
+    )
+    .await;
+    // Issue 14: the preface alone, or with SETTINGS, kept a slot for ever.
+    let started = Instant::now();
+    let mut preface_only = TcpStream::connect(hoard.plain).await.unwrap();
+    preface_only.write_all(H2_PREFACE).await.unwrap();
+    let mut with_settings = TcpStream::connect(hoard.plain).await.unwrap();
+    with_settings.write_all(H2_PREFACE).await.unwrap();
+    with_settings.write_all(H2_EMPTY_SETTINGS).await.unwrap();
+    for (what, mut stream) in [("preface", preface_only), ("settings", with_settings)] {
+        let after = closed_by_server(&mut stream, started).await;
+        assert!(
+            after >= Duration::from_millis(950),
+            "{what}: closed after {after:?}, before header_read_timeout"
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_http2_connection_is_kept_while_a_response_streams() {
+    let hub = FakeRegistry::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (path, data) = gated_layer(&hub);
+    let hoard = Hoard::start(
+        dir.path(),
+        &config(dir.path(), &hub, "header_read_timeout = \"1s\""),
+        false,
+    )
+    .await;
+    let stream = TcpStream::connect(hoard.plain).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(stream),
+    )
+    .await
+    .expect("h2c handshake");
+    tokio::spawn(conn);
+    let req = hyper::Request::get(format!("http://127.0.0.1{path}"))
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let resp = tokio::time::timeout(DEADLINE, sender.send_request(req))
+        .await
+        .expect("no answer")
+        .expect("request");
+    assert_eq!(resp.status(), 200);
+    // The body is held at the fake for longer than the idle timeout: a
+    // request in flight is not idle.
+    let release = async {
+        // Not synchronisation: the stall must outlast the 1s timeout.
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        hub.open_gate();
+    };
+    let collect = tokio::time::timeout(DEADLINE, resp.into_body().collect());
+    let (collected, ()) = tokio::join!(collect, release);
+    let body = collected
+        .expect("body timed out")
+        .expect("body cut off while streaming")
+        .to_bytes();
+    assert_eq!(body, data);
+}
+
+#[tokio::test]
+async fn one_address_cannot_take_every_connection() {
+    let hub = FakeRegistry::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let hoard = Hoard::start(
+        dir.path(),
+        &config(dir.path(), &hub, "max_connections_per_address = 2"),
+        false,
+    )
+    .await;
+    let mut a = h1(hoard.plain).await;
+    assert_eq!(get(&mut a, "/v2/").await.0, 200);
+    let _b = h1(hoard.plain).await;
+
+    let started = Instant::now();
+    let mut third = TcpStream::connect(hoard.plain).await.unwrap();
+    let _ = third
+        .write_all(b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await;
+    let after = closed_by_server(&mut third, started).await;
+    assert!(
+        after < Duration::from_secs(2),
+        "closed only after {after:?}"
+    );
+
+    // Another address is still served (127.0.0.0/8 is all loopback on Linux).
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+    let stream = socket.connect(hoard.plain).await.unwrap();
+    let (mut other, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("handshake");
+    tokio::spawn(conn);
+    assert_eq!(get(&mut other, "/v2/").await.0, 200);
+    let m = metrics_on(&mut other).await;
+    assert_eq!(
+        m.get("hoard_connections_rejected_total", &[]),
+        Some(1.0),
+        "{}",
+        m.0
+    );
+}

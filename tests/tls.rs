@@ -21,7 +21,7 @@ use rcgen::{
 };
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, ProtocolVersion, RootCertStore};
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
@@ -448,4 +448,32 @@ async fn unusable_certificate_files_stop_the_start_naming_the_key_and_path() {
             named.display()
         );
     }
+}
+
+#[tokio::test]
+async fn an_idle_http2_connection_over_tls_is_closed_after_header_read_timeout() {
+    let hub = FakeRegistry::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new();
+    let (hoard, _files, _) = start(dir.path(), &pki, &hub, "header_read_timeout = \"1s\"").await;
+    let mut tls = connect(hoard.tls.unwrap(), pki.modern_client()).await;
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(b"h2".as_slice()));
+    // Issue 14: ALPN h2, the preface and an empty SETTINGS, then silence.
+    let started = Instant::now();
+    tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 1024];
+    loop {
+        match tokio::time::timeout(DEADLINE, tls.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(_)) => continue, // the server's SETTINGS and its ack
+            Err(_) => panic!("an idle h2 connection over TLS stayed open for {DEADLINE:?}"),
+        }
+    }
+    let after = started.elapsed();
+    assert!(
+        after >= Duration::from_millis(950),
+        "closed after {after:?}"
+    );
 }

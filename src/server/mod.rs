@@ -9,13 +9,20 @@
 //!    ClientHello on the plain port gets a quick 400 ([`sniff`]), a TLS
 //!    handshake on the TLS port picks HTTP/2 or HTTP/1.1 by ALPN ([`tls`]);
 //! 3. hand the stream to hyper, whose HTTP/1 side enforces
-//!    `header_read_timeout` and `max_header_bytes` on every request head.
+//!    `header_read_timeout` and `max_header_bytes` on every request head;
+//! 4. close the connection, HTTP/1 or HTTP/2, once no request has been in
+//!    flight for `header_read_timeout` ([`idle`]).
+//!
+//! Step 1 also takes one of `max_connections_per_address` slots for the
+//! peer's address ([`per_addr`]), so one client cannot hold them all.
 //!
 //! On shutdown the listeners close (new clients are refused by the kernel),
 //! hyper finishes in-flight responses and closes idle connections, and blob
 //! fills still streaming into the cache get what is left of `shutdown_grace`
 //! so a download interrupted by a restart is not wasted.
 
+mod idle;
+mod per_addr;
 mod sniff;
 mod tls;
 
@@ -52,10 +59,11 @@ const FILL_POLL: Duration = Duration::from_millis(25);
 pub struct Limits {
     /// Most connections open at once, over both listeners.
     pub max_connections: usize,
+    /// Most connections open at once from one client address.
+    pub max_connections_per_address: usize,
     /// Longest a client may take to send a request head (or, on the TLS
-    /// port, to finish the handshake). hyper starts this clock whenever an
-    /// HTTP/1 connection waits for a request, so it also closes kept-alive
-    /// connections idle for that long.
+    /// port, to finish the handshake), and longest a connection (HTTP/1 or
+    /// HTTP/2) stays open with no request in flight.
     pub header_read_timeout: Duration,
     /// Largest request head accepted (HTTP/1: 431 past it).
     pub max_header_bytes: usize,
@@ -68,6 +76,7 @@ impl Limits {
     pub fn from_config(config: &Config) -> Limits {
         Limits {
             max_connections: config.max_connections,
+            max_connections_per_address: config.max_connections_per_address,
             header_read_timeout: config.header_read_timeout,
             max_header_bytes: config.max_header_bytes,
             shutdown_grace: config.shutdown_grace,
@@ -107,6 +116,7 @@ pub async fn serve(
     let (stop_tx, stop_rx) = watch::channel(false);
     let ctx = Arc::new(ConnCtx::new(&shared, &limits, stop_rx));
     let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let per_address = per_addr::PerAddress::new(limits.max_connections_per_address);
     let graceful = GracefulShutdown::new();
     let mut tasks = JoinSet::new();
     let Listeners { plain, tls } = listeners;
@@ -159,10 +169,16 @@ pub async fn serve(
             drop(stream);
             continue;
         };
+        let Some(addr_slot) = per_address.take(peer.ip()) else {
+            shared.metrics.connection_rejected();
+            tracing::debug!(%peer, limit = limits.max_connections_per_address, "max_connections_per_address open; closing the new connection");
+            drop(stream);
+            continue;
+        };
         let ctx = ctx.clone();
         let watcher = graceful.watcher();
         tasks.spawn(async move {
-            let _slot = slot;
+            let _slot = (slot, addr_slot);
             ctx.connection(stream, peer, secure, watcher).await;
         });
     }
@@ -357,15 +373,29 @@ impl ConnCtx {
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let registry = self.registry.clone();
+        let activity = idle::Activity::new();
+        let counted = activity.clone();
         let service = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
             let registry = registry.clone();
+            let in_flight = counted.start();
             req.extensions_mut().insert(ConnInfo { peer, tls });
-            async move { Ok::<_, Infallible>(registry.handle(req).await) }
+            async move {
+                let resp = registry.handle(req).await;
+                Ok::<_, Infallible>(resp.map(|b| idle::TrackedBody::new(b, in_flight)))
+            }
         });
         let builder = if h2 { &self.h2 } else { &self.h1 };
         let conn = builder.serve_connection(TokioIo::new(io), service);
-        if let Err(e) = watcher.watch(conn).await {
-            tracing::debug!(%peer, error = %e, "connection ended with an error");
+        tokio::select! {
+            ended = watcher.watch(conn) => {
+                if let Err(e) = ended {
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                }
+            }
+            // Dropping the connection closes the socket; nothing is in flight.
+            () = activity.idle_for(self.header_read_timeout) => {
+                tracing::debug!(%peer, "no request within header_read_timeout; closing the idle connection");
+            }
         }
     }
 }

@@ -130,6 +130,27 @@ def file_digests(root):
     return out
 
 
+def registries_conf(path, dead_port, mirrors, insecure=True):
+    """A containers/image registries.conf: each registry in `mirrors` ({prefix: mirror location})
+    is itself a dead port, so its only way to content is its mirror. No short-name search."""
+    blocks = ["unqualified-search-registries = []\n"]
+    for prefix, location in mirrors.items():
+        blocks.append(f"""
+[[registry]]
+prefix = "{prefix}"
+location = "127.0.0.1:{dead_port}"
+insecure = true
+[[registry.mirror]]
+location = "{location}"
+""" + ("insecure = true\n" if insecure else ""))
+    return write(path, "".join(blocks))
+
+
+def accept_anything_policy(path):
+    """A signature policy that accepts every image (the machine's /etc/containers one is not read)."""
+    return write(path, json.dumps({"default": [{"type": "insecureAcceptAnything"}]}))
+
+
 class Skopeo:
     """skopeo with its own registries.conf, policy and home: one instance is one client state.
 
@@ -146,20 +167,9 @@ class Skopeo:
     def __init__(self, workdir, mirror, dead_port, env, tls=False, ca=None):
         self.dir = workdir
         os.makedirs(workdir, exist_ok=True)
-        mirror_insecure = "" if tls else "insecure = true\n"
-        self.registries_conf = write(os.path.join(workdir, "registries.conf"), f"""\
-unqualified-search-registries = []
-
-[[registry]]
-prefix = "docker.io"
-location = "127.0.0.1:{dead_port}"
-insecure = true
-
-[[registry.mirror]]
-location = "{mirror}"
-{mirror_insecure}""")
-        self.policy = write(os.path.join(workdir, "policy.json"),
-                            json.dumps({"default": [{"type": "insecureAcceptAnything"}]}))
+        self.registries_conf = registries_conf(os.path.join(workdir, "registries.conf"), dead_port,
+                                               {"docker.io": mirror}, insecure=not tls)
+        self.policy = accept_anything_policy(os.path.join(workdir, "policy.json"))
         registries_d = os.path.join(workdir, "registries.d")
         os.makedirs(registries_d, exist_ok=True)
         home = os.path.join(workdir, "home")
