@@ -136,7 +136,8 @@ impl Drop for Hoard {
 
 impl Hoard {
     /// Writes the config into `dir`, starts the binary and waits until it
-    /// logs its listening addresses (plain, and TLS when `tls` is set).
+    /// logs its listening addresses (plain, and TLS when `tls` is set) and
+    /// that its index is loaded.
     pub async fn start(dir: &Path, config_toml: &str, tls: bool) -> Hoard {
         let config = write_config(dir, config_toml);
         let mut child = spawn(&config);
@@ -147,6 +148,10 @@ impl Hoard {
         } else {
             None
         };
+        // hoard serves while its index loads; tests start from a complete one.
+        log.wait_line("cache index loaded", |l| l.contains("cache index loaded"))
+            .await
+            .unwrap_or_else(|| panic!("hoard exited while loading its index:\n{}", log.text()));
         Hoard {
             child,
             plain,
