@@ -303,6 +303,27 @@ async fn manifest_whose_bytes_do_not_match_the_digest_is_not_served() {
     assert_eq!(env.mirror.get_ok(&path).await, image.manifest);
 }
 
+/// Found by benches/soak.py: a manifest damaged on the way, fetched by tag,
+/// was cached as what the tag means. Its bytes must match the upstream's
+/// `Docker-Content-Digest`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manifest_by_tag_that_does_not_match_the_announced_digest_is_not_served() {
+    let env = Env::start().await;
+    let image = env.hub.add_simple_image("library/alpine", "latest", 12);
+    env.hub.corrupt(&image.digest);
+    let path = manifest_path("alpine", "latest");
+
+    let resp = env.mirror.get(&path).await;
+    let status = resp.status();
+    let body = resp.bytes().await;
+    assert!(
+        !(status.is_success() && body.is_ok()),
+        "served a damaged manifest for a tag ({status})"
+    );
+    env.hub.uncorrupt(&image.digest);
+    assert_eq!(env.mirror.get_ok(&path).await, image.manifest);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn multi_arch_index_and_children_are_cached_by_digest() {
     let env = Env::start_with(|c| c.tag_ttl("5m")).await;

@@ -252,6 +252,14 @@ impl Upstream {
                 return Err(Error::TooLarge(max));
             }
         }
+        // By tag, the upstream's `Docker-Content-Digest` is the only check
+        // of the bytes there is: a manifest that does not hash to it was
+        // damaged on the way and must not become what the tag means.
+        let announced: Option<Digest> = resp
+            .headers()
+            .get("docker-content-digest")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok());
         let mut body = resp.into_body();
         let mut buf = Vec::new();
         while let Some(frame) = self.next_frame(&mut body).await? {
@@ -264,6 +272,12 @@ impl Upstream {
         }
         let bytes = Bytes::from(buf);
         let digest = Digest::of(&bytes);
+        if let Some(announced) = announced.filter(|a| *a != digest) {
+            return Err(Error::Protocol(format!(
+                "manifest {repo}:{reference} from upstream {}: the body hashes to {digest}, the upstream announced {announced}; not cached",
+                self.name
+            )));
+        }
         Ok(FetchedManifest {
             bytes,
             media_type,
