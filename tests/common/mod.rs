@@ -137,13 +137,26 @@ pub struct TestMirror {
     task: Option<JoinHandle<Result<(), hoard::Error>>>,
 }
 
+/// Dropping a mirror shuts it down and, on a multi-thread runtime, waits (up to
+/// the deadline) for `run` to return: `run` finishes its fills before it
+/// returns, so nothing writes into the cache directory after the test's
+/// `TempDir` (dropped after the mirror) has removed it. Aborting instead left
+/// a committing fill to recreate the directory under /tmp.
 impl Drop for TestMirror {
     fn drop(&mut self) {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
-        if let Some(task) = self.task.take() {
-            task.abort();
+        let Some(task) = self.task.take() else {
+            return;
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(|| {
+                    let _ = handle.block_on(tokio::time::timeout(DEADLINE, task));
+                });
+            }
+            _ => task.abort(),
         }
     }
 }
