@@ -9,9 +9,10 @@
 #   - the manifests, the unit and their sample configurations agree.
 # Installs what is missing (Debian 12, as root, no stdin): apt `systemd` for
 # systemd-analyze, promtool from Debian's `prometheus` package, PyPI
-# `kubernetes-validate`. Prints one line per check, then "N passed, N failed";
-# exits non-zero on any failure. Only reads the repository; scratch files go to
-# a temporary directory that is removed at exit.
+# `kubernetes-validate` into a venv at target/venv (never the user's Python).
+# Prints one line per check, then "N passed, N failed"; exits non-zero on any
+# failure. Only reads the repository; scratch files go to a temporary directory
+# that is removed at exit.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 export DEBIAN_FRONTEND=noninteractive
@@ -63,16 +64,22 @@ if [ -z "$PROMTOOL" ]; then
 fi
 
 python3 -c 'import tomllib' 2>/dev/null || die "python3 >= 3.11 (tomllib) is needed"
-if ! python3 -c 'import kubernetes_validate, yaml' 2>/dev/null; then
-  if ! python3 -m pip --version >/dev/null 2>&1; then
+# The Python tools go into a venv of their own under the git-ignored target/,
+# kept between runs so a rerun installs nothing; the user's Python is left
+# exactly as it was (no pip install into it, no --break-system-packages).
+venv=target/venv
+PY="$venv/bin/python"
+if ! "$PY" -c 'import kubernetes_validate, yaml' 2>/dev/null; then
+  if ! python3 -c 'import ensurepip, venv' 2>/dev/null; then
     apt_update
-    apt-get install -y -qq --no-install-recommends python3-pip >"$work/apt.log" 2>&1 \
-      || { cat "$work/apt.log" >&2; die "cannot install python3-pip"; }
+    apt-get install -y -qq --no-install-recommends python3-venv >"$work/apt.log" 2>&1 \
+      || { cat "$work/apt.log" >&2; die "cannot install python3-venv"; }
   fi
-  # Debian's own python3 refuses pip installs (PEP 668) unless told otherwise.
-  python3 -m pip install -q --disable-pip-version-check kubernetes-validate >"$work/pip.log" 2>&1 \
-    || python3 -m pip install -q --disable-pip-version-check --break-system-packages kubernetes-validate >"$work/pip.log" 2>&1 \
-    || { cat "$work/pip.log" >&2; die "cannot pip install kubernetes-validate"; }
+  rm -rf "$venv"
+  python3 -m venv "$venv" >"$work/venv.log" 2>&1 \
+    || { cat "$work/venv.log" >&2; die "cannot create a venv at $venv"; }
+  "$PY" -m pip install -q --disable-pip-version-check kubernetes-validate pyyaml >"$work/pip.log" 2>&1 \
+    || { cat "$work/pip.log" >&2; die "cannot pip install kubernetes-validate into $venv"; }
 fi
 
 # --- checks ------------------------------------------------------------------
@@ -123,12 +130,12 @@ unit_security() {
 }
 check "systemd-analyze verify deploy/systemd/hoard.service" verify_unit
 check "systemd-analyze security: exposure <= $((SECURITY_THRESHOLD / 10)).$((SECURITY_THRESHOLD % 10))" unit_security
-check "systemd unit agrees with deploy/systemd/mirror.toml" python3 tests/deploy/checks.py unit-consistency
+check "systemd unit agrees with deploy/systemd/mirror.toml" "$PY" tests/deploy/checks.py unit-consistency
 
 check "kubernetes-validate --strict -k $K8S_VERSION deploy/kubernetes/*.yaml" \
-  python3 -m kubernetes_validate --strict --quiet -k "$K8S_VERSION" deploy/kubernetes/*.yaml
-check "kubernetes manifests agree with their mirror.toml" python3 tests/deploy/checks.py k8s-consistency
-check "sample configurations use only mirror.toml's keys" python3 tests/deploy/checks.py sample-configs
+  "$PY" -m kubernetes_validate --strict --quiet -k "$K8S_VERSION" deploy/kubernetes/*.yaml
+check "kubernetes manifests agree with their mirror.toml" "$PY" tests/deploy/checks.py k8s-consistency
+check "sample configurations use only mirror.toml's keys" "$PY" tests/deploy/checks.py sample-configs
 
 check "promtool check config deploy/prometheus/prometheus.yml" \
   "$PROMTOOL" check config deploy/prometheus/prometheus.yml
@@ -136,22 +143,22 @@ check "promtool check rules deploy/prometheus/alerts.yml" \
   "$PROMTOOL" check rules deploy/prometheus/alerts.yml
 check "promtool test rules tests/deploy/alerts_test.yml" \
   "$PROMTOOL" test rules tests/deploy/alerts_test.yml
-check "alert rules use only hoard's metrics" python3 tests/deploy/checks.py alert-metrics
+check "alert rules use only hoard's metrics" "$PY" tests/deploy/checks.py alert-metrics
 
 check "deploy/grafana/hoard-dashboard.json is valid JSON" \
-  python3 -m json.tool deploy/grafana/hoard-dashboard.json /dev/null
-check "dashboard queries use only hoard's metrics" python3 tests/deploy/checks.py dashboard
+  "$PY" -m json.tool deploy/grafana/hoard-dashboard.json /dev/null
+check "dashboard queries use only hoard's metrics" "$PY" tests/deploy/checks.py dashboard
 dashboard_promql() {
-  python3 tests/deploy/checks.py dashboard-rules "$work/dashboard-rules.yml" &&
+  "$PY" tests/deploy/checks.py dashboard-rules "$work/dashboard-rules.yml" &&
     "$PROMTOOL" check rules "$work/dashboard-rules.yml"
 }
 check "dashboard queries parse (promtool)" dashboard_promql
 
-check "docs/configuration.md documents every key of mirror.toml" python3 tests/deploy/checks.py config-doc
-check "docs/configuration.md documents every field of src/config.rs" python3 tests/deploy/checks.py config-rs
-check "docs/monitoring.md documents every metric of src/metrics.rs" python3 tests/deploy/checks.py monitoring-doc
-check "docs/*.md relative links resolve" python3 tests/deploy/checks.py doc-links
-check "docs/*.md toml, yaml and json snippets parse" python3 tests/deploy/checks.py doc-snippets
+check "docs/configuration.md documents every key of mirror.toml" "$PY" tests/deploy/checks.py config-doc
+check "docs/configuration.md documents every field of src/config.rs" "$PY" tests/deploy/checks.py config-rs
+check "docs/monitoring.md documents every metric of src/metrics.rs" "$PY" tests/deploy/checks.py monitoring-doc
+check "docs/*.md relative links resolve" "$PY" tests/deploy/checks.py doc-links
+check "docs/*.md toml, yaml and json snippets parse" "$PY" tests/deploy/checks.py doc-snippets
 
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]
