@@ -25,9 +25,9 @@ use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion
 use futures_util::StreamExt;
 use hoard::cache::index::{now_secs, BlobIndex};
 use hoard::cache::Cache;
+use hoard::http::{query_param, Route};
 use hoard::metrics::Metrics;
 use hoard::oci::{Digest, Hasher, Reference, RepoName};
-use hoard::registry::route::{query_param, Route};
 use hoard::upstream::Upstreams;
 
 /// The test suite's in-process upstream registry (`tests/common`).

@@ -9,6 +9,8 @@
 //! - [`auth`]: access control: htpasswd users, rules, hoard's own tokens.
 //! - [`config`]: `mirror.toml` -> validated [`Config`].
 //! - [`error`]: the API error, mapped once to HTTP status and OCI code.
+//! - [`http`]: route table, query parameters, connection info: HTTP
+//!   helpers below `server`, `admin`, `auth` and `registry`.
 //! - [`metrics`]: Prometheus metrics on hoard's own registry.
 //! - [`oci`]: validated digests, names, tags, references.
 //! - [`registry`]: the `/v2` protocol: routing and the cache policy.
@@ -35,6 +37,7 @@ pub mod cache;
 pub mod commands;
 pub mod config;
 pub mod error;
+pub mod http;
 pub mod local;
 pub mod malloc;
 pub mod metrics;
@@ -158,10 +161,10 @@ pub async fn run_listeners(
     )?);
     let registry = Arc::new(
         registry::Registry::new(config, upstreams, cache.clone(), local, metrics.clone())
-            .with_auth(auth)
-            .with_pins(pins.clone())
-            .with_admin(Arc::new(admin::Admin::new(engine.clone()))),
+            .with_auth(auth.clone())
+            .with_pins(pins.clone()),
     );
+    let admin = Arc::new(admin::Admin::new(engine.clone()).with_auth(auth));
     let scheduled = prefetch::schedule::spawn(engine);
     if let Ok(addr) = plain.local_addr() {
         tracing::info!(%addr, scheme = "http", "hoard listening");
@@ -172,6 +175,7 @@ pub async fn run_listeners(
     let listeners = server::Listeners { plain, tls };
     let shared = server::Shared {
         registry,
+        admin: Some(admin),
         cache,
         metrics,
     };

@@ -26,11 +26,12 @@ use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use serde::{Deserialize, Serialize};
 
+use crate::auth::Auth;
 use crate::body::{self, Body};
 use crate::error::ApiError;
+use crate::http::{ConnInfo, Route};
 use crate::pins::Pin;
 use crate::prefetch::{Event, Options, Platform, Prefetcher, DEFAULT_JOBS};
-use crate::server::ConnInfo;
 
 /// Largest request body accepted (an image list of thousands of lines).
 const MAX_BODY: usize = 1024 * 1024;
@@ -127,12 +128,24 @@ impl From<&Pin> for PinView {
 /// The operator API over one prefetch engine.
 pub struct Admin {
     engine: Arc<Prefetcher>,
+    /// Access control shared with the `/v2` side: operator requests need
+    /// the `admin` permission when it is on.
+    auth: Auth,
 }
 
 impl Admin {
     /// The API over `engine`.
     pub fn new(engine: Arc<Prefetcher>) -> Admin {
-        Admin { engine }
+        Admin {
+            engine,
+            auth: Auth::off(),
+        }
+    }
+
+    /// Puts operator requests under `auth` (the default is [`Auth::off`]).
+    pub fn with_auth(mut self, auth: Auth) -> Admin {
+        self.auth = auth;
+        self
     }
 
     /// The engine (the server's `[prefetch]` schedule uses it too).
@@ -147,6 +160,15 @@ impl Admin {
         B::Data: Send,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
+        // The `admin` permission when access control is on, and a loopback
+        // peer always (checked below).
+        if let Err(e) = self
+            .auth
+            .authorize(&req, &Route::Admin { rest }, None)
+            .await
+        {
+            return e.into_response(false);
+        }
         let (method, path) = (req.method().clone(), req.uri().path().to_owned());
         let peer = req.extensions().get::<ConnInfo>().map(|c| c.peer);
         // Loopback only, IPv4-mapped included; a request relayed by a proxy
@@ -207,7 +229,7 @@ impl Admin {
                 Ok(json(StatusCode::OK, &PinView::from(&pin)))
             }
             ("pins", Method::DELETE) => {
-                let image = match crate::registry::route::query_param(query.as_deref(), "image") {
+                let image = match crate::http::query_param(query.as_deref(), "image") {
                     Some(i) => i,
                     None => read_json::<ImageRequest, B>(req).await?.image,
                 };

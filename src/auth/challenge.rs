@@ -4,9 +4,9 @@ use std::collections::BTreeMap;
 
 use http::{header, Request};
 
+use super::access::Resource;
 use super::config::{Action, AuthConfig, Scheme};
-use crate::registry::access::Resource;
-use crate::server::ConnInfo;
+use crate::http::ConnInfo;
 
 /// The challenge for a request that needs `needs` (empty: just log in).
 pub fn header<B>(config: &AuthConfig, req: &Request<B>, needs: &[(Resource, Action)]) -> String {

@@ -15,8 +15,8 @@ use super::token::{parse_scope, Access};
 use super::{basic, Policy};
 use crate::body::{self, Body};
 use crate::error::ApiError;
+use crate::http::query_param;
 use crate::metrics::AuthOutcome;
-use crate::registry::route::query_param;
 
 /// Issues a token for `req`.
 pub(super) async fn issue<B>(

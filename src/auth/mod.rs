@@ -1,6 +1,6 @@
 //! Access control: who is asking (Basic password, hoard's own Bearer token,
 //! or nobody), and whether the `[auth]` rules let them do what the request
-//! needs ([`crate::registry::access`] says what that is).
+//! needs ([`access`] says what that is).
 //!
 //! Off without an `[auth]` table. With one, a refused request gets the
 //! challenge real clients understand: 401 with `WWW-Authenticate: Bearer
@@ -9,6 +9,7 @@
 //! given, 403 `DENIED` when a known user is not allowed.
 //!
 //! # Layout
+//! - [`access`]: what each request needs (route + method -> resource, action).
 //! - [`config`]: the `[auth]` table.
 //! - [`htpasswd`]: the bcrypt user file.
 //! - [`login`]: password checks with a failure limit and a success cache.
@@ -17,6 +18,7 @@
 //! - [`endpoint`]: the `/token` issuer.
 //! - [`challenge`]: `WWW-Authenticate` values and the realm URL.
 
+pub mod access;
 pub mod challenge;
 pub mod config;
 pub mod endpoint;
@@ -38,10 +40,9 @@ pub use config::{Action, AuthConfig, Scheme};
 
 use crate::config::ConfigError;
 use crate::error::ApiError;
+use crate::http::{ConnInfo, Route};
 use crate::metrics::{AuthOutcome, Metrics};
-use crate::registry::access::{self, Need, Resource};
-use crate::registry::route::Route;
-use crate::server::ConnInfo;
+use access::{Need, Resource};
 use login::{LoginError, Logins};
 use rules::Rules;
 use token::{Claims, Signer};

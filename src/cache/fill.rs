@@ -371,7 +371,7 @@ pub async fn run<C: Committer>(
         Ok(r) => r,
         Err(e) => return guard.fail(e.into()),
     };
-    let size = upstream::content_length(resp.headers());
+    let size = crate::http::content_length(resp.headers());
     let mut staging = match committer.stage().await {
         Ok(s) => s,
         Err(e) => return guard.fail(disk(committer, e, size.unwrap_or(0))),

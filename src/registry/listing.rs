@@ -5,9 +5,9 @@
 use http::{header, HeaderValue, Response, StatusCode};
 
 use super::resolve::Target;
-use super::route::query_param;
 use super::{json_response, ApiError, Registry};
 use crate::body::Body;
+use crate::http::query_param;
 use crate::upstream;
 
 /// Most entries one page returns.

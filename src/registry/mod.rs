@@ -6,7 +6,6 @@
 //! [`Cache`] and [`Upstream`](crate::upstream::Upstream). Every error goes
 //! through [`ApiError`], which picks the status and OCI code in one place.
 
-pub mod access;
 mod blobs;
 mod listing;
 mod manifests;
@@ -14,7 +13,6 @@ mod push;
 mod pushed;
 pub mod range;
 mod resolve;
-pub mod route;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,12 +23,12 @@ use crate::body::{self, Body};
 use crate::cache::{Cache, TagKey};
 use crate::config::Config;
 pub use crate::error::ApiError;
+use crate::http::Route;
 use crate::local::Local;
 use crate::metrics::Metrics;
 use crate::upstream::Upstreams;
 pub use push::ReqBody;
 use resolve::Place;
-use route::Route;
 
 /// How a manifest or blob request was served, for the request log line.
 #[derive(Clone, Debug)]
@@ -55,8 +53,6 @@ pub struct Registry {
     auth: crate::auth::Auth,
     /// Pinned images (air-gap): their tags never move.
     pins: Option<Arc<crate::pins::Pins>>,
-    /// The operator API under `/_hoard/` (prefetch, pins, ls, check).
-    admin: Option<Arc<crate::admin::Admin>>,
 }
 
 impl Registry {
@@ -80,19 +76,12 @@ impl Registry {
                 .build(),
             auth: crate::auth::Auth::off(),
             pins: None,
-            admin: None,
         }
     }
 
     /// Puts requests under `auth` (the default is [`crate::auth::Auth::off`]).
     pub fn with_auth(mut self, auth: crate::auth::Auth) -> Registry {
         self.auth = auth;
-        self
-    }
-
-    /// Answers `/_hoard/` with the operator API.
-    pub fn with_admin(mut self, admin: Arc<crate::admin::Admin>) -> Registry {
-        self.admin = Some(admin);
         self
     }
 
@@ -115,21 +104,11 @@ impl Registry {
         B: ReqBody + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let route = Route::parse(req.uri().path());
-        if let (Route::Admin { rest }, Some(admin)) = (&route, &self.admin) {
-            // Operator requests need the `admin` permission when access
-            // control is on, and a loopback peer always (checked by Admin).
-            if let Err(e) = self.auth.authorize(&req, &route, None).await {
-                return e.into_response(false);
-            }
-            let rest = (*rest).to_owned();
-            return admin.handle(req, &rest).await;
-        }
         let started = Instant::now();
         let (parts, body) = req.into_parts();
         let req = Request::from_parts(parts, ());
         let head = req.method() == Method::HEAD;
-        let ns = route::query_param(req.uri().query(), "ns").filter(|s| !s.is_empty());
+        let ns = crate::http::query_param(req.uri().query(), "ns").filter(|s| !s.is_empty());
         let mut resp = match self.dispatch(&req, body, ns.as_deref()).await {
             Ok(r) => r,
             Err(e) => e.into_response(head),
@@ -307,7 +286,7 @@ impl Registry {
     ) -> Result<Response<Body>, ApiError> {
         if !self.auth.is_on()
             && self.local.config().push_from == crate::local::PushFrom::Loopback
-            && !crate::server::ConnInfo::is_local(req)
+            && !crate::http::ConnInfo::is_local(req)
         {
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,
@@ -344,11 +323,11 @@ impl Registry {
 /// Whether a request announced a body.
 fn has_body(h: &HeaderMap) -> bool {
     h.contains_key(header::TRANSFER_ENCODING)
-        || crate::upstream::content_length(h).is_some_and(|n| n > 0)
+        || crate::http::content_length(h).is_some_and(|n| n > 0)
 }
 
 fn response_len(h: &HeaderMap) -> u64 {
-    crate::upstream::content_length(h).unwrap_or(0)
+    crate::http::content_length(h).unwrap_or(0)
 }
 
 /// Every media type in every `Accept` header (clients send several lines).

@@ -8,10 +8,10 @@
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 
-use super::route::query_param;
 use super::{ApiError, Registry};
 use crate::body::{self, Body};
 use crate::cache;
+use crate::http::query_param;
 use crate::local::{self, uploads::Session};
 use crate::oci::{Digest, RepoName};
 

@@ -61,7 +61,7 @@ async fn read_limited<B: ReqBody>(
             format!("manifest larger than {limit} bytes ([local] max_manifest_size)"),
         )
     };
-    let declared = crate::upstream::content_length(req.headers());
+    let declared = crate::http::content_length(req.headers());
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(too_large());
     }
@@ -170,7 +170,7 @@ pub fn referrers(
     query: Option<&str>,
     head: bool,
 ) -> Result<Response<Body>, ApiError> {
-    let filter = super::route::query_param(query, "artifactType").filter(|t| !t.is_empty());
+    let filter = crate::http::query_param(query, "artifactType").filter(|t| !t.is_empty());
     let manifests = reg.local.referrers(name, &digest, filter.as_deref());
     let index = serde_json::json!({
         "schemaVersion": 2,

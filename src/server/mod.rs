@@ -43,8 +43,10 @@ use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+use crate::admin::Admin;
 use crate::cache::Cache;
 use crate::config::Config;
+use crate::http::{ConnInfo, Route};
 use crate::metrics::Metrics;
 use crate::registry::Registry;
 use sniff::Sniffed;
@@ -97,6 +99,9 @@ pub struct Listeners {
 pub struct Shared {
     /// Answers requests.
     pub registry: Arc<Registry>,
+    /// Answers `/_hoard/` (the operator API), when there is one; without
+    /// it those paths go to `registry`, which does not know them.
+    pub admin: Option<Arc<Admin>>,
     /// Asked how many fills are still running at shutdown.
     pub cache: Arc<Cache>,
     /// Connection gauges and counters.
@@ -229,35 +234,6 @@ async fn accept_opt(listener: Option<&TcpListener>) -> std::io::Result<(TcpStrea
 
 /// One of the `max_connections` slots, held for a connection's life; keeps
 /// `hoard_connections_open` equal to the slots in use.
-/// Who is on the other end of a request's connection, as a request
-/// extension: failed-login rate limits key on the peer address, loopback-only
-/// admin endpoints check it, and token realms need the scheme.
-#[derive(Debug, Clone, Copy)]
-pub struct ConnInfo {
-    /// The client's address.
-    pub peer: SocketAddr,
-    /// Whether the connection is TLS.
-    pub tls: bool,
-}
-
-impl ConnInfo {
-    /// Whether the request comes from this host: the peer is a loopback
-    /// address (IPv4-mapped ones unmapped first, as a dual-stack `[::]`
-    /// listener shows IPv4 clients) and no proxy header says it merely
-    /// relays someone else. Behind a reverse proxy on the same host every
-    /// client connects from loopback; the header is the only tell.
-    pub fn is_local<B>(req: &hyper::Request<B>) -> bool {
-        let proxied = ["forwarded", "x-forwarded-for", "x-real-ip"]
-            .iter()
-            .any(|h| req.headers().contains_key(*h));
-        !proxied
-            && req
-                .extensions()
-                .get::<ConnInfo>()
-                .is_some_and(|c| c.peer.ip().to_canonical().is_loopback())
-    }
-}
-
 struct Slot {
     _permit: OwnedSemaphorePermit,
     metrics: Arc<Metrics>,
@@ -282,7 +258,7 @@ impl Drop for Slot {
 
 /// Everything a connection task needs, shared by all of them.
 struct ConnCtx {
-    registry: Arc<Registry>,
+    front: Arc<Front>,
     /// For clients that said HTTP/1.1 (by their first bytes or by ALPN).
     h1: auto::Builder<TokioExecutor>,
     /// For the HTTP/2 preface or ALPN `h2`.
@@ -306,7 +282,10 @@ impl ConnCtx {
             .timer(TokioTimer::new())
             .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
         ConnCtx {
-            registry: shared.registry.clone(),
+            front: Arc::new(Front {
+                registry: shared.registry.clone(),
+                admin: shared.admin.clone(),
+            }),
             h1: builder.clone().http1_only(),
             h2: builder.http2_only(),
             header_read_timeout: limits.header_read_timeout,
@@ -372,15 +351,15 @@ impl ConnCtx {
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let registry = self.registry.clone();
+        let front = self.front.clone();
         let activity = idle::Activity::new();
         let counted = activity.clone();
         let service = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-            let registry = registry.clone();
+            let front = front.clone();
             let in_flight = counted.start();
             req.extensions_mut().insert(ConnInfo { peer, tls });
             async move {
-                let resp = registry.handle(req).await;
+                let resp = front.respond(req).await;
                 Ok::<_, Infallible>(resp.map(|b| idle::TrackedBody::new(b, in_flight)))
             }
         });
@@ -397,5 +376,26 @@ impl ConnCtx {
                 tracing::debug!(%peer, "no request within header_read_timeout; closing the idle connection");
             }
         }
+    }
+}
+
+/// Where a request goes: the operator API for `/_hoard/`, the registry
+/// (the `/v2` protocol, `/token`, health and metrics) for the rest.
+struct Front {
+    registry: Arc<Registry>,
+    admin: Option<Arc<Admin>>,
+}
+
+impl Front {
+    async fn respond(
+        &self,
+        req: hyper::Request<hyper::body::Incoming>,
+    ) -> hyper::Response<crate::body::Body> {
+        if let (Route::Admin { rest }, Some(admin)) = (Route::parse(req.uri().path()), &self.admin)
+        {
+            let rest = rest.to_owned();
+            return admin.handle(req, &rest).await;
+        }
+        self.registry.clone().handle(req).await
     }
 }

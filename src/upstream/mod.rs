@@ -22,6 +22,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
 use crate::config::{Config, ConfigError, Credentials, UpstreamConfig};
+use crate::http::content_length;
 use crate::metrics::Metrics;
 use crate::oci::{Digest, RepoName};
 use auth::Token;
@@ -407,9 +408,4 @@ fn content_type(h: &HeaderMap) -> Result<String, Error> {
         .filter(|v| !v.is_empty())
         .ok_or_else(|| Error::Protocol("manifest without Content-Type".into()))?;
     Ok(ct)
-}
-
-/// `Content-Length` of a response, if present and numeric.
-pub fn content_length(h: &HeaderMap) -> Option<u64> {
-    h.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
 }

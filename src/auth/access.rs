@@ -12,8 +12,8 @@
 
 use http::Method;
 
-use super::route::{query_param, Route};
-use crate::auth::Action;
+use super::Action;
+use crate::http::{query_param, Route};
 
 /// What a request touches.
 #[derive(Debug, Clone, PartialEq, Eq)]
