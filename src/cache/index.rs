@@ -186,11 +186,7 @@ impl BlobIndex {
             let mut lru = self.lru();
             for (digest, size, last_use) in rest.by_ref().take(BATCH) {
                 if let Some(holders) = held.get(&digest) {
-                    let mut pinned = self.pinned.write().unwrap_or_else(|p| p.into_inner());
-                    if !pinned.contains(&digest) {
-                        self.bytes.fetch_add(size, Ordering::Relaxed);
-                        pinned.insert(digest, Arc::new(Entry::new(size, last_use)), holders);
-                    }
+                    self.found_held(digest, size, last_use, holders);
                     continue;
                 }
                 if self.pinned.read().is_ok_and(|p| p.contains(&digest)) {
