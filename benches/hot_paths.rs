@@ -271,11 +271,17 @@ fn fill(c: &mut Criterion) {
             },
             |digest| {
                 rt.block_on(async {
-                    let (fill, _) = cache
-                        .fill(upstream.clone(), repo.clone(), &digest)
-                        .expect("a blob the cache lacks starts a fill");
-                    let mut body =
-                        std::pin::pin!(fill.clone().reader(0, SIZE as u64, metrics.clone()));
+                    let fill = hoard::policy::fill(&cache, &upstream, &repo, &digest)
+                        .expect("a blob the cache lacks starts a fill")
+                        .fill;
+                    let mut body = std::pin::pin!(hoard::policy::read(
+                        fill.clone(),
+                        upstream.clone(),
+                        repo.clone(),
+                        0,
+                        SIZE as u64,
+                        metrics.clone()
+                    ));
                     let mut total = 0;
                     while let Some(chunk) = body.next().await {
                         total += chunk.expect("fill body").len();

@@ -20,7 +20,6 @@ use bytes::Bytes;
 use hoard::cache::{Cache, TagKey, TagRecord};
 use hoard::metrics::Metrics;
 use hoard::oci::Digest;
-use hoard::upstream::FetchedManifest;
 
 /// Blob counts measured, in increasing order (the directory grows).
 const SIZES: [usize; 2] = [10_000, 100_000];
@@ -88,11 +87,11 @@ async fn write_records(root: &Path) -> u64 {
         let digest = Digest::of(&manifest);
         bytes += manifest.len() as u64;
         cache
-            .put_manifest(&FetchedManifest {
-                bytes: manifest,
-                media_type: "application/vnd.oci.image.manifest.v1+json".to_owned(),
-                digest: digest.clone(),
-            })
+            .put_manifest(
+                &digest,
+                manifest,
+                "application/vnd.oci.image.manifest.v1+json",
+            )
             .await
             .expect("put a manifest");
         let key = TagKey {

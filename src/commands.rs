@@ -239,8 +239,15 @@ async fn local_engine(
     )
     .await
     .map_err(|e| format!("cannot open the cache: {e}"))?;
-    let engine =
-        Prefetcher::new(config.clone(), cache, pins, metrics).map_err(|e| e.to_string())?;
+    let upstreams =
+        crate::upstream::Upstreams::new(config, metrics.clone()).map_err(|e| e.to_string())?;
+    let engine = Prefetcher::new(
+        config.clone(),
+        std::sync::Arc::new(upstreams),
+        cache,
+        pins,
+        metrics,
+    );
     Ok((lock, std::sync::Arc::new(engine)))
 }
 

@@ -2,17 +2,24 @@
 //! OCI `{"errors":[...]}` body.
 //!
 //! Lower layers have their own error enums (`upstream::Error`,
-//! `cache::Error`); they are converted here, once, so every handler answers
-//! the same cause with the same status and code. Internal detail is logged
-//! where the conversion happens, the client gets a code and a message that
-//! says what to do.
+//! `cache::Error` and a fill's `FillError`, `local::Error`); they are
+//! converted here, once, so every handler answers the same cause with the
+//! same status and code. A failed fill carries its origin's error whole
+//! (pingora's error source), so a client that joined a fill gets the same
+//! answer as the one that started it. Internal detail is logged where the
+//! conversion happens, the client gets a code and a message that says what
+//! to do.
+//!
+//! This sits above `cache`, `upstream` and `local` and below the handlers
+//! (`registry`, `auth`, `admin`): nothing it converts imports it.
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 
 use crate::body::{self, Body};
-use crate::cache;
-use crate::oci::{DigestError, NameError};
+use crate::cache::{self, FillError};
+use crate::local;
+use crate::oci::{Digest, DigestError, NameError};
 use crate::upstream;
 
 /// `Retry-After` when nobody said better: long enough for an upstream hiccup.
@@ -22,6 +29,16 @@ const DEFAULT_RETRY_AFTER: u64 = 30;
 /// RFC 9110 requires. The fault is hoard's upstream credentials, not the
 /// client's; a client that has none simply reports the message.
 const UPSTREAM_CHALLENGE: &str = "Basic realm=\"hoard\"";
+/// What a request was about, so "not found upstream" gets its OCI code.
+#[derive(Clone, Copy)]
+pub enum Subject<'a> {
+    /// A blob: `BLOB_UNKNOWN`.
+    Blob(&'a Digest),
+    /// A manifest by tag or digest: `MANIFEST_UNKNOWN`.
+    Manifest(&'a dyn std::fmt::Display),
+    /// A repository (tag lists): `NAME_UNKNOWN`.
+    Repository,
+}
 
 /// An error answered to a client.
 #[derive(Debug, Clone)]
@@ -179,13 +196,26 @@ impl From<NameError> for ApiError {
     }
 }
 
-impl From<upstream::Error> for ApiError {
-    fn from(e: upstream::Error) -> ApiError {
+impl ApiError {
+    /// An upstream failure while serving `about`.
+    pub fn upstream(e: upstream::Error, about: Subject<'_>) -> ApiError {
         use upstream::Error as U;
         match &e {
-            U::NotFound => {
-                ApiError::new(StatusCode::NOT_FOUND, "NAME_UNKNOWN", "not found upstream")
-            }
+            U::NotFound => match about {
+                Subject::Blob(digest) => ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "BLOB_UNKNOWN",
+                    format!("blob {digest} is not known upstream"),
+                ),
+                Subject::Manifest(what) => ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "MANIFEST_UNKNOWN",
+                    format!("manifest {what} is not known upstream"),
+                ),
+                Subject::Repository => {
+                    ApiError::new(StatusCode::NOT_FOUND, "NAME_UNKNOWN", "not found upstream")
+                }
+            },
             U::RateLimited { retry_after, .. } => ApiError {
                 retry_after: *retry_after,
                 ..ApiError::new(
@@ -217,16 +247,66 @@ impl From<upstream::Error> for ApiError {
             }
         }
     }
+
+    /// A failed fill of `digest`: its origin's own error when the origin
+    /// failed (an upstream's 404 is `BLOB_UNKNOWN` for every reader of the
+    /// fill), else 502.
+    pub fn fill(e: FillError, digest: &Digest) -> ApiError {
+        if let FillError::Origin(origin) = &e {
+            if let Some(u) = origin.downcast_ref::<upstream::Error>() {
+                return ApiError::upstream(u.clone(), Subject::Blob(digest));
+            }
+        }
+        ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "UNAVAILABLE",
+            format!("fetching {digest} failed: {e}"),
+        )
+    }
+}
+
+impl From<upstream::Error> for ApiError {
+    fn from(e: upstream::Error) -> ApiError {
+        ApiError::upstream(e, Subject::Repository)
+    }
 }
 
 impl From<cache::Error> for ApiError {
     fn from(e: cache::Error) -> ApiError {
         match e {
-            cache::Error::Upstream(u) => u.into(),
             cache::Error::Io(io) if cache::is_out_of_space(&io) => {
                 ApiError::storage_full("writing to the cache", io)
             }
             other => ApiError::internal("cache failure", other),
         }
+    }
+}
+
+impl From<local::Error> for ApiError {
+    fn from(e: local::Error) -> ApiError {
+        use local::Error as L;
+        let (status, code) = match &e {
+            L::UploadUnknown => (StatusCode::NOT_FOUND, "BLOB_UPLOAD_UNKNOWN"),
+            L::RangeInvalid { size } => {
+                return ApiError::range(e.to_string(), Some(*size));
+            }
+            L::DigestInvalid { .. } => (StatusCode::BAD_REQUEST, "DIGEST_INVALID"),
+            L::Body(_) => (StatusCode::BAD_REQUEST, "BLOB_UPLOAD_INVALID"),
+            L::ManifestInvalid(_) => (StatusCode::BAD_REQUEST, "MANIFEST_INVALID"),
+            L::ManifestBlobUnknown(_) => (StatusCode::BAD_REQUEST, "MANIFEST_BLOB_UNKNOWN"),
+            L::ChildUnknown(_) => (StatusCode::BAD_REQUEST, "MANIFEST_UNKNOWN"),
+            L::ManifestUnknown(_) => (StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN"),
+            L::BlobUnknown(_) => (StatusCode::NOT_FOUND, "BLOB_UNKNOWN"),
+            L::Io(io) if cache::is_out_of_space(io) => {
+                return ApiError::storage_full("storing the upload", io);
+            }
+            L::Cache(cache::Error::Io(io)) if cache::is_out_of_space(io) => {
+                return ApiError::storage_full("storing the upload", io);
+            }
+            L::Cache(_) | L::Io(_) => {
+                return ApiError::internal("local repository failure", e);
+            }
+        };
+        ApiError::new(status, code, e.to_string())
     }
 }

@@ -43,6 +43,7 @@ pub mod malloc;
 pub mod metrics;
 pub mod oci;
 pub mod pins;
+pub mod policy;
 pub mod prefetch;
 pub mod registry;
 pub mod server;
@@ -124,7 +125,9 @@ pub async fn run_listeners(
     };
     config.prefetch.validate()?;
     let metrics = Arc::new(metrics::Metrics::new());
-    let upstreams = upstream::Upstreams::new(&config, metrics.clone())?;
+    // One client per upstream for the whole process (connection pool and
+    // token cache), shared by pulls and prefetches.
+    let upstreams = Arc::new(upstream::Upstreams::new(&config, metrics.clone())?);
     // One writer per cache directory.
     let _lock = pins::CacheLock::acquire(&config.cache_dir)?;
     // The stores, built once and injected: the disk backend on cache_dir.
@@ -155,10 +158,11 @@ pub async fn run_listeners(
     let auth = auth::Auth::from_config(config.auth.as_ref(), metrics.clone())?;
     let engine = Arc::new(prefetch::Prefetcher::new(
         config.clone(),
+        upstreams.clone(),
         cache.clone(),
         pins.clone(),
         metrics.clone(),
-    )?);
+    ));
     let registry = Arc::new(
         registry::Registry::new(config, upstreams, cache.clone(), local, metrics.clone())
             .with_auth(auth.clone())

@@ -329,9 +329,11 @@ mod tests {
         let cache = crate::cache::Cache::open_holding(&storage, 1 << 30, metrics.clone(), &held)
             .await
             .unwrap();
-        Admin::new(Arc::new(
-            Prefetcher::new(config, cache, pins, metrics).unwrap(),
-        ))
+        let upstreams =
+            Arc::new(crate::upstream::Upstreams::new(&config, metrics.clone()).unwrap());
+        Admin::new(Arc::new(Prefetcher::new(
+            config, upstreams, cache, pins, metrics,
+        )))
     }
 
     fn req(method: Method, peer: Option<&str>) -> Request<Full<Bytes>> {

@@ -31,7 +31,6 @@ use crate::cache::{Cache, Holder, TagKey, TagRecord};
 use crate::config::Config;
 use crate::oci::{is_index, Digest, RepoName, Tag};
 use crate::pins::{Pin, Pins};
-use crate::upstream::FetchedManifest;
 
 mod place;
 mod stage;
@@ -347,11 +346,7 @@ async fn commit(
         }
         if let Some((bytes, media_type)) = manifests.get(digest) {
             cache
-                .put_manifest(&FetchedManifest {
-                    bytes: bytes.clone(),
-                    media_type: media_type.clone(),
-                    digest: digest.clone(),
-                })
+                .put_manifest(digest, bytes.clone(), media_type)
                 .await?;
         }
     }

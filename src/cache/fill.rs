@@ -1,9 +1,11 @@
-//! In-flight blob fills: one upstream stream per digest, however many
+//! In-flight blob fills: one origin stream per digest, however many
 //! clients ask for it at once.
 //!
-//! The first request for a missing blob becomes the leader and spawns the
-//! fill task; the task, not the request, owns the upstream stream, so a
-//! client hanging up never cancels a fill others depend on. The task
+//! The first request for a missing blob becomes the leader: it gets a
+//! [`FillPermit`](super::FillPermit), fetches the blob from wherever the
+//! layer above decides (the cache never fetches anything itself; see
+//! `crate::policy`) and feeds the body to the permit, in a task of its own
+//! so a client hanging up never cancels a fill others depend on. The fill
 //! receives the body while one blocking thread writes it into a temp file
 //! and another hashes it; every reader (the leader's client too) follows
 //! that file up to the bytes written so far, waking on a `watch` channel,
@@ -12,8 +14,8 @@
 //! their last byte only when the sha256 matches; the file is then synced
 //! and renamed into the store. On any failure the state becomes `Failed`
 //! and readers end their bodies with an error (an aborted response), never
-//! a clean short one. A [`FillGuard`] marks the fill failed if the task
-//! dies.
+//! a clean short one. A [`FillGuard`] (inside the permit) marks the fill
+//! failed if its leader drops it unfinished.
 
 use std::collections::HashMap;
 use std::io;
@@ -23,11 +25,11 @@ use bytes::Bytes;
 use futures_util::Stream;
 use tokio::sync::watch;
 
-use super::reader::Chunks;
+use super::permit::{Body, OriginError};
+use super::reader::{Chunks, ReadError};
 use crate::metrics::{FillResult, Metrics};
-use crate::oci::{Digest, RepoName};
+use crate::oci::Digest;
 use crate::storage::Staging;
-use crate::upstream;
 
 mod pipeline;
 
@@ -40,11 +42,11 @@ pub(super) const CHUNK: usize = 256 * 1024;
 /// Where a fill is.
 #[derive(Debug, Clone)]
 pub enum Progress {
-    /// Waiting for the upstream's headers.
+    /// Waiting for the leader's response headers.
     Connecting,
     /// Streaming; `written` bytes are in the temp file.
     Streaming {
-        /// Size announced by the upstream, if it did.
+        /// Size announced by the origin, if it did.
         size: Option<u64>,
         /// Bytes written so far.
         written: u64,
@@ -69,14 +71,14 @@ pub enum Progress {
 /// Why a fill failed.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum FillError {
-    /// The upstream refused or broke off.
+    /// The origin refused or broke off.
     #[error(transparent)]
-    Upstream(#[from] upstream::Error),
+    Origin(#[from] OriginError),
     /// The bytes did not hash to the digest.
     #[error("content does not match its digest (got {0})")]
     Mismatch(Digest),
     /// Size differs from the announced one.
-    #[error("upstream sent {got} bytes, announced {announced}")]
+    #[error("origin sent {got} bytes, announced {announced}")]
     Size {
         /// Content-Length.
         announced: u64,
@@ -94,8 +96,6 @@ pub enum FillError {
 /// One in-progress fill.
 pub struct Fill {
     digest: Digest,
-    upstream: Arc<upstream::Upstream>,
-    repo: RepoName,
     file: OnceLock<Arc<std::fs::File>>,
     state: watch::Sender<Progress>,
     /// Recent chunks, shared by the writer and the readers.
@@ -108,7 +108,7 @@ impl Fill {
         &self.digest
     }
 
-    /// Waits until the upstream answered: `Ok(Some(size))` once streaming
+    /// Waits until the origin answered: `Ok(Some(size))` once streaming
     /// with a known size (or done), `Ok(None)` when the size is unknown.
     pub async fn started(&self) -> Result<Option<u64>, FillError> {
         let mut rx = self.state.subscribe();
@@ -142,12 +142,14 @@ impl Fill {
     }
 
     /// Streams `start..end` of the blob as it arrives (see `cache::reader`).
+    /// A disk failure ends the stream with [`ReadError::DiskFailed`], saying
+    /// where, so the caller can fetch the rest elsewhere.
     pub fn reader(
         self: Arc<Self>,
         start: u64,
         end: u64,
         metrics: Arc<Metrics>,
-    ) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
+    ) -> impl Stream<Item = Result<Bytes, ReadError>> + Send + 'static {
         super::reader::FillReader::new(self, start, end, metrics).into_stream()
     }
 
@@ -156,7 +158,7 @@ impl Fill {
         self.state.subscribe()
     }
 
-    /// The temp file, once the upstream answered.
+    /// The temp file, once the origin answered.
     pub(super) fn file(&self) -> Option<Arc<std::fs::File>> {
         self.file.get().cloned()
     }
@@ -164,11 +166,6 @@ impl Fill {
     /// The chunks shared by this fill's writer and readers.
     pub(super) fn chunks(&self) -> &Chunks {
         &self.chunks
-    }
-
-    /// Where a reader goes for the rest when the disk failed.
-    pub(super) fn origin(&self) -> (&Arc<upstream::Upstream>, &RepoName) {
-        (&self.upstream, &self.repo)
     }
 }
 
@@ -180,10 +177,11 @@ pub struct Fills {
     map: Arc<Mutex<HashMap<Digest, Arc<Fill>>>>,
 }
 
-/// The result of asking to fill a digest.
-pub enum Join {
-    /// This caller must run the fill (spawn [`run`]).
-    Leader(Arc<Fill>, FillGuard),
+/// The result of asking to fill a digest (wrapped for callers by
+/// [`super::Join`]).
+pub(super) enum Join {
+    /// This caller must run the fill (feed [`run`]).
+    Leader(FillGuard),
     /// Another request is filling it already.
     Follower(Arc<Fill>),
 }
@@ -192,10 +190,9 @@ impl Fills {
     /// Joins the fill of `digest`, or starts one when none is running.
     /// `present` is re-checked under the lock so a fill that just committed
     /// is not started again.
-    pub fn join(
+    pub(super) fn join(
         &self,
         digest: &Digest,
-        origin: (&Arc<upstream::Upstream>, &RepoName),
         present: impl Fn() -> bool,
         metrics: Arc<Metrics>,
     ) -> Option<Join> {
@@ -211,8 +208,6 @@ impl Fills {
         let (tx, _) = watch::channel(Progress::Connecting);
         let fill = Arc::new(Fill {
             digest: digest.clone(),
-            upstream: origin.0.clone(),
-            repo: origin.1.clone(),
             file: OnceLock::new(),
             state: tx,
             chunks: Chunks::default(),
@@ -220,16 +215,16 @@ impl Fills {
         map.insert(digest.clone(), fill.clone());
         metrics.fills_in_flight().inc();
         let guard = FillGuard {
-            fill: fill.clone(),
+            fill,
             map: self.map.clone(),
             staging: None,
             metrics,
             done: false,
         };
-        Some(Join::Leader(fill, guard))
+        Some(Join::Leader(guard))
     }
 
-    /// The size of `digest`'s fill in flight, once its upstream announced
+    /// The size of `digest`'s fill in flight, once its origin announced
     /// it (or the fill is verified).
     pub fn size_of(&self, digest: &Digest) -> Option<u64> {
         let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
@@ -252,9 +247,9 @@ impl Fills {
     }
 }
 
-/// Owned by the fill task. Its `Drop` fails the fill, aborts the staging
-/// and unregisters it, unless the fill was committed: readers never wait
-/// forever on a writer that went away.
+/// Owned by the fill's leader (inside its permit). Its `Drop` fails the
+/// fill, aborts the staging and unregisters it, unless the fill was
+/// committed: readers never wait forever on a writer that went away.
 pub struct FillGuard {
     fill: Arc<Fill>,
     map: Arc<Mutex<HashMap<Digest, Arc<Fill>>>>,
@@ -265,6 +260,11 @@ pub struct FillGuard {
 }
 
 impl FillGuard {
+    /// The fill this guard answers for.
+    pub(super) fn fill(&self) -> &Arc<Fill> {
+        &self.fill
+    }
+
     fn set(&self, p: Progress) {
         self.fill.state.send_replace(p);
     }
@@ -276,8 +276,8 @@ impl FillGuard {
             FillError::Disk(_) => FillResult::DiskError,
             _ => FillResult::UpstreamError,
         };
-        if matches!(err, FillError::Upstream(upstream::Error::NotFound)) {
-            tracing::debug!(digest = %self.fill.digest, "blob not found upstream");
+        if matches!(&err, FillError::Origin(o) if o.is_absent()) {
+            tracing::debug!(digest = %self.fill.digest, "blob not found at the origin");
         } else {
             tracing::warn!(digest = %self.fill.digest, error = %err, "fill failed");
         }
@@ -341,14 +341,15 @@ fn disk<C: Committer>(c: &C, e: io::Error, needed: u64) -> FillError {
     FillError::Disk(e.to_string())
 }
 
-/// Runs a fill: streams `resp` into a staging of the store (its local
-/// temp file), verifies, and commits it.
+/// Runs a fill: streams `body` (of `size` bytes, when the origin said)
+/// into a staging of the store (its local temp file), verifies, and
+/// commits it.
 ///
 /// Three stages run side by side so the network is never stalled by the
 /// disk or the hash (`pipeline`): this task receives the body and cuts it
 /// at multiples of the 256 KiB chunk; one blocking thread writes the pieces
 /// and hands them to readers; another hashes them. Each has a queue of 4
-/// pieces, so memory stays flat and the slowest stage holds the upstream
+/// pieces, so memory stays flat and the slowest stage holds the origin
 /// back. SHA-256 (about 1.7 GB/s per core with SHA-NI) is the slowest on a
 /// fast link; on its own thread its time no longer adds up with the write's
 /// on every piece.
@@ -360,18 +361,13 @@ fn disk<C: Committer>(c: &C, e: io::Error, needed: u64) -> FillError {
 /// the commit leaves only a temp file, swept at start. If the sync or the
 /// commit fails there is simply no cache copy; the readers finish with
 /// verified bytes through the open temp file.
-pub async fn run<C: Committer>(
+pub(super) async fn run<C: Committer>(
     mut guard: FillGuard,
-    upstream: &upstream::Upstream,
-    resp: Result<http::Response<hyper::body::Incoming>, upstream::Error>,
+    size: Option<u64>,
+    body: Body,
     committer: &C,
 ) {
     let digest = guard.fill.digest.clone();
-    let resp = match resp {
-        Ok(r) => r,
-        Err(e) => return guard.fail(e.into()),
-    };
-    let size = crate::http::content_length(resp.headers());
     let mut staging = match committer.stage().await {
         Ok(s) => s,
         Err(e) => return guard.fail(disk(committer, e, size.unwrap_or(0))),
@@ -394,8 +390,7 @@ pub async fn run<C: Committer>(
         move || pipeline::write_chunks(for_writer, &file, &fill, size)
     });
     let hasher = tokio::task::spawn_blocking(move || pipeline::hash_chunks(for_hasher));
-    let received =
-        pipeline::receive(upstream, resp.into_body(), size, [&to_writer, &to_hasher]).await;
+    let received = pipeline::receive(body, size, [&to_writer, &to_hasher]).await;
     drop((to_writer, to_hasher));
     // Both stages are awaited before any final state is set, so the writer
     // can never overwrite a failure with progress.

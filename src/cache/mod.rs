@@ -16,6 +16,7 @@ mod lru;
 pub mod meta;
 /// Page-cache reads live with the disk store; re-exported for the fill readers.
 pub use crate::storage::pagecache;
+mod permit;
 mod reader;
 pub mod verify;
 
@@ -31,13 +32,15 @@ use crate::metrics::Metrics;
 use crate::oci::{Digest, RepoName};
 pub use crate::storage::is_out_of_space;
 use crate::storage::{BlobInfo, BlobReader, BlobStore, Staging, Storage};
-use crate::upstream::{self, FetchedManifest, Upstream};
-use fill::{Fills, Join};
+use fill::Fills;
+pub use fill::{Fill, FillError};
 pub use held::HoldOnCommit;
 pub use index::Holder;
 use index::{BlobIndex, Evicted};
 pub use load::IndexState;
 pub use meta::{TagKey, TagRecord};
+pub use permit::{Body, FillPermit, Join, OriginError};
+pub use reader::{ReadError, Resume};
 
 /// A cache failure.
 #[derive(Debug, thiserror::Error)]
@@ -45,9 +48,6 @@ pub enum Error {
     /// Local disk.
     #[error("cache I/O: {0}")]
     Io(#[from] io::Error),
-    /// The upstream, while filling.
-    #[error(transparent)]
-    Upstream(#[from] upstream::Error),
 }
 
 /// Free space at which a cache whose disk was full is ready again (see
@@ -197,7 +197,7 @@ impl Cache {
             .map_err(|e| format!("the cache directory is not writable: {e}"))
     }
 
-    /// Size of a blob being filled, once its upstream announced it.
+    /// Size of a blob being filled, once its origin announced it.
     pub fn filling_size(&self, digest: &Digest) -> Option<u64> {
         self.fills.size_of(digest)
     }
@@ -228,31 +228,18 @@ impl Cache {
         }
     }
 
-    /// Joins or starts the fill of `digest` from `upstream`. `None` when the
-    /// blob got committed meanwhile (serve it from the cache).
-    pub fn fill(
-        self: &Arc<Self>,
-        upstream: Arc<Upstream>,
-        repo: RepoName,
-        digest: &Digest,
-    ) -> Option<(Arc<fill::Fill>, bool)> {
-        let join = self.fills.join(
-            digest,
-            (&upstream, &repo),
-            || self.blobs.contains(digest),
-            self.metrics.clone(),
-        )?;
+    /// Joins the fill of `digest`, or makes the caller its leader: the
+    /// cache coalesces, the caller fetches (see [`FillPermit`]). `None` when
+    /// the blob got committed meanwhile (serve it from the cache).
+    pub fn join_fill(self: &Arc<Self>, digest: &Digest) -> Option<Join> {
+        let join = self
+            .fills
+            .join(digest, || self.blobs.contains(digest), self.metrics.clone())?;
         Some(match join {
-            Join::Follower(f) => (f, false),
-            Join::Leader(f, guard) => {
-                let cache = self.clone();
-                let digest = digest.clone();
-                tracing::debug!(%digest, upstream = upstream.name(), "fill started");
-                tokio::spawn(async move {
-                    let resp = upstream.get_blob(&repo, &digest).await;
-                    fill::run(guard, &upstream, resp, &*cache).await;
-                });
-                (f, true)
+            fill::Join::Follower(f) => Join::Follower(f),
+            fill::Join::Leader(guard) => {
+                tracing::debug!(%digest, "fill started");
+                Join::Leader(FillPermit::new(guard, self.clone()))
             }
         })
     }
@@ -265,16 +252,18 @@ impl Cache {
         Ok(self.read_small(digest).await?.map(|b| (b, media_type)))
     }
 
-    /// Stores a fetched manifest (its digest is that of its bytes).
-    pub async fn put_manifest(&self, m: &FetchedManifest) -> Result<(), Error> {
-        if self.meta.manifest_type(&m.digest).is_some() && self.blobs.contains(&m.digest) {
+    /// Stores a manifest of `media_type` (`digest` is that of `bytes`).
+    pub async fn put_manifest(
+        &self,
+        digest: &Digest,
+        bytes: Bytes,
+        media_type: &str,
+    ) -> Result<(), Error> {
+        if self.meta.manifest_type(digest).is_some() && self.blobs.contains(digest) {
             return Ok(());
         }
-        self.store_bytes(&m.digest, m.bytes.clone(), None).await?;
-        Ok(self
-            .meta
-            .put_manifest_type(&m.digest, &m.media_type)
-            .await?)
+        self.store_bytes(digest, bytes, None).await?;
+        Ok(self.meta.put_manifest_type(digest, media_type).await?)
     }
 
     /// The cached record of a tag.
@@ -288,8 +277,8 @@ impl Cache {
     }
 
     /// Cached tags of a repository.
-    pub fn tags_of(&self, upstream: &str, repo: &RepoName) -> Vec<String> {
-        self.meta.tags_of(upstream, repo)
+    pub fn tags_of(&self, registry: &str, repo: &RepoName) -> Vec<String> {
+        self.meta.tags_of(registry, repo)
     }
 
     /// Cached repositories.

@@ -13,12 +13,13 @@
 //! Memory is bounded by the slots, whatever the blob size or the readers.
 //!
 //! When the fill fails on the local disk (full, quota, I/O error) the
-//! client must still get its blob: the reader fetches the rest of its range
-//! straight from the upstream with a ranged `GET`. A reader of the whole
-//! blob first re-hashes what it already sent (still readable through the
-//! open temp file) and holds back its final chunk until the digest of the
-//! whole stream matches. A partial range cannot be verified by anyone but
-//! the client; it is passed through as the upstream sends it.
+//! client must still get its blob, but the cache does not know where else
+//! to find it: the reader ends with [`ReadError::DiskFailed`], a [`Resume`]
+//! that says how far it got, and the layer that chose the origin
+//! (`crate::policy`) fetches the rest. For a reader of the whole blob,
+//! [`Resume::hash_sent`] re-hashes what was already sent (still readable
+//! through the open temp file), so the rest can be verified before its last
+//! byte.
 
 use std::collections::VecDeque;
 use std::io;
@@ -27,12 +28,11 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use futures_util::Stream;
-use hyper::body::Incoming;
 use tokio::sync::{watch, OnceCell};
 
 use super::fill::{Fill, FillError, Progress, CHUNK};
 use crate::metrics::{Metrics, Source};
-use crate::oci::Hasher;
+use crate::oci::{Digest, Hasher};
 
 /// Chunks the writer just wrote, kept for readers at the fill's front (4:
 /// a client a megabyte behind the writer still reads none back).
@@ -120,7 +120,6 @@ pub struct FillReader {
     /// cannot take back verified bytes.
     verified: Option<u64>,
     metrics: Arc<Metrics>,
-    passthrough: Option<Passthrough>,
     finished: bool,
 }
 
@@ -130,15 +129,95 @@ impl Drop for FillReader {
     }
 }
 
-/// The upstream stream that replaces a failed fill.
-struct Passthrough {
-    body: Incoming,
-    /// Bytes still to drop from the front (a 200 answer to a ranged GET).
-    skip: u64,
-    /// Hash of everything sent, when the whole blob is being read.
-    hasher: Option<Hasher>,
-    /// A chunk held back until the digest is checked.
-    held: Option<Bytes>,
+/// Why a fill reader stopped before the end of its range.
+#[derive(Debug)]
+pub enum ReadError {
+    /// The cache's disk failed: the bytes before [`Resume::at`] were
+    /// delivered, the rest must come from elsewhere.
+    DiskFailed(Resume),
+    /// The fill failed (origin, digest, size) or reading it did: the
+    /// response must abort.
+    Failed(io::Error),
+}
+
+impl std::fmt::Display for ReadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReadError::DiskFailed(r) => write!(
+                f,
+                "cache disk failed at byte {} of {}: {}",
+                r.at,
+                r.fill.digest(),
+                r.error
+            ),
+            ReadError::Failed(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for ReadError {}
+
+impl From<ReadError> for io::Error {
+    fn from(e: ReadError) -> io::Error {
+        match e {
+            ReadError::Failed(e) => e,
+            other => io::Error::other(other.to_string()),
+        }
+    }
+}
+
+/// Where a reader stopped when the cache's disk failed under its fill.
+pub struct Resume {
+    fill: Arc<Fill>,
+    /// First byte of the reader's range.
+    pub start: u64,
+    /// First byte not delivered.
+    pub at: u64,
+    /// End of the reader's range (exclusive).
+    pub end: u64,
+    /// What the disk said.
+    pub error: String,
+}
+
+impl std::fmt::Debug for Resume {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Resume")
+            .field("digest", self.fill.digest())
+            .field("start", &self.start)
+            .field("at", &self.at)
+            .field("end", &self.end)
+            .field("error", &self.error)
+            .finish()
+    }
+}
+
+impl Resume {
+    /// The blob being read.
+    pub fn digest(&self) -> &Digest {
+        self.fill.digest()
+    }
+
+    /// The hash of bytes `0..at`, read back from the fill's open temp file:
+    /// with it, a reader of the whole blob verifies the rest it fetches
+    /// elsewhere before sending its last byte.
+    pub async fn hash_sent(&self) -> io::Result<Hasher> {
+        let mut h = Hasher::new();
+        let Some(file) = self.fill.file() else {
+            return if self.at == 0 {
+                Ok(h)
+            } else {
+                Err(io::Error::other("fill has data but no file"))
+            };
+        };
+        let mut pos = 0;
+        while pos < self.at {
+            let want = (self.at - pos).min(CHUNK as u64) as usize;
+            let chunk = super::pagecache::read_exact_at(&file, pos, want).await?;
+            h.update(&chunk);
+            pos += chunk.len() as u64;
+        }
+        Ok(h)
+    }
 }
 
 impl FillReader {
@@ -154,13 +233,12 @@ impl FillReader {
             end,
             verified: None,
             metrics,
-            passthrough: None,
             finished: false,
         }
     }
 
     /// The reader as a body stream.
-    pub fn into_stream(self) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
+    pub fn into_stream(self) -> impl Stream<Item = Result<Bytes, ReadError>> + Send + 'static {
         futures_util::stream::unfold(self, |mut r| async move {
             if r.finished {
                 return None;
@@ -177,10 +255,7 @@ impl FillReader {
         })
     }
 
-    async fn next_chunk(&mut self) -> Option<io::Result<Bytes>> {
-        if self.passthrough.is_some() {
-            return self.next_passthrough().await;
-        }
+    async fn next_chunk(&mut self) -> Option<Result<Bytes, ReadError>> {
         if self.pos >= self.end {
             return None;
         }
@@ -200,15 +275,17 @@ impl FillReader {
                             self.verified = Some(size);
                             (size, size, Some(size))
                         }
-                        Progress::Failed(FillError::Disk(e)) => {
-                            tracing::warn!(digest = %self.fill.digest(), error = %e, "cache disk failed; serving the rest from the upstream");
-                            return match self.start_passthrough().await {
-                                Ok(()) => self.next_passthrough().await,
-                                Err(e) => Some(Err(e)),
-                            };
+                        Progress::Failed(FillError::Disk(error)) => {
+                            return Some(Err(ReadError::DiskFailed(Resume {
+                                fill: self.fill.clone(),
+                                start: self.start,
+                                at: self.pos,
+                                end: self.end,
+                                error,
+                            })));
                         }
                         Progress::Failed(e) => {
-                            return Some(Err(io::Error::other(format!(
+                            return Some(Err(failed(format!(
                                 "fill of {} failed: {e}",
                                 self.fill.digest()
                             ))));
@@ -218,18 +295,17 @@ impl FillReader {
             };
             if available > self.pos {
                 let upto = available.min(self.end);
-                return Some(self.take(written, size, upto).await.inspect(|buf| {
+                let taken = self.take(written, size, upto).await;
+                return Some(taken.map_err(ReadError::Failed).inspect(|buf| {
                     self.pos += buf.len() as u64;
                     self.metrics.served(Source::Upstream, buf.len() as u64);
                 }));
             }
             if self.verified.is_some() {
-                return Some(Err(io::Error::other(
-                    "blob is shorter than the requested range",
-                )));
+                return Some(Err(failed("blob is shorter than the requested range")));
             }
             if self.rx.changed().await.is_err() {
-                return Some(Err(io::Error::other("fill abandoned")));
+                return Some(Err(failed("fill abandoned")));
             }
         }
     }
@@ -242,7 +318,7 @@ impl FillReader {
         let index = self.pos / chunk;
         let base = index * chunk;
         if written < base + chunk && size != Some(written) {
-            // The chunk is still being filled (a slow upstream).
+            // The chunk is still being filled (a slow origin).
             return self.read_file(self.pos, (upto - self.pos) as usize).await;
         }
         let len = (written - base).min(chunk) as usize;
@@ -275,92 +351,11 @@ impl FillReader {
             .ok_or_else(|| io::Error::other("fill has data but no file"))?;
         super::pagecache::read_exact_at(&file, pos, want).await
     }
+}
 
-    /// Switches to a ranged upstream GET for `pos..end`.
-    async fn start_passthrough(&mut self) -> io::Result<()> {
-        let whole = self.start == 0;
-        let mut hasher = None;
-        if whole {
-            // Hash what this client already received, from the open file.
-            let mut h = Hasher::new();
-            let mut at = 0;
-            while at < self.pos {
-                let want = (self.pos - at).min(CHUNK as u64) as usize;
-                let chunk = self.read_file(at, want).await?;
-                h.update(&chunk);
-                at += chunk.len() as u64;
-            }
-            hasher = Some(h);
-        }
-        let (upstream, repo) = self.fill.origin();
-        let resp = upstream
-            .get_blob_range(repo, self.fill.digest(), self.pos, self.end)
-            .await
-            .map_err(|e| io::Error::other(format!("upstream fallback failed: {e}")))?;
-        let skip = if resp.status() == http::StatusCode::PARTIAL_CONTENT {
-            0
-        } else {
-            self.pos
-        };
-        self.passthrough = Some(Passthrough {
-            body: resp.into_body(),
-            skip,
-            hasher,
-            held: None,
-        });
-        Ok(())
-    }
-
-    async fn next_passthrough(&mut self) -> Option<io::Result<Bytes>> {
-        let (upstream, _) = self.fill.origin();
-        let upstream = upstream.clone();
-        let digest = self.fill.digest().clone();
-        let pt = self.passthrough.as_mut()?;
-        loop {
-            if self.pos >= self.end {
-                // Everything is in hand: verify before letting the last chunk go.
-                if let Some(h) = pt.hasher.take() {
-                    let actual = h.finish();
-                    if actual != digest {
-                        return Some(Err(io::Error::other(format!(
-                            "upstream fallback for {digest} does not match (got {actual})"
-                        ))));
-                    }
-                }
-                return pt.held.take().map(Ok);
-            }
-            let frame = match upstream.next_frame(&mut pt.body).await {
-                Err(e) => return Some(Err(io::Error::other(e.to_string()))),
-                Ok(None) => return Some(Err(io::Error::other("upstream fallback ended early"))),
-                Ok(Some(f)) => f,
-            };
-            let Ok(mut data) = frame.into_data() else {
-                continue;
-            };
-            if pt.skip > 0 {
-                let drop = pt.skip.min(data.len() as u64) as usize;
-                pt.skip -= drop as u64;
-                data = data.slice(drop..);
-            }
-            let room = (self.end - self.pos).min(data.len() as u64) as usize;
-            let data = data.slice(..room);
-            if data.is_empty() {
-                continue;
-            }
-            self.pos += data.len() as u64;
-            self.metrics.served(Source::Upstream, data.len() as u64);
-            match &mut pt.hasher {
-                Some(h) => {
-                    h.update(&data);
-                    // Hold one chunk back; release the previous one.
-                    if let Some(prev) = pt.held.replace(data) {
-                        return Some(Ok(prev));
-                    }
-                }
-                None => return Some(Ok(data)),
-            }
-        }
-    }
+/// A read that must abort the response.
+fn failed(msg: impl Into<String>) -> ReadError {
+    ReadError::Failed(io::Error::other(msg.into()))
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 //! fetches the index, the child manifests of the selected platforms, their
 //! configs and layers, and pins the lot. Manifests go through
 //! `Upstream::get_manifest` + `Cache::put_manifest` and blobs through
-//! `Cache::fill`, the same code a pull uses: a blob a client is pulling at
+//! `policy::fill`, the same code a pull uses: a blob a client is pulling at
 //! the same moment is downloaded once, everything is verified against its
 //! digest before it enters the store, and the fill metrics count it.
 //! Blobs already cached are skipped, so a prefetch interrupted half-way
@@ -29,11 +29,12 @@ use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, Semaphore};
 
-use crate::cache::{Cache, Holder};
-use crate::config::{Config, ConfigError};
+use crate::cache::{Cache, Holder, ReadError};
+use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::oci::Digest;
 use crate::pins::{Pin, Pins};
+use crate::policy;
 use crate::upstream::{Upstream, Upstreams};
 pub use offline::Readiness;
 pub use reference::{parse_list, ImageRef, Platform, RefError};
@@ -126,7 +127,7 @@ pub struct Summary {
 /// Runs prefetches, checks and pins on one cache.
 pub struct Prefetcher {
     config: Config,
-    upstreams: Upstreams,
+    upstreams: Arc<Upstreams>,
     cache: Arc<Cache>,
     pins: Arc<Pins>,
     metrics: Arc<Metrics>,
@@ -135,22 +136,23 @@ pub struct Prefetcher {
 pub(crate) type Events = mpsc::UnboundedSender<Event>;
 
 impl Prefetcher {
-    /// An engine over an opened cache and its pins, with its own clients
-    /// for the configured upstreams.
+    /// An engine over an opened cache and its pins, fetching through the
+    /// process's clients for the configured upstreams (the server's own:
+    /// one connection pool and token cache per upstream).
     pub fn new(
         config: Config,
+        upstreams: Arc<Upstreams>,
         cache: Arc<Cache>,
         pins: Arc<Pins>,
         metrics: Arc<Metrics>,
-    ) -> Result<Prefetcher, ConfigError> {
-        let upstreams = Upstreams::new(&config, metrics.clone())?;
-        Ok(Prefetcher {
+    ) -> Prefetcher {
+        Prefetcher {
             config,
             upstreams,
             cache,
             pins,
             metrics,
-        })
+        }
     }
 
     /// The pins this engine records into.
@@ -375,7 +377,8 @@ impl Prefetcher {
             if let Some(size) = self.cache.lookup(digest).await {
                 return Ok(size);
             }
-            let Some((fill, _leader)) = self.cache.fill(upstream.clone(), r.repo.clone(), digest)
+            let Some(policy::Filling { fill, .. }) =
+                policy::fill(&self.cache, upstream, &r.repo, digest)
             else {
                 // Committed meanwhile (a pull got there first).
                 match self.cache.blob_size(digest) {
@@ -395,10 +398,17 @@ impl Prefetcher {
             };
             // Reading the fill as a client would shows its progress; the
             // bytes come from the fill's temp file, not a second download.
+            // A disk failure fails the prefetch with the fill's own error
+            // (below): there is no client to pass the rest through to, and
+            // nothing would be cached.
             let mut stream = Box::pin(fill.clone().reader(0, size, self.metrics.clone()));
             let mut unreported = 0;
             while let Some(chunk) = stream.next().await {
-                let chunk = chunk.map_err(|e| format!("blob {digest}: {e}"))?;
+                let chunk = match chunk {
+                    Ok(chunk) => chunk,
+                    Err(ReadError::DiskFailed(_)) => break,
+                    Err(e) => return Err(format!("blob {digest}: {e}")),
+                };
                 unreported += chunk.len() as u64;
                 if unreported >= PROGRESS_STEP {
                     let _ = events.send(Event::Progress {

@@ -142,7 +142,7 @@ impl Prefetcher {
                     .await
                     .map_err(|e| format!("manifest {tag}: {e}"))?;
                 self.cache
-                    .put_manifest(&m)
+                    .put_manifest(&m.digest, m.bytes.clone(), &m.media_type)
                     .await
                     .map_err(|e| e.to_string())?;
                 Ok(m.digest)
@@ -192,7 +192,7 @@ impl Prefetcher {
             return Err(format!("upstream sent manifest {} for {digest}", m.digest));
         }
         self.cache
-            .put_manifest(&m)
+            .put_manifest(&m.digest, m.bytes.clone(), &m.media_type)
             .await
             .map_err(|e| format!("caching manifest {digest}: {e}"))?;
         Ok(Some((m.bytes, m.media_type)))

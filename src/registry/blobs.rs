@@ -1,18 +1,17 @@
 //! Blobs: served from the cache, or teed from one upstream fill that every
 //! concurrent request for the digest shares.
 
-use std::sync::Arc;
-
 use http::{header, HeaderValue, Response, StatusCode};
 
 use super::range::{self, ByteRange};
 use super::resolve::Target;
 use super::{ApiError, Registry};
 use crate::body::{self, Body};
-use crate::cache::fill::FillError;
+use crate::cache::FillError;
+use crate::error::Subject;
 use crate::metrics::{Kind, Outcome, Source};
 use crate::oci::Digest;
-use crate::upstream;
+use crate::policy;
 
 /// Bytes read from a cached file per chunk.
 const CACHE_CHUNK: usize = 256 * 1024;
@@ -76,9 +75,8 @@ async fn serve(
             let range = range::parse(range_header, size)?;
             return Ok((headers_only(digest, size, range), Outcome::Miss));
         }
-        let Some((fill, leader)) =
-            reg.cache
-                .fill(target.upstream.clone(), target.repo.clone(), digest)
+        let Some(policy::Filling { fill, leader }) =
+            policy::fill(&reg.cache, &target.upstream, &target.repo, digest)
         else {
             continue;
         };
@@ -91,20 +89,29 @@ async fn serve(
             Ok(Some(size)) => size,
             Ok(None) => {
                 // No Content-Length upstream: wait for the verified blob.
-                fill.finished().await.map_err(|e| map_fill(e, digest))?;
+                fill.finished()
+                    .await
+                    .map_err(|e| ApiError::fill(e, digest))?;
                 continue;
             }
             Err(FillError::Disk(e)) => {
                 // The cache could not even start the fill (disk full): the
-                // reader passes the blob through from the upstream.
+                // policy's reader passes the blob through from the upstream.
                 tracing::warn!(%digest, error = %e, "cache disk failed before the fill started; passing through");
                 upstream_size(target, digest).await?
             }
-            Err(e) => return Err(map_fill(e, digest)),
+            Err(e) => return Err(ApiError::fill(e, digest)),
         };
         let range = range::parse(range_header, size)?;
         let (start, end) = bounds(range, size);
-        let stream = Arc::clone(&fill).reader(start, end, reg.metrics.clone());
+        let stream = policy::read(
+            fill,
+            target.upstream.clone(),
+            target.repo.clone(),
+            start,
+            end,
+            reg.metrics.clone(),
+        );
         return Ok((response(digest, size, range, body::stream(stream)), outcome));
     }
     Err(ApiError::internal("blob lookup did not settle", digest))
@@ -178,7 +185,7 @@ async fn upstream_size(target: &Target, digest: &Digest) -> Result<u64, ApiError
         .upstream
         .head_blob(&target.repo, digest)
         .await
-        .map_err(|e| map_upstream(e, digest))?
+        .map_err(|e| ApiError::upstream(e, Subject::Blob(digest)))?
         .ok_or_else(|| {
             ApiError::new(
                 StatusCode::BAD_GATEWAY,
@@ -190,32 +197,6 @@ async fn upstream_size(target: &Target, digest: &Digest) -> Result<u64, ApiError
 
 fn bounds(range: Option<ByteRange>, size: u64) -> (u64, u64) {
     range.map_or((0, size), |r| (r.start, r.end))
-}
-
-fn blob_unknown(digest: &Digest) -> ApiError {
-    ApiError::new(
-        StatusCode::NOT_FOUND,
-        "BLOB_UNKNOWN",
-        format!("blob {digest} is not known upstream"),
-    )
-}
-
-fn map_upstream(e: upstream::Error, digest: &Digest) -> ApiError {
-    match e {
-        upstream::Error::NotFound => blob_unknown(digest),
-        other => other.into(),
-    }
-}
-
-fn map_fill(e: FillError, digest: &Digest) -> ApiError {
-    match e {
-        FillError::Upstream(u) => map_upstream(u, digest),
-        other => ApiError::new(
-            StatusCode::BAD_GATEWAY,
-            "UNAVAILABLE",
-            format!("fetching {digest} failed: {other}"),
-        ),
-    }
 }
 
 fn headers_only(digest: &Digest, size: u64, range: Option<ByteRange>) -> Response<Body> {

@@ -10,6 +10,7 @@ use super::resolve::Target;
 use super::{ApiError, Registry};
 use crate::body::{self, Body};
 use crate::cache::{TagKey, TagRecord};
+use crate::error::Subject;
 use crate::metrics::{Kind, Outcome, Source};
 use crate::oci::{Digest, Reference, Tag};
 use crate::upstream::{self, FetchedManifest};
@@ -96,19 +97,8 @@ fn acceptable(accept: &[String], media_type: &str) -> bool {
     accept.is_empty() || accept.iter().any(|a| a == media_type || a == "*/*")
 }
 
-fn manifest_unknown(what: impl std::fmt::Display) -> ApiError {
-    ApiError::new(
-        StatusCode::NOT_FOUND,
-        "MANIFEST_UNKNOWN",
-        format!("manifest {what} is not known upstream"),
-    )
-}
-
 fn map_upstream(e: upstream::Error, what: impl std::fmt::Display) -> ApiError {
-    match e {
-        upstream::Error::NotFound => manifest_unknown(what),
-        other => other.into(),
-    }
+    ApiError::upstream(e, Subject::Manifest(&what))
 }
 
 async fn by_digest(
@@ -137,7 +127,7 @@ async fn by_digest(
         }
         .into());
     }
-    best_effort(reg.cache.put_manifest(&m).await);
+    best_effort(store(reg, &m).await);
     Ok(Served {
         outcome: Outcome::Miss,
         bytes: m.bytes,
@@ -205,7 +195,7 @@ async fn by_tag(
                 }
             }
             Ok(_) => {} // moved upstream (or no digest header): fetch it below
-            Err(upstream::Error::NotFound) => return Err(manifest_unknown(&key.tag)),
+            Err(e @ upstream::Error::NotFound) => return Err(map_upstream(e, &key.tag)),
             Err(e) if acceptable_here => {
                 tracing::warn!(upstream = %key.upstream, repo = %key.repo, tag = %key.tag, error = %e, "serving stale tag");
                 reg.metrics.stale_tag();
@@ -224,7 +214,7 @@ async fn by_tag(
     let m = fetch(reg, target, key.tag.as_str(), &[])
         .await
         .map_err(|e| map_upstream(e, &key.tag))?;
-    best_effort(reg.cache.put_manifest(&m).await);
+    best_effort(store(reg, &m).await);
     let tag = key.tag.clone();
     let recorded = reg
         .cache
@@ -260,7 +250,7 @@ async fn by_tag(
             ),
             other => other.into(),
         })?;
-    best_effort(reg.cache.put_manifest(&narrow).await);
+    best_effort(store(reg, &narrow).await);
     Ok(Served {
         outcome: Outcome::Miss,
         bytes: narrow.bytes,
@@ -275,6 +265,13 @@ fn best_effort(r: Result<(), crate::cache::Error>) {
     if let Err(e) = r {
         tracing::warn!(error = %e, "manifest served but not cached");
     }
+}
+
+/// Caches a manifest fetched from the upstream.
+async fn store(reg: &Registry, m: &FetchedManifest) -> Result<(), crate::cache::Error> {
+    reg.cache
+        .put_manifest(&m.digest, m.bytes.clone(), &m.media_type)
+        .await
 }
 
 /// The cached manifest for a tag, if its record passes `usable`.

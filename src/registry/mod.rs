@@ -41,7 +41,7 @@ pub struct ServedBy {
 
 /// Shared state of the protocol layer.
 pub struct Registry {
-    upstreams: Upstreams,
+    upstreams: Arc<Upstreams>,
     default_upstream: String,
     config: Config,
     cache: Arc<Cache>,
@@ -59,7 +59,7 @@ impl Registry {
     /// Builds the protocol layer over an opened cache.
     pub fn new(
         config: Config,
-        upstreams: Upstreams,
+        upstreams: Arc<Upstreams>,
         cache: Arc<Cache>,
         local: Arc<Local>,
         metrics: Arc<Metrics>,

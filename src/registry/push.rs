@@ -10,7 +10,6 @@ use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 
 use super::{ApiError, Registry};
 use crate::body::{self, Body};
-use crate::cache;
 use crate::http::query_param;
 use crate::local::{self, uploads::Session};
 use crate::oci::{Digest, RepoName};
@@ -191,35 +190,6 @@ fn parse_content_range(v: &str) -> Option<(u64, u64)> {
     let v = v.split('/').next()?;
     let (a, b) = v.split_once('-')?;
     Some((a.trim().parse().ok()?, b.trim().parse().ok()?))
-}
-
-impl From<local::Error> for ApiError {
-    fn from(e: local::Error) -> ApiError {
-        use local::Error as L;
-        let (status, code) = match &e {
-            L::UploadUnknown => (StatusCode::NOT_FOUND, "BLOB_UPLOAD_UNKNOWN"),
-            L::RangeInvalid { size } => {
-                return ApiError::range(e.to_string(), Some(*size));
-            }
-            L::DigestInvalid { .. } => (StatusCode::BAD_REQUEST, "DIGEST_INVALID"),
-            L::Body(_) => (StatusCode::BAD_REQUEST, "BLOB_UPLOAD_INVALID"),
-            L::ManifestInvalid(_) => (StatusCode::BAD_REQUEST, "MANIFEST_INVALID"),
-            L::ManifestBlobUnknown(_) => (StatusCode::BAD_REQUEST, "MANIFEST_BLOB_UNKNOWN"),
-            L::ChildUnknown(_) => (StatusCode::BAD_REQUEST, "MANIFEST_UNKNOWN"),
-            L::ManifestUnknown(_) => (StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN"),
-            L::BlobUnknown(_) => (StatusCode::NOT_FOUND, "BLOB_UNKNOWN"),
-            L::Io(io) if cache::is_out_of_space(io) => {
-                return ApiError::storage_full("storing the upload", io);
-            }
-            L::Cache(cache::Error::Io(io)) if cache::is_out_of_space(io) => {
-                return ApiError::storage_full("storing the upload", io);
-            }
-            L::Cache(_) | L::Io(_) => {
-                return ApiError::internal("local repository failure", e);
-            }
-        };
-        ApiError::new(status, code, e.to_string())
-    }
 }
 
 #[cfg(test)]

@@ -378,12 +378,38 @@ impl Upstream {
         &self,
         body: &mut Incoming,
     ) -> Result<Option<hyper::body::Frame<Bytes>>, Error> {
-        match tokio::time::timeout(self.read_timeout, body.frame()).await {
-            Err(_) => Err(Error::Timeout("waiting for the next body chunk")),
-            Ok(None) => Ok(None),
-            Ok(Some(Err(e))) => Err(Error::Unreachable(format!("body broke off: {e}"))),
-            Ok(Some(Ok(frame))) => Ok(Some(frame)),
-        }
+        next_frame_within(self.read_timeout, body).await
+    }
+
+    /// A response body as a stream of its data, each piece within
+    /// `read_timeout`, so it can outlive the request that started it (a
+    /// fill fed from it runs in a task of its own). Ends after an error.
+    pub fn body_stream(
+        &self,
+        body: Incoming,
+    ) -> impl futures_util::Stream<Item = Result<Bytes, Error>> + Send + 'static {
+        let timeout = self.read_timeout;
+        futures_util::stream::try_unfold(body, move |mut body| async move {
+            while let Some(frame) = next_frame_within(timeout, &mut body).await? {
+                if let Ok(data) = frame.into_data() {
+                    return Ok(Some((data, body)));
+                }
+            }
+            Ok(None)
+        })
+    }
+}
+
+/// The next frame of `body`, waiting at most `timeout` for it.
+async fn next_frame_within(
+    timeout: Duration,
+    body: &mut Incoming,
+) -> Result<Option<hyper::body::Frame<Bytes>>, Error> {
+    match tokio::time::timeout(timeout, body.frame()).await {
+        Err(_) => Err(Error::Timeout("waiting for the next body chunk")),
+        Ok(None) => Ok(None),
+        Ok(Some(Err(e))) => Err(Error::Unreachable(format!("body broke off: {e}"))),
+        Ok(Some(Ok(frame))) => Ok(Some(frame)),
     }
 }
 

@@ -1,5 +1,5 @@
 //! The three stages of a fill, each on its own thread so none waits for
-//! another's work on every piece: receiving the upstream's body and cutting
+//! another's work on every piece: receiving the origin's body and cutting
 //! it into chunk-aligned pieces, writing them into the temp file (and
 //! handing them to readers), and hashing them. See [`super::run`].
 
@@ -8,8 +8,9 @@ use std::os::unix::fs::FileExt;
 
 use bytes::{Bytes, BytesMut};
 
-use super::{Fill, FillError, Progress, CHUNK};
-use crate::upstream;
+use futures_util::StreamExt;
+
+use super::{Body, Fill, FillError, Progress, CHUNK};
 
 /// Pieces queued between the fill's network task and its writer thread
 /// (at most `QUEUE` × [`CHUNK`] bytes in flight).
@@ -21,19 +22,20 @@ pub(super) const QUEUE: usize = 4;
 const WRITEBACK: u64 = 4 << 20;
 
 /// How long the receiver waits for more bytes before handing a partial
-/// chunk to the writer, so that readers of a slow upstream see progress.
+/// chunk to the writer, so that readers of a slow origin see progress.
 const FLUSH_AFTER: std::time::Duration = std::time::Duration::from_millis(5);
 
 /// Receives the body and hands it to the writer in pieces that never cross
 /// a multiple of [`CHUNK`] in the blob, so whole chunks can be shared by
 /// readers (see [`super::reader`]). A piece is sent when it reaches the
-/// next boundary, or early when the upstream pauses for [`FLUSH_AFTER`], so
-/// readers of a slow upstream see bytes as they come. Returns the bytes
-/// received. A full queue makes this wait (back-pressure on the upstream),
-/// never buffer more.
+/// next boundary, or early when the origin pauses for [`FLUSH_AFTER`], so
+/// readers of a slow origin see bytes as they come. Returns the bytes
+/// received. A full queue makes this wait (back-pressure on the origin),
+/// never buffer more. Timing out on a stalled origin is the body's job (the
+/// origin client's read timeout): waiting for the next item is cancel-safe,
+/// so the flush timer here does not restart it.
 pub(super) async fn receive(
-    upstream: &upstream::Upstream,
-    mut body: hyper::body::Incoming,
+    mut body: Body,
     size: Option<u64>,
     [writer, hasher]: [&tokio::sync::mpsc::Sender<Bytes>; 2],
 ) -> Result<u64, FillError> {
@@ -56,13 +58,13 @@ pub(super) async fn receive(
     let mut sent: u64 = 0;
     let mut buf = BytesMut::new();
     loop {
-        let frame = if buf.is_empty() {
-            upstream.next_frame(&mut body).await?
+        let item = if buf.is_empty() {
+            body.next().await
         } else {
-            match tokio::time::timeout(FLUSH_AFTER, upstream.next_frame(&mut body)).await {
-                Ok(frame) => frame?,
+            match tokio::time::timeout(FLUSH_AFTER, body.next()).await {
+                Ok(item) => item,
                 Err(_) => {
-                    // The upstream paused: let readers have what is here.
+                    // The origin paused: let readers have what is here.
                     // `split` keeps the rest of the allocation for the chunk.
                     let piece = buf.split().freeze();
                     sent += piece.len() as u64;
@@ -71,10 +73,8 @@ pub(super) async fn receive(
                 }
             }
         };
-        let Some(frame) = frame else { break };
-        let Ok(mut data) = frame.into_data() else {
-            continue;
-        };
+        let Some(item) = item else { break };
+        let mut data = item?;
         let received = sent + buf.len() as u64 + data.len() as u64;
         if let Some(announced) = size {
             if received > announced {

@@ -1,0 +1,19 @@
+//! The policy: what happens when the cache does not have a blob.
+//!
+//! The cache only coalesces: the first miss of a digest gets a leader
+//! permit, the others read the fill in progress
+//! ([`Cache::join_fill`](crate::cache::Cache::join_fill)). Everything that
+//! talks to an upstream on the cache's behalf lives here, above both:
+//! fetching a missed blob and feeding it to the permit ([`fill`]), and
+//! carrying a client's read on from the upstream when the cache's disk
+//! fails under it ([`read`]). The `/v2` handlers and prefetch both come
+//! through these two functions, so a blob a client pulls while a prefetch
+//! fetches it is downloaded once.
+//!
+//! Layers: `registry`, `prefetch` -> `policy` -> (`cache`, `upstream`).
+
+mod blob;
+mod passthrough;
+
+pub use blob::{fill, origin_error, Filling};
+pub use passthrough::read;
