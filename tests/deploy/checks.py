@@ -196,6 +196,16 @@ def known_series():
     return series
 
 
+def recorded_names():
+    """The series deploy/prometheus/alerts.yml records (the hit ratio is defined there once)."""
+    import yaml
+    rules = yaml.safe_load(ALERTS.read_text())
+    return {r["record"] for g in rules["groups"] for r in g["rules"] if "record" in r}
+
+
+RECORDED = re.compile(r"\b(hoard:[a-z0-9_:]+)")
+
+
 def dashboard_exprs():
     dash = json.loads(DASHBOARD.read_text())
     exprs = []
@@ -225,6 +235,8 @@ def check_dashboard():
     for title, expr in exprs:
         for name in set(re.findall(r"\b(hoard_[a-z0-9_]+)", expr)) - series:
             problems.append(f"panel '{title}': {name} is not a hoard metric")
+        for name in set(RECORDED.findall(expr)) - recorded_names():
+            problems.append(f"panel '{title}': {name} is not recorded by {ALERTS.relative_to(ROOT)}")
     return problems, f"{len(exprs)} queries over known metrics"
 
 
@@ -239,6 +251,8 @@ def check_alert_metrics():
             n += 1
             for name in set(re.findall(r"\b(hoard_[a-z0-9_]+)", rule["expr"])) - series:
                 problems.append(f"alert {rule.get('alert')}: {name} is not a hoard metric")
+            for name in set(RECORDED.findall(rule["expr"])) - recorded_names():
+                problems.append(f"rule {rule.get('alert') or rule.get('record')}: {name} is not recorded")
     return problems, f"{n} rules over known metrics"
 
 
