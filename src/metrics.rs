@@ -38,6 +38,9 @@ pub enum Outcome {
     Coalesced,
     /// Served from the cache although the upstream could not confirm it.
     Stale,
+    /// From a local (pushed) repository: not mirror traffic, so kept apart
+    /// from `hit` for an honest mirror hit ratio.
+    Local,
     /// Answered with an error.
     Error,
 }
@@ -50,6 +53,7 @@ impl Outcome {
             Outcome::Miss => "miss",
             Outcome::Coalesced => "coalesced",
             Outcome::Stale => "stale",
+            Outcome::Local => "local",
             Outcome::Error => "error",
         }
     }
@@ -62,6 +66,8 @@ pub enum Source {
     Cache,
     /// An upstream stream (directly or through an in-progress fill).
     Upstream,
+    /// A blob of a local (pushed) repository.
+    Local,
 }
 
 /// Why a fill ended.
@@ -336,6 +342,7 @@ impl Metrics {
         let label = match source {
             Source::Cache => "cache",
             Source::Upstream => "upstream",
+            Source::Local => "local",
         };
         self.served_bytes.with_label_values(&[label]).inc_by(bytes);
     }

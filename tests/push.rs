@@ -867,3 +867,42 @@ async fn pushed_blobs_are_private_but_pulled_base_layers_stay_public() {
     );
     assert_eq!(m.get_ok(&blob_path("team/app", &own)).await.len(), 4000);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pulls_of_pushed_content_are_counted_as_local_not_as_cache_hits() {
+    let env = env_with(&[]).await;
+    let m = &env.mirror;
+    let layer = pseudo_random(7, 50_000);
+    let (digest, manifest) = push_image(m, "team/app", "v1", 7, std::slice::from_ref(&layer)).await;
+    assert_eq!(m.get_ok(&manifest_path("team/app", "v1")).await, manifest);
+    assert_eq!(
+        m.get_ok(&manifest_path("team/app", &digest)).await,
+        manifest
+    );
+    assert_eq!(
+        m.get_ok(&blob_path("team/app", &sha256_digest(&layer)))
+            .await,
+        layer
+    );
+
+    // Not mirror traffic: a hit here would inflate the mirror's hit ratio.
+    let x = m.metrics().await;
+    let local = |kind| {
+        x.sum(
+            "hoard_requests_total",
+            &[("kind", kind), ("outcome", "local")],
+        )
+    };
+    assert_eq!(local("manifest"), 2.0);
+    assert_eq!(local("blob"), 1.0);
+    assert_eq!(x.sum("hoard_requests_total", &[("outcome", "hit")]), 0.0);
+    let served = (2 * manifest.len() + layer.len()) as f64;
+    assert_eq!(
+        x.sum("hoard_served_bytes_total", &[("source", "local")]),
+        served
+    );
+    assert_eq!(
+        x.sum("hoard_served_bytes_total", &[("source", "cache")]),
+        0.0
+    );
+}

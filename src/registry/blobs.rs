@@ -59,7 +59,7 @@ async fn serve(
             if head {
                 return Ok((headers_only(digest, size, range), Outcome::Hit));
             }
-            if let Some(r) = from_store(reg, digest, size, range).await? {
+            if let Some(r) = from_store(reg, digest, size, range, Source::Cache).await? {
                 return Ok((r, Outcome::Hit));
             }
             continue;
@@ -130,13 +130,15 @@ async fn private_check(reg: &Registry, target: &Target, digest: &Digest) -> Resu
     Ok(())
 }
 
-/// Streams `range` of a stored blob of `size` bytes; `None` when its
-/// file vanished (the caller treats it as absent).
+/// Streams `range` of a stored blob of `size` bytes, counting the bytes
+/// served under `source` (cache, or local for a pushed repository's blob);
+/// `None` when its file vanished (the caller treats it as absent).
 async fn from_store(
     reg: &Registry,
     digest: &Digest,
     size: u64,
     range: Option<ByteRange>,
+    source: Source,
 ) -> Result<Option<Response<Body>>, ApiError> {
     let (start, end) = bounds(range, size);
     let Some(reader) = reg.cache.open_blob(digest, start, end).await? else {
@@ -146,7 +148,7 @@ async fn from_store(
     let stream = tokio_util::io::ReaderStream::with_capacity(reader, CACHE_CHUNK);
     let stream = futures_util::StreamExt::inspect(stream, move |chunk| {
         if let Ok(c) = chunk {
-            metrics.served(Source::Cache, c.len() as u64);
+            metrics.served(source, c.len() as u64);
         }
     });
     Ok(Some(response(digest, size, range, body::stream(stream))))
@@ -170,11 +172,11 @@ pub async fn get_local(
     };
     let size = reg.local.blob(name, &digest).ok_or_else(unknown)?;
     let range = range::parse(range_header, size)?;
-    reg.metrics.request(Kind::Blob, Outcome::Hit);
+    reg.metrics.request(Kind::Blob, Outcome::Local);
     if head {
         return Ok(headers_only(&digest, size, range));
     }
-    from_store(reg, &digest, size, range)
+    from_store(reg, &digest, size, range, Source::Local)
         .await?
         .ok_or_else(unknown)
 }

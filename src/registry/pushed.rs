@@ -8,7 +8,7 @@ use http_body_util::BodyExt;
 use super::push::ReqBody;
 use super::{json_response, ApiError, Registry};
 use crate::body::{self, Body};
-use crate::metrics::{Kind, Outcome};
+use crate::metrics::{Kind, Outcome, Source};
 use crate::oci::{Digest, Reference, RepoName};
 
 /// `PUT /v2/<name>/manifests/<reference>`.
@@ -98,11 +98,12 @@ pub async fn get(
             return Err(e.into());
         }
     };
-    reg.metrics.request(Kind::Manifest, Outcome::Hit);
+    reg.metrics.request(Kind::Manifest, Outcome::Local);
     let len = bytes.len();
     let mut r = Response::new(if head {
         body::empty()
     } else {
+        reg.metrics.served(Source::Local, len as u64);
         body::full(bytes)
     });
     let h = r.headers_mut();

@@ -42,7 +42,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from auth import RULES as AUTH_RULES, USERS  # noqa: E402
 from clients import Containerd, accept_anything_policy, registries_conf, wait_serving, write  # noqa: E402
 from harness import CheckFailed, Daemon, ensure, free_port, http, run, run_suite, wait_until  # noqa: E402
-from run import Suite, short  # noqa: E402
+from run import Suite, exposition_sum, short  # noqa: E402
 
 # Debian's client, beside its daemon (a newer docker CLI may come first on PATH).
 DOCKER = "/usr/bin/docker"
@@ -319,6 +319,11 @@ htpasswd = "{htpasswd}"
             d.docker("pull", target)  # anonymous: the rules let anyone pull
             ident, _ = d.image(target)
             ensure(ident == app.config.digest, f"pulled back image ID {ident}, pushed {app.config.digest}")
+            # Pulls of pushed content are not mirror traffic: counted apart from cache hits.
+            text = http("GET", f"http://{self.auth_mirror}/metrics").body.decode()
+            local = exposition_sum(text, "hoard_requests_total", outcome="local")
+            hits = exposition_sum(text, "hoard_requests_total", outcome="hit")
+            ensure(local > 0 and hits == 0, f"hoard counted outcome=local {local}, hit {hits}")
 
         check("docker push without login is refused (hoard answers the upload with 401)", refused, self.logs)
         check("docker login with a wrong password is refused", wrong_password, self.logs)
@@ -326,7 +331,7 @@ htpasswd = "{htpasswd}"
             return
         if check("docker push (logged in) into hoard's local registry", push, self.logs) is None:
             return
-        check("docker rmi, logout, docker pull of the pushed image back (anonymous)", pull_back, self.logs)
+        check("docker rmi, logout, docker pull of the pushed image back (anonymous), counted as outcome=local", pull_back, self.logs)
 
     # -- buildah ---------------------------------------------------------------------------
 
