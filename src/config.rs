@@ -11,6 +11,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub mod storage;
+
+pub use storage::{StorageConfig, StorageKind};
+
 /// The default configuration, compiled in.
 pub const DEFAULT_CONFIG: &str = include_str!("../mirror.toml");
 
@@ -99,6 +103,10 @@ pub struct Config {
     /// Images kept prefetched and pinned (`[prefetch]`, see docs/airgap.md).
     #[serde(default)]
     pub prefetch: crate::prefetch::schedule::PrefetchConfig,
+    /// Where blobs and records live (`[storage]`): the disk, or an
+    /// S3-compatible bucket with the disk as a tier in front.
+    #[serde(default)]
+    pub storage: StorageConfig,
 }
 
 /// A TLS listener beside the plain one.
@@ -279,6 +287,7 @@ impl Config {
         if let Some(auth) = &self.auth {
             auth.validate()?;
         }
+        self.storage.validate()?;
         for (name, up) in &self.upstreams {
             let key = |k: &str| format!("upstreams.\"{name}\".{k}");
             if !valid_registry_name(name) {

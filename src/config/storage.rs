@@ -1,0 +1,123 @@
+//! The `[storage]` table of `mirror.toml`: where blobs and records live.
+//!
+//! `kind = "disk"` (the default) keeps everything under `cache_dir`.
+//! `kind = "s3"` puts blobs and records in an S3-compatible bucket shared
+//! by every replica, with `cache_dir` as a bounded local tier in front of
+//! it (`max_size` applies to that tier). Credentials never appear here:
+//! they come from `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY` or from the
+//! file `credentials_file` names, so a config can be shown or committed.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use super::ConfigError;
+
+/// Which backend holds the store.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageKind {
+    /// Everything under `cache_dir`.
+    #[default]
+    Disk,
+    /// An S3-compatible bucket, with `cache_dir` as a local tier.
+    S3,
+}
+
+/// The `[storage]` section. Every key has a default or is only needed for
+/// `kind = "s3"`, so a configuration without the section still parses.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    /// `"disk"` or `"s3"`.
+    #[serde(default)]
+    pub kind: StorageKind,
+    /// The S3 endpoint URL (`http://127.0.0.1:8333`); AWS's own when absent.
+    pub endpoint: Option<String>,
+    /// The bucket (it must exist).
+    pub bucket: Option<String>,
+    /// The region requests are signed for.
+    #[serde(default = "default_region")]
+    pub region: String,
+    /// Path-style requests (`endpoint/bucket/key`), what SeaweedFS, Ceph
+    /// RGW and MinIO expect; `false` for virtual-hosted style (AWS).
+    #[serde(default = "yes")]
+    pub path_style: bool,
+    /// A key prefix, so several hoards (or other data) can share a bucket.
+    pub prefix: Option<String>,
+    /// A PEM file of CA certificates to trust for an `https` endpoint.
+    pub ca_file: Option<PathBuf>,
+    /// A file in the AWS credentials format (`aws_access_key_id`,
+    /// `aws_secret_access_key` under `[default]`); when absent the two
+    /// `AWS_*` environment variables are read.
+    pub credentials_file: Option<PathBuf>,
+}
+
+fn default_region() -> String {
+    "us-east-1".into()
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl StorageConfig {
+    /// Checks the keys `kind = "s3"` needs, naming the one at fault.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &str, msg: &str| ConfigError::Invalid {
+            key: format!("storage.{key}"),
+            msg: msg.into(),
+        };
+        if self.kind == StorageKind::Disk {
+            return Ok(());
+        }
+        match &self.bucket {
+            Some(b) if !b.is_empty() && !b.contains('/') => {}
+            _ => return Err(invalid("bucket", "kind = \"s3\" needs a bucket name")),
+        }
+        if let Some(e) = &self.endpoint {
+            if !(e.starts_with("http://") || e.starts_with("https://")) {
+                return Err(invalid("endpoint", "must be an http:// or https:// URL"));
+            }
+        }
+        if let Some(p) = &self.prefix {
+            let ok = p
+                .split('/')
+                .all(|s| !s.is_empty() && s != "." && s != ".." && !s.contains('\\'));
+            if !ok {
+                return Err(invalid(
+                    "prefix",
+                    "segments separated by single '/', none empty, '.' or '..'",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<StorageConfig, String> {
+        let c: StorageConfig = toml::from_str(text).map_err(|e| e.to_string())?;
+        c.validate().map_err(|e| e.to_string())?;
+        Ok(c)
+    }
+
+    #[test]
+    fn s3_needs_a_bucket_and_keeps_secrets_out() {
+        assert_eq!(parse("").unwrap().kind, StorageKind::Disk);
+        let err = parse("kind = \"s3\"").unwrap_err();
+        assert!(err.contains("storage.bucket"), "{err}");
+        let c = parse("kind = \"s3\"\nbucket = \"b\"\nendpoint = \"http://127.0.0.1:1\"").unwrap();
+        assert!(c.path_style);
+        assert_eq!(c.region, "us-east-1");
+        let err = parse("kind = \"s3\"\nbucket = \"b\"\nprefix = \"a//b\"").unwrap_err();
+        assert!(err.contains("storage.prefix"), "{err}");
+        let err = parse("kind = \"s3\"\nbucket = \"b\"\nendpoint = \"127.0.0.1\"").unwrap_err();
+        assert!(err.contains("storage.endpoint"), "{err}");
+        let err = parse("kind = \"s3\"\nbucket = \"b\"\nsecret_access_key = \"x\"").unwrap_err();
+        assert!(err.contains("unknown field"), "{err}");
+    }
+}

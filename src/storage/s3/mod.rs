@@ -1,0 +1,223 @@
+//! The two storage traits over an S3-compatible bucket, through the
+//! `object_store` crate (AWS S3, Ceph RGW, SeaweedFS, MinIO).
+//!
+//! Keys, under an optional prefix:
+//!
+//! ```text
+//! blobs/sha256/<2 hex>/<hex>   verified content, never overwritten once there
+//! <record key>                 records, exactly as on disk (tags/..., pins/..., local/..., uploads/...)
+//! quarantine/<key>             what set_aside moved out of the way
+//! probe/<random>               the start-up probe's scratch object, deleted again
+//! ```
+//!
+//! What hoard relies on, and what it does when a server lacks it, is
+//! decided once at start by [`probe`]: create-only writes (`If-None-Match:
+//! *`) and compare-and-swap (`If-Match: <etag>`). Completing a multipart
+//! upload conditionally is never relied on (SeaweedFS and Ceph RGW ignore
+//! it): a blob's key is checked with a `HEAD` before its upload completes,
+//! and since keys are content addresses, two replicas racing past that
+//! check write identical, verified bytes.
+
+mod blobs;
+mod connect;
+mod records;
+
+use std::io;
+use std::sync::Arc;
+
+use object_store::path::Path;
+use object_store::ObjectStore;
+
+use crate::oci::Digest;
+pub use blobs::{S3Blobs, S3Staging, PARTS_IN_FLIGHT, PART_SIZE};
+pub use connect::connect;
+pub use records::S3Records;
+
+/// What the server guarantees for conditional writes, as [`probe`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Guarantees {
+    /// A create-only `PUT` of an existing key fails (`If-None-Match: *`).
+    pub create_only: bool,
+    /// A `PUT` with a stale `If-Match` ETag fails.
+    pub compare_and_swap: bool,
+}
+
+impl Guarantees {
+    /// What `object_store`'s in-memory store and AWS S3 give.
+    pub const FULL: Guarantees = Guarantees {
+        create_only: true,
+        compare_and_swap: true,
+    };
+}
+
+/// A bucket (or a prefix of one) and what its server guarantees.
+#[derive(Clone)]
+pub struct Bucket {
+    store: Arc<dyn ObjectStore>,
+    prefix: Option<String>,
+    guarantees: Guarantees,
+}
+
+impl Bucket {
+    /// `store` under `prefix`, trusting it to give `guarantees` (use
+    /// [`probe`] to find out).
+    pub fn new(store: Arc<dyn ObjectStore>, prefix: Option<&str>, guarantees: Guarantees) -> Self {
+        let prefix = prefix
+            .map(|p| p.trim_matches('/').to_owned())
+            .filter(|p| !p.is_empty());
+        Bucket {
+            store,
+            prefix,
+            guarantees,
+        }
+    }
+
+    /// The object store itself.
+    pub fn store(&self) -> &Arc<dyn ObjectStore> {
+        &self.store
+    }
+
+    /// What the server was found to guarantee.
+    pub fn guarantees(&self) -> Guarantees {
+        self.guarantees
+    }
+
+    /// The object path of `key` (a path hoard built, never client text).
+    pub fn path(&self, key: &str) -> Path {
+        match &self.prefix {
+            Some(p) => Path::from(format!("{p}/{key}")),
+            None => Path::from(key),
+        }
+    }
+
+    /// `key` of an object path under the prefix, `None` for one outside it.
+    pub fn key_of<'a>(&self, path: &'a Path) -> Option<&'a str> {
+        let s = path.as_ref();
+        match &self.prefix {
+            Some(p) => s.strip_prefix(p.as_str())?.strip_prefix('/'),
+            None => Some(s),
+        }
+    }
+
+    /// Where a blob lives: `blobs/sha256/<2 hex>/<hex>`.
+    pub fn blob(&self, digest: &Digest) -> Path {
+        let hex = digest.hex();
+        self.path(&format!("blobs/sha256/{}/{hex}", &hex[..2]))
+    }
+}
+
+/// An `object_store` error as the traits report it: absent, exists and
+/// precondition failures keep a kind a caller can match on.
+pub fn io_error(e: object_store::Error) -> io::Error {
+    let kind = match &e {
+        object_store::Error::NotFound { .. } => io::ErrorKind::NotFound,
+        object_store::Error::AlreadyExists { .. } => io::ErrorKind::AlreadyExists,
+        object_store::Error::Precondition { .. } => io::ErrorKind::WouldBlock,
+        _ => io::ErrorKind::Other,
+    };
+    io::Error::new(kind, e)
+}
+
+/// A random hex id (for probe and temporary keys), from the system's RNG.
+fn random_id() -> io::Result<String> {
+    use ring::rand::SecureRandom;
+    let mut b = [0u8; 16];
+    ring::rand::SystemRandom::new()
+        .fill(&mut b)
+        .map_err(|_| io::Error::other("no system randomness"))?;
+    Ok(hex::encode(b))
+}
+
+/// Finds out which conditional writes the server honours, on a scratch
+/// key it deletes again: a create-only `PUT` twice (the second must fail)
+/// and an `If-Match` `PUT` with a stale ETag (must fail) and the current
+/// one (must succeed). Logs the answer once; the stores built on the
+/// returned [`Bucket`] fall back where a guarantee is missing.
+pub async fn probe(store: Arc<dyn ObjectStore>, prefix: Option<&str>) -> io::Result<Bucket> {
+    use object_store::{PutMode, PutOptions, UpdateVersion};
+    let bucket = Bucket::new(store, prefix, Guarantees::FULL);
+    let key = bucket.path(&format!("probe/{}", random_id()?));
+    let s = bucket.store();
+    let opts = |mode| PutOptions {
+        mode,
+        ..Default::default()
+    };
+    let first = s
+        .put_opts(&key, "1".into(), opts(PutMode::Create))
+        .await
+        .map_err(io_error)?;
+    let create_only = matches!(
+        s.put_opts(&key, "2".into(), opts(PutMode::Create)).await,
+        Err(object_store::Error::AlreadyExists { .. })
+    );
+    let now = s
+        .put_opts(&key, "3".into(), opts(PutMode::Overwrite))
+        .await
+        .map_err(io_error)?;
+    let stale = s
+        .put_opts(&key, "4".into(), opts(PutMode::Update(first.into())))
+        .await;
+    let current = s
+        .put_opts(
+            &key,
+            "5".into(),
+            opts(PutMode::Update(UpdateVersion {
+                e_tag: now.e_tag.clone(),
+                version: None,
+            })),
+        )
+        .await;
+    let compare_and_swap = now.e_tag.is_some()
+        && matches!(stale, Err(object_store::Error::Precondition { .. }))
+        && current.is_ok();
+    if let Err(e) = s.delete(&key).await {
+        tracing::warn!(error = %e, key = %key, "could not delete the probe object");
+    }
+    let guarantees = Guarantees {
+        create_only,
+        compare_and_swap,
+    };
+    tracing::info!(
+        create_only,
+        compare_and_swap,
+        conditional_multipart = "not relied on",
+        "object store probed: {}",
+        describe(guarantees)
+    );
+    Ok(Bucket {
+        guarantees,
+        ..bucket
+    })
+}
+
+/// The probe's verdict in words, for the log line.
+fn describe(g: Guarantees) -> &'static str {
+    match (g.create_only, g.compare_and_swap) {
+        (true, true) => "create-only and compare-and-swap writes hold",
+        (true, false) => {
+            "create-only writes hold; compare-and-swap falls back to a per-process lock"
+        }
+        (false, true) => "compare-and-swap holds; create-only falls back to HEAD then PUT",
+        (false, false) => "no conditional writes: HEAD then PUT and a per-process lock",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use object_store::memory::InMemory;
+
+    #[tokio::test]
+    async fn the_in_memory_store_passes_the_probe_and_keeps_nothing() {
+        let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        let bucket = probe(store.clone(), Some("/hoard/")).await.unwrap();
+        assert_eq!(bucket.guarantees(), Guarantees::FULL);
+        use futures_util::TryStreamExt;
+        let left: Vec<_> = store.list(None).try_collect().await.unwrap();
+        assert!(left.is_empty(), "{left:?}");
+        let p = bucket.path("tags/ab/c.json");
+        assert_eq!(p.as_ref(), "hoard/tags/ab/c.json");
+        assert_eq!(bucket.key_of(&p), Some("tags/ab/c.json"));
+        assert_eq!(bucket.key_of(&Path::from("other/tags/x")), None);
+    }
+}
