@@ -130,8 +130,8 @@ pub async fn run_listeners(
     let upstreams = Arc::new(upstream::Upstreams::new(&config, metrics.clone())?);
     // One writer per cache directory.
     let _lock = pins::CacheLock::acquire(&config.cache_dir)?;
-    // The stores, built once and injected: the disk backend on cache_dir.
-    let storage = storage::Storage::open_disk(&config.cache_dir)
+    // The stores, built once and injected: the disk, or a bucket behind it.
+    let storage = storage::Storage::open(&config.cache_dir, &config.storage)
         .await
         .map_err(cache::Error::from)?;
     // Local records and pins first: the cache must know what they hold

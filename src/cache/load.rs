@@ -129,12 +129,13 @@ impl Cache {
     /// Size of a cached blob, marking it used. While the index is loading,
     /// a digest it does not have yet is looked up in the store before it
     /// counts as a miss, so a blob on disk is never fetched again because
-    /// the index was late.
+    /// the index was late; so is every unknown digest when the store is
+    /// shared (a bucket behind the disk tier).
     pub async fn lookup(&self, digest: &Digest) -> Option<u64> {
         if let Some(size) = self.blobs.get(digest) {
             return Some(size);
         }
-        if !self.blobs.is_loading() {
+        if !self.blobs.is_loading() && !self.store.shared() {
             return None;
         }
         let info = self.store.stat(digest).await.ok().flatten()?;

@@ -59,7 +59,9 @@ mod fs_records;
 mod key;
 pub mod lock;
 pub mod pagecache;
+pub mod s3;
 mod space;
+mod tiered;
 
 use std::future::Future;
 use std::io;
@@ -70,6 +72,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tokio::io::AsyncRead;
 
+use crate::config::{StorageConfig, StorageKind};
 use crate::oci::Digest;
 pub use dir::CacheDir;
 pub use fs_blobs::FsBlobs;
@@ -77,6 +80,7 @@ pub use fs_records::FsRecords;
 pub use key::RecordKey;
 pub use lock::{CacheLock, LockError};
 pub use space::is_out_of_space;
+pub use tiered::Tiered;
 
 /// A boxed future, so both traits stay object-safe.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -108,6 +112,13 @@ pub trait BlobStore: Send + Sync {
     fn set_aside<'a>(&'a self, digest: &'a Digest) -> BoxFuture<'a, io::Result<String>>;
     /// Room left for new blobs, `None` when the store has no such limit.
     fn free_space(&self) -> BoxFuture<'_, io::Result<Option<u64>>>;
+    /// Whether blobs may exist that [`BlobStore::list`] did not return (a
+    /// bucket behind a local tier, written by other replicas too): then a
+    /// digest the index does not know is asked for with `stat` before it
+    /// counts as a miss.
+    fn shared(&self) -> bool {
+        false
+    }
 }
 
 /// A blob being written: obtained from [`BlobStore::stage`], finished by
@@ -250,5 +261,23 @@ impl Storage {
             blobs: Arc::new(FsBlobs::new(dir.clone())),
             records: Arc::new(FsRecords::new(dir)),
         })
+    }
+
+    /// The backend `[storage]` names: the disk on `cache_dir`, or a bucket
+    /// (blobs and records) with `cache_dir` as the local tier for blobs.
+    /// Connecting to a bucket probes what its server guarantees and logs
+    /// it. Take the [`CacheLock`] first.
+    pub async fn open(cache_dir: &Path, config: &StorageConfig) -> io::Result<Storage> {
+        let disk = Storage::open_disk(cache_dir).await?;
+        match config.kind {
+            StorageKind::Disk => Ok(disk),
+            StorageKind::S3 => {
+                let bucket = s3::connect(config).await?;
+                Ok(Storage {
+                    blobs: Arc::new(Tiered::new(disk.blobs, s3::S3Blobs::new(bucket.clone()))),
+                    records: Arc::new(s3::S3Records::new(bucket)),
+                })
+            }
+        }
     }
 }
