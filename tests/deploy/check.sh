@@ -75,8 +75,9 @@ if ! "$PY" -c 'import kubernetes_validate, yaml' 2>/dev/null; then
     apt-get install -y -qq --no-install-recommends python3-venv >"$work/apt.log" 2>&1 \
       || { cat "$work/apt.log" >&2; die "cannot install python3-venv"; }
   fi
-  rm -rf "$venv"
-  python3 -m venv "$venv" >"$work/venv.log" 2>&1 \
+  # The venv is shared with scripts/install-deps.sh (SeaweedFS's weed):
+  # created when absent, never removed.
+  [ -x "$PY" ] || python3 -m venv "$venv" >"$work/venv.log" 2>&1 \
     || { cat "$work/venv.log" >&2; die "cannot create a venv at $venv"; }
   "$PY" -m pip install -q --disable-pip-version-check kubernetes-validate pyyaml >"$work/pip.log" 2>&1 \
     || { cat "$work/pip.log" >&2; die "cannot pip install kubernetes-validate into $venv"; }
