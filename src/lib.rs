@@ -18,8 +18,9 @@
 //! - [`cache`]: verified blobs and tag records over the stores, in-flight
 //!   fills, the index and its budget.
 //! - [`storage`]: the ground floor under `cache`, `pins` and `local`: the
-//!   [`storage::BlobStore`] and [`storage::Records`] traits, injected, and
-//!   their disk implementation, the one owner of `cache_dir`.
+//!   [`storage::BlobStore`] and [`storage::Records`] traits, injected, their
+//!   disk implementation (the one owner of `cache_dir`), and an S3 bucket
+//!   with the disk as a tier in front (`[storage] kind = "s3"`).
 //! - [`local`]: pushed repositories: uploads, manifests, records, GC.
 //! - [`server`]: listeners (plain and TLS), connection limits, graceful shutdown.
 //! - [`bundle`]: `hoard export` / `hoard import`: images to and from one

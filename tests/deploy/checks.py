@@ -67,7 +67,7 @@ def mirror_keys():
                 section = None
             if section is not None:
                 table = m.group(1)
-                if section in ("tls", "auth", "local", "top"):
+                if section in ("tls", "auth", "local", "storage", "top"):
                     keys["top"].add(section)
                 keys.setdefault(section, set())
                 in_list = False
@@ -120,6 +120,7 @@ SECTION_MARKERS = {"top": "Top-level", "tls": "[tls]", "upstreams": "[upstreams.
 SECTION_MARKERS["auth"] = "[auth]"
 SECTION_MARKERS["prefetch"] = "[prefetch]"
 SECTION_MARKERS["local"] = "[local]"
+SECTION_MARKERS["storage"] = "[storage]"
 
 
 def check_config_doc():
