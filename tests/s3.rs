@@ -411,3 +411,107 @@ async fn seaweedfs_probe_and_records_round_trip() {
         assert!(records.get(&key).await.unwrap().is_none());
     }
 }
+
+/// Uploads `data` to `repo` in a session (POST, PATCH, PUT ?digest=), so
+/// the session's record lives in the bucket too. Returns the digest.
+async fn push_blob_in_a_session(m: &TestMirror, repo: &str, data: &[u8]) -> String {
+    let digest = sha256_digest(data);
+    let started = m
+        .client
+        .post(m.url(&format!("/v2/{repo}/blobs/uploads/")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(started.status(), 202);
+    let location = header(&started, "Location");
+    let patched = m
+        .client
+        .patch(m.url(&location))
+        .body(data.to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(patched.status(), 202);
+    let location = header(&patched, "Location");
+    let sep = if location.contains('?') { '&' } else { '?' };
+    let done = m
+        .client
+        .put(m.url(&format!("{location}{sep}digest={digest}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        done.status(),
+        201,
+        "{}",
+        done.text().await.unwrap_or_default()
+    );
+    digest
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_lands_in_the_bucket_and_an_empty_disk_serves_it_as_local() {
+    let Some(weed) = Weed::start().await else {
+        return;
+    };
+    let hub = FakeRegistry::start().await;
+    let storage = weed.storage_toml("pushed");
+    let config = b"{\"pushed\":true}".to_vec();
+    let layer = pseudo_random(9, 600_000);
+
+    let disk1 = tempfile::tempdir().unwrap();
+    let cfg = Cfg::new(disk1.path()).upstream("docker.io", &hub.url());
+    let mirror = TestMirror::start(&(cfg.toml() + &storage)).await;
+    let c = push_blob_in_a_session(&mirror, "team/app", &config).await;
+    let l = push_blob_in_a_session(&mirror, "team/app", &layer).await;
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": { "mediaType": OCI_CONFIG, "digest": c, "size": config.len() },
+        "layers": [{ "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                     "digest": l, "size": layer.len() }],
+    }))
+    .unwrap();
+    let put = mirror
+        .client
+        .put(mirror.url(&manifest_path("team/app", "v1")))
+        .header("Content-Type", OCI_MANIFEST)
+        .body(manifest.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        put.status(),
+        201,
+        "{}",
+        put.text().await.unwrap_or_default()
+    );
+    mirror.stop().await;
+
+    let bucket = weed.bucket("pushed").await;
+    let mut in_bucket = check_every_blob(&bucket).await;
+    in_bucket.sort();
+    let mut expected = vec![c.clone(), l.clone(), sha256_digest(&manifest)];
+    expected.sort();
+    assert_eq!(in_bucket, expected, "pushed blobs and manifest, verified");
+    let records = S3Records::new(bucket);
+    assert_eq!(records.list("local/").await.unwrap().len(), 1);
+    assert!(
+        records.list("uploads/").await.unwrap().is_empty(),
+        "finished sessions leave no record"
+    );
+
+    let disk2 = tempfile::tempdir().unwrap();
+    let cfg = Cfg::new(disk2.path()).upstream("docker.io", &hub.url());
+    let mirror = TestMirror::start(&(cfg.toml() + &storage)).await;
+    let resp = mirror.get(&manifest_path("team/app", "v1")).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        header(&resp, "Docker-Content-Digest"),
+        sha256_digest(&manifest)
+    );
+    let got = mirror.get_ok(&blob_path("team/app", &l)).await;
+    assert!(got == layer, "the pushed layer from the bucket");
+    mirror.stop().await;
+    assert!(hub.log().is_empty(), "the upstream was never asked");
+}
