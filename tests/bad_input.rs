@@ -110,7 +110,9 @@ async fn malformed_names_are_name_invalid() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_tags_are_rejected() {
     let env = env().await;
-    let t: &[&str] = &["MANIFEST_INVALID", "NAME_INVALID"];
+    // Issue 16 section 8: a reference that is no valid tag names no
+    // manifest, so a pull of it is the spec's 404, not a 400.
+    let t: &[&str] = &["MANIFEST_UNKNOWN"];
     let mut cases = Vec::new();
     for tag in [
         "-bad".to_string(),
@@ -120,8 +122,8 @@ async fn malformed_tags_are_rejected() {
         "bad$tag".to_string(),
         "..".to_string(),
     ] {
-        cases.push(("GET", manifest_path("library/alpine", &tag), 400, t));
-        cases.push(("HEAD", manifest_path("library/alpine", &tag), 400, t));
+        cases.push(("GET", manifest_path("library/alpine", &tag), 404, t));
+        cases.push(("HEAD", manifest_path("library/alpine", &tag), 404, t));
     }
     expect_all(&env, &cases).await;
 }

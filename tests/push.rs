@@ -906,3 +906,117 @@ async fn pulls_of_pushed_content_are_counted_as_local_not_as_cache_hits() {
         0.0
     );
 }
+
+/// Issue 16 section 8: a reference that is neither a tag nor a digest
+/// names no manifest, so GET and HEAD answer the spec's 404, in a local
+/// repository as in a mirrored one (before: 400 MANIFEST_INVALID).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reference_that_is_no_tag_is_manifest_unknown() {
+    let env = env_with(&[]).await;
+    let m = &env.mirror;
+    env.hub.add_simple_image("library/alpine", "latest", 1);
+    push_image(m, "team/app", "v1", 1, &[pseudo_random(4, 100)]).await;
+    for repo in ["team/app", "library/alpine"] {
+        let path = manifest_path(repo, ".INVALID_MANIFEST_NAME");
+        assert_oci_error(m.get(&path).await, 404, &["MANIFEST_UNKNOWN"]).await;
+        assert_eq!(m.head(&path).await.status(), 404, "HEAD {path}");
+    }
+    assert_eq!(env.hub.content_requests(), 0);
+}
+
+/// Issue 16 section 8: the final PUT's Content-Range is checked like a
+/// PATCH's. One that does not continue the session is 416 with the session
+/// kept (before: the bytes were appended, the digest failed, the session
+/// was lost); a PATCH with the right range then resumes and the upload ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_final_put_out_of_order_is_416_and_the_session_survives() {
+    let env = env_with(&[]).await;
+    let m = &env.mirror;
+    let data = pseudo_random(5, 30);
+    let digest = sha256_digest(&data);
+    let location = start_session(m, "team/app").await;
+    assert_eq!(
+        patch(m, &location, Some("0-9"), &data[..10]).await.status(),
+        202
+    );
+    let put = |range: &'static str, body: Vec<u8>| {
+        m.client
+            .put(m.url(&format!("{location}?digest={digest}")))
+            .header("Content-Range", range)
+            .body(body)
+            .send()
+    };
+    // Skips ahead, repeats the first chunk, or is shorter than it says.
+    for (range, body) in [
+        ("20-29", &data[20..]),
+        ("0-9", &data[..10]),
+        ("10-29", &data[10..20]),
+    ] {
+        let resp = put(range, body.to_vec()).await.unwrap();
+        assert_eq!(resp.status(), 416, "{range}");
+        assert_eq!(header(&resp, "Range"), "0-9", "{range}");
+        assert_eq!(header(&resp, "Location"), location, "{range}");
+    }
+    let status = m.get(&location).await;
+    assert_eq!(status.status(), 204, "the session is still there");
+    assert_eq!(header(&status, "Range"), "0-9");
+    assert_eq!(
+        patch(m, &location, Some("10-19"), &data[10..20])
+            .await
+            .status(),
+        202
+    );
+    let resp = put("20-29", data[20..].to_vec()).await.unwrap();
+    assert_eq!(resp.status(), 201);
+    assert_eq!(header(&resp, "Docker-Content-Digest"), digest);
+    assert_eq!(m.get_ok(&blob_path("team/app", &digest)).await, data);
+}
+
+/// Issue 16 section 8: non-distributable ("foreign") layers, as Windows
+/// images reference, need not be uploaded for their manifest to be
+/// accepted; every other blob still must be.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn foreign_layers_need_not_be_uploaded() {
+    let env = env_with(&[]).await;
+    let m = &env.mirror;
+    let config = b"{\"os\":\"windows\"}".to_vec();
+    let c = push_blob(m, "team/win", &config).await;
+    let own = pseudo_random(6, 1000);
+    let own_digest = push_blob(m, "team/win", &own).await;
+    let foreign = |media_type: &str, seed: u64| {
+        json!({
+            "mediaType": media_type,
+            "digest": sha256_digest(&pseudo_random(seed, 50)),
+            "size": 50,
+            "urls": ["https://mcr.microsoft.com/v2/windows/blobs/x"],
+        })
+    };
+    let manifest = |layers: Vec<serde_json::Value>| {
+        serde_json::to_vec(&json!({
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": { "mediaType": OCI_CONFIG, "digest": c, "size": config.len() },
+            "layers": layers,
+        }))
+        .unwrap()
+    };
+    let own_layer = json!({ "mediaType": OCI_LAYER, "digest": own_digest, "size": own.len() });
+    let accepted = manifest(vec![
+        foreign(
+            "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
+            7,
+        ),
+        foreign(
+            "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+            8,
+        ),
+        own_layer.clone(),
+    ]);
+    let resp = put_manifest(m, "team/win", "ltsc", OCI_MANIFEST, &accepted).await;
+    assert_eq!(resp.status(), 201, "{}", resp.text().await.unwrap());
+    assert_eq!(m.get_ok(&manifest_path("team/win", "ltsc")).await, accepted);
+    // The same missing blob as an ordinary layer is still refused.
+    let refused = manifest(vec![foreign(OCI_LAYER, 7), own_layer]);
+    let resp = put_manifest(m, "team/win", "bad", OCI_MANIFEST, &refused).await;
+    assert_oci_error(resp, 400, &["MANIFEST_BLOB_UNKNOWN"]).await;
+}

@@ -43,6 +43,17 @@ struct Parsed {
     annotations: Option<BTreeMap<String, String>>,
 }
 
+/// Whether a layer's media type marks it non-distributable ("foreign"):
+/// Windows base layers and the like, which clients fetch from the
+/// descriptor's `urls` and registries need not hold. The OCI image spec
+/// lets a registry accept a manifest referencing them without the blob
+/// (distribution does, for Windows images), so a push checks only the
+/// other blobs; one that was uploaded anyway is kept like any layer.
+pub fn is_non_distributable(media_type: &str) -> bool {
+    media_type == "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip"
+        || media_type.starts_with("application/vnd.oci.image.layer.nondistributable.")
+}
+
 /// Parses a pushed manifest. `content_type` is the PUT's media type; when
 /// absent the manifest's own `mediaType` is used.
 pub fn parse(bytes: &[u8], content_type: Option<&str>) -> Result<ManifestRecord, Error> {
@@ -65,6 +76,12 @@ pub fn parse(bytes: &[u8], content_type: Option<&str>) -> Result<ManifestRecord,
     let artifact_type = p
         .artifact_type
         .or_else(|| p.config.as_ref().and_then(|c| c.media_type.clone()));
+    let foreign = p
+        .layers
+        .iter()
+        .filter(|d| d.media_type.as_deref().is_some_and(is_non_distributable))
+        .map(|d| d.digest.clone())
+        .collect();
     let blobs = p
         .config
         .into_iter()
@@ -76,6 +93,7 @@ pub fn parse(bytes: &[u8], content_type: Option<&str>) -> Result<ManifestRecord,
         media_type,
         size: bytes.len() as u64,
         blobs,
+        foreign,
         children: p.manifests.into_iter().map(|d| d.digest).collect(),
         subject: p.subject.map(|d| d.digest),
         artifact_type,
@@ -109,10 +127,25 @@ mod tests {
             ),
             Err(Error::ManifestInvalid(_))
         ));
+        assert!(m.foreign.is_empty());
         assert!(matches!(parse(b"{", None), Err(Error::ManifestInvalid(_))));
         assert!(matches!(
             parse(br#"{"layers":[{"digest":"sha256:../x"}]}"#, Some("x/y")),
             Err(Error::ManifestInvalid(_))
         ));
+    }
+
+    #[test]
+    fn foreign_layers_are_marked() {
+        let (l, f, n) = (Digest::of(b"l"), Digest::of(b"f"), Digest::of(b"n"));
+        let json = format!(
+            r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json",
+            "layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"{l}","size":1}},
+            {{"mediaType":"application/vnd.docker.image.rootfs.foreign.diff.tar.gzip","digest":"{f}","size":1}},
+            {{"mediaType":"application/vnd.oci.image.layer.nondistributable.v1.tar+zstd","digest":"{n}","size":1}}]}}"#
+        );
+        let m = parse(json.as_bytes(), None).unwrap();
+        assert_eq!(m.blobs, vec![l, f.clone(), n.clone()]);
+        assert_eq!(m.foreign, vec![f, n]);
     }
 }

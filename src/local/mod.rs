@@ -338,7 +338,8 @@ impl Local {
             let has_blob = |d: &Digest| {
                 repo.is_some_and(|r| r.blobs.contains_key(d)) && self.cache.blob_size(d).is_some()
             };
-            if let Some(d) = record.blobs.iter().find(|d| !has_blob(d)) {
+            let missing = |d: &&Digest| !record.foreign.contains(d) && !has_blob(d);
+            if let Some(d) = record.blobs.iter().find(missing) {
                 return Err(Error::ManifestBlobUnknown(d.clone()));
             }
             let has_child = |d: &Digest| repo.is_some_and(|r| r.manifests.contains_key(d));

@@ -41,6 +41,10 @@ pub struct ManifestRecord {
     /// Blobs it references (config, layers).
     #[serde(default)]
     pub blobs: Vec<Digest>,
+    /// Those of `blobs` that are non-distributable (foreign) layers: a push
+    /// need not have uploaded them (see [`super::manifest::is_non_distributable`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub foreign: Vec<Digest>,
     /// Manifests it references (an index's children).
     #[serde(default)]
     pub children: Vec<Digest>,

@@ -136,36 +136,22 @@ impl Uploads {
         B::Error: std::fmt::Display,
     {
         let mut st = s.state.lock().await;
-        if let Some((start, end)) = range {
-            if start != st.size || end < start {
-                return Err(Error::RangeInvalid { size: st.size });
-            }
-        }
-        let (before, hasher) = (st.size, st.hasher.clone());
-        let written = st.write(body, pushed).await;
+        let written = st.write_chunk(range, body, pushed).await;
         s.touch();
-        let fits = match (&written, range) {
-            (Ok(n), Some((start, end))) => *n == end - start + 1,
-            _ => true,
-        };
-        match written {
-            Ok(_) if fits => Ok(st.size),
-            other => {
-                st.rewind(before, hasher).await?;
-                other?;
-                Err(Error::RangeInvalid { size: before })
-            }
-        }
+        written
     }
 
-    /// Takes the final chunk (may be empty), closes the file and checks the
-    /// digest. On success the session is gone and its staging, ready to be
-    /// committed, is returned with its size. On a wrong digest the session
-    /// and its bytes are dropped: nothing is stored.
+    /// Takes the final chunk (may be empty; with `range` checked as by
+    /// [`Uploads::append`], so a final chunk that does not continue the
+    /// session is refused and the session kept), closes the file and checks
+    /// the digest. On success the session is gone and its staging, ready to
+    /// be committed, is returned with its size. On a wrong digest the
+    /// session and its bytes are dropped: nothing is stored.
     pub async fn finish<B>(
         &self,
         s: &Session,
         expected: &Digest,
+        range: Option<(u64, u64)>,
         body: B,
         pushed: &crate::metrics::Metrics,
     ) -> Result<(Box<dyn Staging>, u64), Error>
@@ -174,11 +160,7 @@ impl Uploads {
         B::Error: std::fmt::Display,
     {
         let mut st = s.state.lock().await;
-        let (before, hasher) = (st.size, st.hasher.clone());
-        if let Err(e) = st.write(body, pushed).await {
-            st.rewind(before, hasher).await?;
-            return Err(e);
-        }
+        st.write_chunk(range, body, pushed).await?;
         let mut file = st.file.take().ok_or(Error::UploadUnknown)?;
         // The commit syncs the staging; this only hands over what tokio buffers.
         file.flush().await?;
@@ -262,6 +244,41 @@ impl Session {
 }
 
 impl State {
+    /// Appends one chunk; with `range` (`start-end`, inclusive), `start`
+    /// must be the current size and the body exactly that long. A chunk
+    /// refused or broken off is undone, so the session stays as it was:
+    /// the spec's "out of order chunk: 416", and the client may resume.
+    async fn write_chunk<B>(
+        &mut self,
+        range: Option<(u64, u64)>,
+        body: B,
+        pushed: &crate::metrics::Metrics,
+    ) -> Result<u64, Error>
+    where
+        B: hyper::body::Body<Data = Bytes> + Unpin,
+        B::Error: std::fmt::Display,
+    {
+        if let Some((start, end)) = range {
+            if start != self.size || end < start {
+                return Err(Error::RangeInvalid { size: self.size });
+            }
+        }
+        let (before, hasher) = (self.size, self.hasher.clone());
+        let written = self.write(body, pushed).await;
+        let fits = match (&written, range) {
+            (Ok(n), Some((start, end))) => *n == end - start + 1,
+            _ => true,
+        };
+        match written {
+            Ok(_) if fits => Ok(self.size),
+            other => {
+                self.rewind(before, hasher).await?;
+                other?;
+                Err(Error::RangeInvalid { size: before })
+            }
+        }
+    }
+
     /// Streams `body` to the end of the file, hashing as it goes.
     async fn write<B>(
         &mut self,

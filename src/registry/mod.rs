@@ -197,7 +197,7 @@ impl Registry {
                 }
             },
             Route::Manifest { name, reference } => {
-                let reference = reference.parse()?;
+                let reference = parse_reference(reference)?;
                 match resolve::place(self, name, ns)? {
                     Place::Local(repo) => pushed::get(self, &repo, reference, head).await,
                     Place::Remote(target) => {
@@ -318,6 +318,24 @@ impl Registry {
             .get(upstream)
             .map_or(self.config.tag_ttl, |u| u.tag_ttl(self.config.tag_ttl))
     }
+}
+
+/// The reference of a manifest `GET`/`HEAD`. A reference that is not a
+/// valid tag names no manifest the repository could hold, so the answer is
+/// the spec's "not found" (`404 MANIFEST_UNKNOWN`, as distribution answers),
+/// not a complaint about the request; a malformed digest is still
+/// `DIGEST_INVALID`, since the client clearly meant a digest.
+fn parse_reference(reference: &str) -> Result<crate::oci::Reference, ApiError> {
+    reference.parse().map_err(|e| match e {
+        crate::oci::NameError::Tag => ApiError::new(
+            StatusCode::NOT_FOUND,
+            "MANIFEST_UNKNOWN",
+            format!(
+                "manifest {reference:.80} is not known: it is neither a valid tag nor a digest"
+            ),
+        ),
+        other => other.into(),
+    })
 }
 
 /// Whether a request announced a body.

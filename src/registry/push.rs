@@ -46,7 +46,7 @@ pub async fn start<B: ReqBody>(
     let session = reg.local.uploads.start(name.clone()).await?;
     if let Some(d) = query_param(query, "digest") {
         let digest: Digest = d.parse()?;
-        return finish(reg, &session, &digest, body).await;
+        return Ok(finish(reg, &session, &digest, None, body).await?);
     }
     Ok(progress(StatusCode::ACCEPTED, &session, 0))
 }
@@ -68,31 +68,10 @@ pub async fn session<B: ReqBody>(
             Ok(progress(StatusCode::NO_CONTENT, &s, size))
         }
         Method::PATCH => {
-            let range = match req.headers().get(header::CONTENT_RANGE) {
-                None => None,
-                Some(v) => Some(parse_content_range(v.to_str().unwrap_or("")).ok_or_else(
-                    || {
-                        ApiError::new(
-                            StatusCode::BAD_REQUEST,
-                            "BLOB_UPLOAD_INVALID",
-                            "Content-Range must be <start>-<end>",
-                        )
-                    },
-                )?),
-            };
+            let range = content_range(req)?;
             match uploads.append(&s, range, body, reg.local.metrics()).await {
                 Ok(size) => Ok(progress(StatusCode::ACCEPTED, &s, size)),
-                Err(local::Error::RangeInvalid { size }) => {
-                    let err = ApiError::new(
-                        StatusCode::RANGE_NOT_SATISFIABLE,
-                        "BLOB_UPLOAD_INVALID",
-                        format!("chunk does not continue the upload: it holds {size} bytes, send from offset {size}"),
-                    );
-                    let mut r = err.into_response(false);
-                    session_headers(&mut r, &s, size);
-                    Ok(r)
-                }
-                Err(e) => Err(e.into()),
+                Err(e) => out_of_order(&s, e),
             }
         }
         Method::PUT => {
@@ -105,7 +84,10 @@ pub async fn session<B: ReqBody>(
                     )
                 })?
                 .parse()?;
-            finish(reg, &s, &digest, body).await
+            let range = content_range(req)?;
+            finish(reg, &s, &digest, range, body)
+                .await
+                .or_else(|e| out_of_order(&s, e))
         }
         Method::DELETE => {
             uploads.cancel(&s).await;
@@ -121,17 +103,53 @@ pub async fn session<B: ReqBody>(
     }
 }
 
-/// Takes the last chunk, verifies the digest and commits the blob.
+/// The request's `Content-Range` (`None` without one; 400 when unreadable).
+fn content_range(req: &Request<()>) -> Result<Option<(u64, u64)>, ApiError> {
+    let Some(v) = req.headers().get(header::CONTENT_RANGE) else {
+        return Ok(None);
+    };
+    let range = parse_content_range(v.to_str().unwrap_or("")).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "BLOB_UPLOAD_INVALID",
+            "Content-Range must be <start>-<end>",
+        )
+    })?;
+    Ok(Some(range))
+}
+
+/// A chunk that does not continue the session: `416` with the session's
+/// headers (it is kept, and `Range` says where to resume); other session
+/// errors as usual.
+fn out_of_order(s: &Session, e: local::Error) -> Result<Response<Body>, ApiError> {
+    let local::Error::RangeInvalid { size } = e else {
+        return Err(e.into());
+    };
+    let err = ApiError::new(
+        StatusCode::RANGE_NOT_SATISFIABLE,
+        "BLOB_UPLOAD_INVALID",
+        format!(
+            "chunk does not continue the upload: it holds {size} bytes, send from offset {size}"
+        ),
+    );
+    let mut r = err.into_response(false);
+    session_headers(&mut r, s, size);
+    Ok(r)
+}
+
+/// Takes the last chunk (checked against `range` when given), verifies
+/// the digest and commits the blob.
 async fn finish<B: ReqBody>(
     reg: &Registry,
     s: &Session,
     digest: &Digest,
+    range: Option<(u64, u64)>,
     body: B,
-) -> Result<Response<Body>, ApiError> {
+) -> Result<Response<Body>, local::Error> {
     let (staged, size) = reg
         .local
         .uploads
-        .finish(s, digest, body, reg.local.metrics())
+        .finish(s, digest, range, body, reg.local.metrics())
         .await?;
     // A staging that fails to commit is dropped, and its bytes with it.
     reg.local
