@@ -69,10 +69,16 @@ impl Cache {
     pub async fn commit_held(
         &self,
         digest: &Digest,
-        staged: Box<dyn Staging>,
+        mut staged: Box<dyn Staging>,
         size: u64,
         holder: Holder,
     ) -> Result<(), Error> {
+        // The slow part (a bucket upload) before the lock, as in a fill's
+        // commit.
+        if let Err(e) = staged.prepare(digest, size).await {
+            fill::Committer::write_failed(self, &e, size);
+            return Err(e.into());
+        }
         let result = {
             let _held = self.store_lock.lock().await;
             if self.blobs.hold(digest, holder) {

@@ -339,7 +339,15 @@ impl fill::Committer for Cache {
         self.store.stage().await
     }
 
-    async fn commit(&self, digest: &Digest, staged: Box<dyn Staging>, size: u64) -> io::Result<()> {
+    async fn commit(
+        &self,
+        digest: &Digest,
+        mut staged: Box<dyn Staging>,
+        size: u64,
+    ) -> io::Result<()> {
+        // The slow part (a bucket upload) before the lock: it must not
+        // hold up other commits and evictions.
+        staged.prepare(digest, size).await?;
         let _held = self.store_lock.lock().await;
         staged.commit(digest.clone(), size).await?;
         let holder = self

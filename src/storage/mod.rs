@@ -134,6 +134,15 @@ pub trait Staging: Send + Sync {
     /// [`Staging::write`]'s hash: the caller hashes them, and `commit`
     /// re-checks their size only. `None` for a store without local files.
     fn local_file(&mut self) -> Option<Arc<std::fs::File>>;
+    /// The slow part of a commit that needs no lock on the store: the
+    /// tiered store copies the staged bytes into its bucket here, so a
+    /// caller that serialises commits (the cache, against evictions) runs
+    /// this first, outside its lock. Makes nothing visible on its own
+    /// account; `commit` does it itself when this was not called.
+    fn prepare<'a>(&'a mut self, digest: &'a Digest, size: u64) -> BoxFuture<'a, io::Result<()>> {
+        let _ = (digest, size);
+        Box::pin(async { Ok(()) })
+    }
     /// Makes the blob visible as `digest`, after checking that exactly
     /// `size` bytes were written and (for bytes that came through `write`)
     /// that they hash to `digest`. Durable when it returns.

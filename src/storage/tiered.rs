@@ -102,6 +102,7 @@ impl BlobStore for Tiered {
                 disk: Some(self.disk.stage().await?),
                 file: None,
                 bucket: self.bucket.clone(),
+                in_bucket: None,
             });
             Ok(staging)
         })
@@ -198,13 +199,15 @@ impl Tee {
     }
 }
 
-/// A blob staged on disk, put into the bucket at commit.
+/// A blob staged on disk, put into the bucket at `prepare` or `commit`.
 struct TieredStaging {
     /// The disk staging; `None` once committed.
     disk: Option<Box<dyn Staging>>,
     /// Its file, once handed out (the fill pipeline, uploads).
     file: Option<Arc<std::fs::File>>,
     bucket: S3Blobs,
+    /// The digest the bucket is known to hold these bytes under.
+    in_bucket: Option<Digest>,
 }
 
 impl TieredStaging {
@@ -212,6 +215,33 @@ impl TieredStaging {
         self.disk
             .as_mut()
             .ok_or_else(|| io::Error::other("staging committed twice"))
+    }
+
+    /// Puts the staged file into the bucket under `digest`, unless the
+    /// bucket has that blob already. The upload re-hashes every byte, so
+    /// the bucket only ever receives verified content; when the bucket
+    /// already had it, the disk commit re-checks what came through
+    /// `write`.
+    async fn put_in_bucket(&mut self, digest: &Digest, size: u64) -> io::Result<()> {
+        if self.in_bucket.as_ref() == Some(digest) {
+            return Ok(());
+        }
+        if self.bucket.stat(digest).await?.is_none() {
+            let file = match &self.file {
+                Some(f) => f.clone(),
+                None => {
+                    let f = self
+                        .disk()?
+                        .local_file()
+                        .ok_or_else(|| io::Error::other("the disk tier stages no local file"))?;
+                    self.file = Some(f.clone());
+                    f
+                }
+            };
+            upload(&self.bucket, &file, digest, size).await?;
+        }
+        self.in_bucket = Some(digest.clone());
+        Ok(())
     }
 }
 
@@ -226,31 +256,23 @@ impl Staging for TieredStaging {
         Some(file)
     }
 
+    fn prepare<'a>(&'a mut self, digest: &'a Digest, size: u64) -> BoxFuture<'a, io::Result<()>> {
+        Box::pin(self.put_in_bucket(digest, size))
+    }
+
     fn commit(
         mut self: Box<Self>,
         digest: Digest,
         size: u64,
     ) -> BoxFuture<'static, io::Result<()>> {
         Box::pin(async move {
-            let mut disk = self
+            // In the bucket first, so a blob is there before it is visible
+            // anywhere; then the rename into the disk tier.
+            self.put_in_bucket(&digest, size).await?;
+            let disk = self
                 .disk
                 .take()
                 .ok_or_else(|| io::Error::other("staging committed twice"))?;
-            // Already in the bucket: the disk commit alone re-checks what
-            // came through `write`.
-            if self.bucket.stat(&digest).await?.is_some() {
-                return disk.commit(digest, size).await;
-            }
-            // Otherwise the upload re-hashes every byte of the file, so
-            // the bucket only ever receives verified content, and the disk
-            // commit (now checking the size only) renames the same bytes.
-            let file = match self.file.take() {
-                Some(f) => f,
-                None => disk
-                    .local_file()
-                    .ok_or_else(|| io::Error::other("the disk tier stages no local file"))?,
-            };
-            upload(&self.bucket, &file, &digest, size).await?;
             disk.commit(digest, size).await
         })
     }
@@ -321,10 +343,19 @@ mod tests {
 
         let mut right = store.stage().await.unwrap();
         right.local_file().unwrap().write_all_at(&data, 0).unwrap();
-        right.commit(digest.clone(), size).await.unwrap();
+        right.prepare(&digest, size).await.unwrap();
         assert!(
             mem.head(&bucket.blob(&digest)).await.is_ok(),
             "in the bucket"
+        );
+        assert!(
+            store.disk.stat(&digest).await.unwrap().is_none(),
+            "not yet on disk"
+        );
+        right.commit(digest.clone(), size).await.unwrap();
+        assert!(
+            store.disk.stat(&digest).await.unwrap().is_some(),
+            "now on disk"
         );
 
         // Evicted from the disk tier: read from the bucket, kept on disk.
