@@ -27,6 +27,8 @@ const BUCKET: &str = "hoard";
 struct Weed {
     child: Child,
     s3_port: u16,
+    /// The HTTPS port, when started with a certificate.
+    https_port: Option<u16>,
     dir: tempfile::TempDir,
 }
 
@@ -56,6 +58,12 @@ impl Weed {
     /// Starts `weed mini` with a bucket, or `None` (with a message) when
     /// `weed` is not installed.
     async fn start() -> Option<Weed> {
+        Weed::start_with(false).await
+    }
+
+    /// As [`Weed::start`], with an HTTPS port too when `tls` (a
+    /// self-signed certificate for 127.0.0.1 in `ca.pem`).
+    async fn start_with(tls: bool) -> Option<Weed> {
         let Some(weed) = weed_binary() else {
             assert!(
                 std::env::var_os("HOARD_REQUIRE_WEED").is_none(),
@@ -80,6 +88,16 @@ impl Weed {
             "-s3.port.iceberg=0".into(),
             "-s3.port.lance=0".into(),
         ];
+        let https_port = tls.then(free_port);
+        if let Some(port) = https_port {
+            let made = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+            let (cert, key) = (dir.path().join("ca.pem"), dir.path().join("key.pem"));
+            std::fs::write(&cert, made.cert.pem()).unwrap();
+            std::fs::write(&key, made.key_pair.serialize_pem()).unwrap();
+            args.push(format!("-s3.port.https={port}"));
+            args.push(format!("-s3.cert.file={}", cert.display()));
+            args.push(format!("-s3.key.file={}", key.display()));
+        }
         for flag in [
             "master.port",
             "master.port.grpc",
@@ -106,9 +124,20 @@ impl Weed {
         let weed = Weed {
             child,
             s3_port,
+            https_port,
             dir,
         };
         weed.wait_for_bucket().await;
+        if let Some(port) = https_port {
+            let deadline = Instant::now() + std::time::Duration::from_secs(60);
+            while tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_err()
+            {
+                assert!(Instant::now() < deadline, "no HTTPS listener on {port}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
         Some(weed)
     }
 
@@ -140,26 +169,39 @@ impl Weed {
     /// The `[storage]` section for this server, with a credentials file
     /// (SeaweedFS without identities accepts any signature).
     fn storage_toml(&self, prefix: &str) -> String {
+        self.storage_toml_at(prefix, &self.endpoint(), None)
+    }
+
+    /// The `[storage]` section for `endpoint`, trusting `ca_file` if given.
+    fn storage_toml_at(&self, prefix: &str, endpoint: &str, ca_file: Option<&Path>) -> String {
         let creds = self.dir.path().join("credentials");
         std::fs::write(
             &creds,
             "[default]\naws_access_key_id = hoard\naws_secret_access_key = hoard-secret\n",
         )
         .unwrap();
+        let ca = ca_file.map_or(String::new(), |p| {
+            format!("ca_file = \"{}\"\n", p.display())
+        });
         format!(
-            "\n[storage]\nkind = \"s3\"\nendpoint = \"{}\"\nbucket = \"{BUCKET}\"\n\
-             prefix = \"{prefix}\"\ncredentials_file = \"{}\"\n",
-            self.endpoint(),
+            "\n[storage]\nkind = \"s3\"\nendpoint = \"{endpoint}\"\nbucket = \"{BUCKET}\"\n\
+             prefix = \"{prefix}\"\ncredentials_file = \"{}\"\n{ca}",
             creds.display()
         )
     }
 
     /// The probed bucket under `prefix`.
     async fn bucket(&self, prefix: &str) -> Bucket {
-        let section: toml::Table = toml::from_str(&self.storage_toml(prefix)).unwrap();
-        let config: StorageConfig = section["storage"].clone().try_into().unwrap();
-        s3::connect(&config).await.expect("connect to weed mini")
+        s3::connect(&storage_config(&self.storage_toml(prefix)))
+            .await
+            .expect("connect to weed mini")
     }
+}
+
+/// The `[storage]` section of a config text.
+fn storage_config(toml_text: &str) -> StorageConfig {
+    let section: toml::Table = toml::from_str(toml_text).unwrap();
+    section["storage"].clone().try_into().unwrap()
 }
 
 impl Drop for Weed {
@@ -514,4 +556,29 @@ async fn a_push_lands_in_the_bucket_and_an_empty_disk_serves_it_as_local() {
     assert!(got == layer, "the pushed layer from the bucket");
     mirror.stop().await;
     assert!(hub.log().is_empty(), "the upstream was never asked");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_endpoint_with_a_private_ca_is_trusted_through_ca_file_only() {
+    let Some(weed) = Weed::start_with(true).await else {
+        return;
+    };
+    let https = format!("https://127.0.0.1:{}", weed.https_port.unwrap());
+    let untrusted = storage_config(&weed.storage_toml_at("tls", &https, None));
+    let refused = match s3::connect(&untrusted).await {
+        Ok(_) => panic!("a self-signed server must be refused without ca_file"),
+        Err(e) => format!("{e:?}"),
+    };
+    eprintln!("without ca_file: {refused}");
+    assert!(refused.to_lowercase().contains("certificate"), "{refused}");
+
+    let ca = weed.dir.path().join("ca.pem");
+    let trusted = storage_config(&weed.storage_toml_at("tls", &https, Some(&ca)));
+    let bucket = s3::connect(&trusted)
+        .await
+        .expect("trusted through ca_file");
+    let records = S3Records::new(bucket);
+    let key = RecordKey::pin(&hoard::oci::Digest::of(b"tls"));
+    records.put(&key, Bytes::from_static(b"{}")).await.unwrap();
+    assert_eq!(records.list("pins/").await.unwrap(), vec![key]);
 }
