@@ -84,6 +84,9 @@ fn parse_params(s: &str) -> Vec<(String, String)> {
     out
 }
 
+/// Longest an upstream token is used, whatever its realm says.
+const MAX_TOKEN_SECS: u64 = 24 * 60 * 60;
+
 /// A bearer token and when to stop using it.
 #[derive(Debug, Clone)]
 pub struct Token {
@@ -96,9 +99,11 @@ pub struct Token {
 impl Token {
     /// Builds a token from the realm's `expires_in` (default 60 s per the
     /// token spec), keeping a margin so a request never goes out with a
-    /// token about to lapse.
+    /// token about to lapse. The lifetime is capped at a day: the realm's
+    /// number is untrusted, and `Instant + Duration` panics on overflow
+    /// (`expires_in: 18446744073709551615` did, found by fuzzing).
     pub fn new(value: String, expires_in: Option<u64>) -> Token {
-        let ttl = Duration::from_secs(expires_in.unwrap_or(60).max(1));
+        let ttl = Duration::from_secs(expires_in.unwrap_or(60).clamp(1, MAX_TOKEN_SECS));
         let margin = (ttl / 10).clamp(Duration::from_millis(500), Duration::from_secs(30));
         Token {
             value: value.into(),
@@ -139,6 +144,14 @@ pub fn encode_query(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_huge_expires_in_is_capped_not_a_panic() {
+        let t = Token::new("t".into(), Some(u64::MAX));
+        assert!(t.is_fresh());
+        assert!(t.use_until <= Instant::now() + Duration::from_secs(MAX_TOKEN_SECS));
+        assert!(Token::new("t".into(), Some(0)).is_fresh());
+    }
 
     #[test]
     fn docker_hub_challenge() {
