@@ -17,6 +17,14 @@ use crate::config::ConfigError;
 
 use super::config::ANONYMOUS;
 
+/// The bcrypt costs `htpasswd -B -C` writes. A higher cost is refused at
+/// start: every login of that user (and the dummy check of unknown names,
+/// which draws from the file's costs) would take minutes to days; cost 31
+/// is 2^31 rounds, and start itself hashes one dummy per cost.
+const MIN_COST: u32 = 4;
+/// See [`MIN_COST`].
+const MAX_COST: u32 = 17;
+
 /// Users and their bcrypt hashes.
 pub struct Htpasswd {
     users: HashMap<String, String>,
@@ -61,36 +69,7 @@ impl Htpasswd {
             key: "auth.htpasswd".into(),
             msg: format!("{origin} line {line}: {msg}"),
         };
-        let mut users = HashMap::new();
-        let mut costs = Vec::new();
-        for (i, line) in text.lines().enumerate() {
-            let line = line.trim();
-            if line.is_empty() || line.starts_with('#') {
-                continue;
-            }
-            let (user, hash) = line
-                .split_once(':')
-                .ok_or_else(|| invalid(i + 1, "expected user:hash".into()))?;
-            if user.is_empty() {
-                return Err(invalid(i + 1, "empty user name".into()));
-            }
-            if user == ANONYMOUS {
-                return Err(invalid(
-                    i + 1,
-                    format!("{ANONYMOUS:?} is reserved for requests without credentials"),
-                ));
-            }
-            let parts = hash.parse::<bcrypt::HashParts>().map_err(|_| {
-                invalid(
-                    i + 1,
-                    format!("user {user:?}: only bcrypt hashes are accepted (create them with `htpasswd -B`)"),
-                )
-            })?;
-            costs.push(parts.get_cost());
-            if users.insert(user.to_owned(), hash.to_owned()).is_some() {
-                return Err(invalid(i + 1, format!("user {user:?} appears twice")));
-            }
-        }
+        let (users, mut costs) = parse_lines(text, origin)?;
         if costs.is_empty() {
             costs.push(bcrypt::DEFAULT_COST);
         }
@@ -155,9 +134,72 @@ impl Htpasswd {
     }
 }
 
+/// The users and their hashes' costs in htpasswd `text` (one cost per
+/// user), without any bcrypt work; `origin` names the file in errors.
+pub fn parse_lines(
+    text: &str,
+    origin: &str,
+) -> Result<(HashMap<String, String>, Vec<u32>), ConfigError> {
+    let invalid = |line: usize, msg: String| ConfigError::Invalid {
+        key: "auth.htpasswd".into(),
+        msg: format!("{origin} line {line}: {msg}"),
+    };
+    let mut users = HashMap::new();
+    let mut costs = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (user, hash) = line
+            .split_once(':')
+            .ok_or_else(|| invalid(i + 1, "expected user:hash".into()))?;
+        if user.is_empty() {
+            return Err(invalid(i + 1, "empty user name".into()));
+        }
+        if user == ANONYMOUS {
+            return Err(invalid(
+                i + 1,
+                format!("{ANONYMOUS:?} is reserved for requests without credentials"),
+            ));
+        }
+        let parts = hash.parse::<bcrypt::HashParts>().map_err(|_| {
+            invalid(
+                i + 1,
+                format!("user {user:?}: only bcrypt hashes are accepted (create them with `htpasswd -B`)"),
+            )
+        })?;
+        let cost = parts.get_cost();
+        if !(MIN_COST..=MAX_COST).contains(&cost) {
+            return Err(invalid(
+                i + 1,
+                format!("user {user:?}: bcrypt cost {cost} is outside {MIN_COST}..={MAX_COST} (`htpasswd -B -C`)"),
+            ));
+        }
+        costs.push(cost);
+        if users.insert(user.to_owned(), hash.to_owned()).is_some() {
+            return Err(invalid(i + 1, format!("user {user:?} appears twice")));
+        }
+    }
+    Ok((users, costs))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cost_htpasswd_cannot_write_is_refused_before_any_hashing() {
+        // The salt and hash of `htpasswd -nbB alice s3cret`, cost changed.
+        let tail = "WyugwVkVmfuhAs.dj1c/YOw5XclFNz4m1dXrS/i70aC/RPix1vNKy";
+        let hash = |cost: u32| format!("u:$2y${cost:02}${tail}\n");
+        for cost in [0, 3, 18, 31, 99] {
+            let err = parse_lines(&hash(cost), "f").unwrap_err().to_string();
+            assert!(err.contains("f line 1") && err.contains("cost"), "{err}");
+        }
+        assert_eq!(parse_lines(&hash(4), "f").unwrap().1, vec![4]);
+        assert_eq!(parse_lines(&hash(17), "f").unwrap().1, vec![17]);
+    }
 
     #[test]
     fn verifies_bcrypt_entries() {
