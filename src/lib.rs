@@ -38,6 +38,9 @@ pub mod cache;
 pub mod commands;
 pub mod config;
 pub mod error;
+/// Entry points of the fuzz targets and their corpus replay (not API).
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 pub mod local;
 pub mod malloc;

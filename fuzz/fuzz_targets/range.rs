@@ -1,0 +1,5 @@
+#![no_main]
+//! See `hoard::fuzzing::range`: the same entry replays the corpus on stable.
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| hoard::fuzzing::range(data));
