@@ -29,15 +29,25 @@ const DEFAULT_RETRY_AFTER: u64 = 30;
 /// RFC 9110 requires. The fault is hoard's upstream credentials, not the
 /// client's; a client that has none simply reports the message.
 const UPSTREAM_CHALLENGE: &str = "Basic realm=\"hoard\"";
-/// What a request was about, so "not found upstream" gets its OCI code.
+
+/// What a request was about, so an upstream's "not found" gets its OCI code
+/// and says what was missing.
 #[derive(Clone, Copy)]
 pub enum Subject<'a> {
     /// A blob: `BLOB_UNKNOWN`.
     Blob(&'a Digest),
     /// A manifest by tag or digest: `MANIFEST_UNKNOWN`.
     Manifest(&'a dyn std::fmt::Display),
+    /// A manifest the upstream has as `media_type`, but not in any type the
+    /// request's `Accept` allows: `MANIFEST_UNKNOWN`.
+    ManifestNotAccepted {
+        /// The tag asked for.
+        reference: &'a dyn std::fmt::Display,
+        /// What the upstream has.
+        media_type: &'a str,
+    },
     /// A repository (tag lists): `NAME_UNKNOWN`.
-    Repository,
+    Repository(&'a dyn std::fmt::Display),
 }
 
 /// An error answered to a client.
@@ -197,25 +207,41 @@ impl From<NameError> for ApiError {
 }
 
 impl ApiError {
-    /// An upstream failure while serving `about`.
-    pub fn upstream(e: upstream::Error, about: Subject<'_>) -> ApiError {
+    /// `e` from the upstream configured as `upstream` (its key in
+    /// mirror.toml), while serving `about`. Every upstream failure a client
+    /// sees is chosen here, and its message names the upstream it came
+    /// from, so an operator knows which registry to look at.
+    pub fn upstream(e: upstream::Error, upstream: &str, about: Subject<'_>) -> ApiError {
         use upstream::Error as U;
+        let not_found = |code, what: String| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                code,
+                format!("{what} is not known upstream ({upstream})"),
+            )
+        };
         match &e {
             U::NotFound => match about {
-                Subject::Blob(digest) => ApiError::new(
-                    StatusCode::NOT_FOUND,
-                    "BLOB_UNKNOWN",
-                    format!("blob {digest} is not known upstream"),
-                ),
-                Subject::Manifest(what) => ApiError::new(
+                Subject::Blob(digest) => not_found("BLOB_UNKNOWN", format!("blob {digest}")),
+                Subject::Manifest(what) => {
+                    not_found("MANIFEST_UNKNOWN", format!("manifest {what}"))
+                }
+                Subject::ManifestNotAccepted {
+                    reference,
+                    media_type,
+                } => ApiError::new(
                     StatusCode::NOT_FOUND,
                     "MANIFEST_UNKNOWN",
-                    format!("manifest {what} is not known upstream"),
+                    format!(
+                        "manifest {reference} is a {media_type}, which the request's Accept \
+                         header does not allow ({upstream})"
+                    ),
                 ),
-                Subject::Repository => {
-                    ApiError::new(StatusCode::NOT_FOUND, "NAME_UNKNOWN", "not found upstream")
+                Subject::Repository(name) => {
+                    not_found("NAME_UNKNOWN", format!("repository {name}"))
                 }
             },
+            // Names its upstream already.
             U::RateLimited { retry_after, .. } => ApiError {
                 retry_after: *retry_after,
                 ..ApiError::new(
@@ -229,45 +255,52 @@ impl ApiError {
                 ..ApiError::new(
                     StatusCode::UNAUTHORIZED,
                     "UNAUTHORIZED",
-                    format!("{e}; check the upstream's credentials in mirror.toml"),
+                    format!("{upstream}: {e}; check the upstream's credentials in mirror.toml"),
                 )
             },
-            U::Denied(_) => ApiError::new(StatusCode::FORBIDDEN, "DENIED", e.to_string()),
+            U::Denied(_) => {
+                ApiError::new(StatusCode::FORBIDDEN, "DENIED", format!("{upstream}: {e}"))
+            }
             U::Unreachable(_) | U::Timeout(_) => {
-                tracing::warn!(error = %e, "upstream unreachable");
+                tracing::warn!(upstream, error = %e, "upstream unreachable");
                 ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "UNAVAILABLE",
-                    format!("{e}; the content is not cached, so hoard cannot serve it offline"),
+                    format!(
+                        "{upstream}: {e}; the content is not cached, so hoard cannot serve it offline"
+                    ),
                 )
             }
             U::Status { .. } | U::Protocol(_) | U::TooLarge(_) | U::DigestMismatch { .. } => {
-                tracing::warn!(error = %e, "upstream error");
-                ApiError::new(StatusCode::BAD_GATEWAY, "UNAVAILABLE", e.to_string())
+                tracing::warn!(upstream, error = %e, "upstream error");
+                ApiError::new(
+                    StatusCode::BAD_GATEWAY,
+                    "UNAVAILABLE",
+                    format!("{upstream}: {e}"),
+                )
             }
         }
     }
 
-    /// A failed fill of `digest`: its origin's own error when the origin
-    /// failed (an upstream's 404 is `BLOB_UNKNOWN` for every reader of the
-    /// fill), else 502.
-    pub fn fill(e: FillError, digest: &Digest) -> ApiError {
+    /// A failed fill of `digest`, which a request routed to `upstream`
+    /// joined: the origin's own error when the origin failed (an upstream's
+    /// 404 is `BLOB_UNKNOWN` for every reader of the fill, named after the
+    /// upstream the leader asked), else 502.
+    pub fn fill(e: FillError, digest: &Digest, upstream: &str) -> ApiError {
         if let FillError::Origin(origin) = &e {
             if let Some(u) = origin.downcast_ref::<upstream::Error>() {
-                return ApiError::upstream(u.clone(), Subject::Blob(digest));
+                return ApiError::upstream(u.clone(), origin.origin(), Subject::Blob(digest));
             }
         }
+        let from = match &e {
+            FillError::Origin(origin) => origin.origin(),
+            _ => upstream,
+        };
         ApiError::new(
             StatusCode::BAD_GATEWAY,
             "UNAVAILABLE",
-            format!("fetching {digest} failed: {e}"),
+            format!("fetching {digest} from {from} failed: {e}"),
         )
-    }
-}
-
-impl From<upstream::Error> for ApiError {
-    fn from(e: upstream::Error) -> ApiError {
-        ApiError::upstream(e, Subject::Repository)
     }
 }
 

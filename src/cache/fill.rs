@@ -276,10 +276,14 @@ impl FillGuard {
             FillError::Disk(_) => FillResult::DiskError,
             _ => FillResult::UpstreamError,
         };
-        if matches!(&err, FillError::Origin(o) if o.is_absent()) {
-            tracing::debug!(digest = %self.fill.digest, "blob not found at the origin");
-        } else {
-            tracing::warn!(digest = %self.fill.digest, error = %err, "fill failed");
+        match &err {
+            FillError::Origin(o) if o.is_absent() => {
+                tracing::debug!(digest = %self.fill.digest, origin = o.origin(), "blob not found at the origin");
+            }
+            FillError::Origin(o) => {
+                tracing::warn!(digest = %self.fill.digest, origin = o.origin(), error = %err, "fill failed");
+            }
+            _ => tracing::warn!(digest = %self.fill.digest, error = %err, "fill failed"),
         }
         self.metrics.fill_done(result);
         self.set(Progress::Failed(err));

@@ -65,18 +65,24 @@ impl FillPermit {
 pub type Body = Pin<Box<dyn Stream<Item = Result<Bytes, OriginError>> + Send>>;
 
 /// Why the origin of a fill (whatever its leader fetched from) failed, kept
-/// whole: the layer that chose the origin turns it into a response
-/// (`crate::error`), and every follower sees the same cause as the leader.
+/// whole and named: the layer that chose the origin turns it into a
+/// response (`crate::error`), and every follower sees the same cause, from
+/// the same origin, as the leader.
 #[derive(Debug, Clone)]
 pub struct OriginError {
+    origin: Arc<str>,
     source: Arc<dyn std::error::Error + Send + Sync>,
     absent: bool,
 }
 
 impl OriginError {
-    /// The origin failed with `source`.
-    pub fn new(source: impl std::error::Error + Send + Sync + 'static) -> OriginError {
+    /// The origin named `origin` (an upstream's key) failed with `source`.
+    pub fn new(
+        origin: &str,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> OriginError {
         OriginError {
+            origin: origin.into(),
             source: Arc::new(source),
             absent: false,
         }
@@ -84,16 +90,24 @@ impl OriginError {
 
     /// The origin does not have the blob: an answer, not a fault, so it is
     /// logged quietly.
-    pub fn absent(source: impl std::error::Error + Send + Sync + 'static) -> OriginError {
+    pub fn absent(
+        origin: &str,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> OriginError {
         OriginError {
             absent: true,
-            ..OriginError::new(source)
+            ..OriginError::new(origin, source)
         }
     }
 
     /// Whether the origin said it does not have the blob.
     pub fn is_absent(&self) -> bool {
         self.absent
+    }
+
+    /// The name of the origin that failed.
+    pub fn origin(&self) -> &str {
+        &self.origin
     }
 
     /// The origin's own error, if it is an `E`.

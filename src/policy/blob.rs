@@ -47,6 +47,17 @@ pub fn fill(
     })
 }
 
+/// A blob's size, asked of `upstream` with a `HEAD` (no body, no fill):
+/// for a `HEAD` that missed, and for a passthrough whose fill could not
+/// start. `None` when the upstream sent no `Content-Length`.
+pub async fn size(
+    upstream: &Upstream,
+    repo: &RepoName,
+    digest: &Digest,
+) -> Result<Option<u64>, upstream::Error> {
+    upstream.head_blob(repo, digest).await
+}
+
 /// The leader's work: `GET` the blob and feed its body to the permit. A
 /// failure before the body fails the fill with the upstream's error, which
 /// every follower then answers with (see `crate::error`).
@@ -54,19 +65,22 @@ async fn fetch(permit: FillPermit, upstream: Arc<Upstream>, repo: RepoName, dige
     match upstream.get_blob(&repo, &digest).await {
         Ok(resp) => {
             let size = crate::http::content_length(resp.headers());
-            let body = upstream.body_stream(resp.into_body()).map_err(origin_error);
+            let name = upstream.name().to_owned();
+            let body = upstream
+                .body_stream(resp.into_body())
+                .map_err(move |e| origin_error(&name, e));
             permit.feed(size, Box::pin(body)).await;
         }
-        Err(e) => permit.fail(origin_error(e)),
+        Err(e) => permit.fail(origin_error(upstream.name(), e)),
     }
 }
 
 /// An upstream failure as the cache carries it to a fill's readers: kept
 /// whole, so the API error can be chosen from it, and "not found" marked as
-/// an answer rather than a fault.
-pub fn origin_error(e: upstream::Error) -> OriginError {
+/// an answer rather than a fault, named after the upstream that said it.
+fn origin_error(upstream: &str, e: upstream::Error) -> OriginError {
     match e {
-        upstream::Error::NotFound => OriginError::absent(e),
-        e => OriginError::new(e),
+        upstream::Error::NotFound => OriginError::absent(upstream, e),
+        e => OriginError::new(upstream, e),
     }
 }

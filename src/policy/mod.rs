@@ -13,7 +13,8 @@
 //! Layers: `registry`, `prefetch` -> `policy` -> (`cache`, `upstream`).
 
 mod blob;
+pub mod manifest;
 mod passthrough;
 
-pub use blob::{fill, origin_error, Filling};
+pub use blob::{fill, size as blob_size, Filling};
 pub use passthrough::read;

@@ -9,6 +9,7 @@ use super::manifest::{self, Refs};
 use super::{ImageRef, Platform, Prefetcher};
 use crate::cache::{TagKey, TagRecord};
 use crate::oci::Digest;
+use crate::policy;
 use crate::upstream::{self, Upstream};
 
 /// Everything an image needs.
@@ -134,18 +135,15 @@ impl Prefetcher {
             return Ok(d.clone());
         }
         let tag = tag_str(r);
-        match up.head_manifest(&r.repo, &tag, &[]).await {
+        let from = self.origin(r, up);
+        match policy::manifest::revalidate(&from, &tag).await {
             Ok(upstream::ManifestHead { digest: Some(d) }) => Ok(d),
             Ok(_) => {
-                let m = up
-                    .get_manifest(&r.repo, &tag, &[], self.config.max_manifest_size)
+                let m = policy::manifest::fetch(&self.cache, &from, &tag, &[])
                     .await
                     .map_err(|e| format!("manifest {tag}: {e}"))?;
-                self.cache
-                    .put_manifest(&m.digest, m.bytes.clone(), &m.media_type)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                Ok(m.digest)
+                m.stored.map_err(|e| e.to_string())?;
+                Ok(m.manifest.digest)
             }
             Err(upstream::Error::NotFound) => Err(format!("tag {tag} is not known upstream")),
             Err(e) => match self.cached_top(r) {
@@ -179,23 +177,26 @@ impl Prefetcher {
         let Some(up) = upstream else {
             return Ok(None);
         };
-        let m = up
-            .get_manifest(
-                &r.repo,
-                &digest.to_string(),
-                &[],
-                self.config.max_manifest_size,
-            )
+        let m = policy::manifest::fetch_digest(&self.cache, &self.origin(r, up), digest, &[])
             .await
-            .map_err(|e| format!("manifest {digest}: {e}"))?;
-        if m.digest != *digest {
-            return Err(format!("upstream sent manifest {} for {digest}", m.digest));
-        }
-        self.cache
-            .put_manifest(&m.digest, m.bytes.clone(), &m.media_type)
-            .await
+            .map_err(|e| match e {
+                upstream::Error::DigestMismatch { actual, .. } => {
+                    format!("upstream sent manifest {actual} for {digest}")
+                }
+                e => format!("manifest {digest}: {e}"),
+            })?;
+        m.stored
             .map_err(|e| format!("caching manifest {digest}: {e}"))?;
-        Ok(Some((m.bytes, m.media_type)))
+        Ok(Some((m.manifest.bytes, m.manifest.media_type)))
+    }
+
+    /// Where a manifest of `r` is fetched from on `up`.
+    fn origin<'a>(&self, r: &'a ImageRef, up: &'a Upstream) -> policy::manifest::Origin<'a> {
+        policy::manifest::Origin {
+            upstream: up,
+            repo: &r.repo,
+            max_size: self.config.max_manifest_size,
+        }
     }
 
     /// Records the tag as resolved now, so pulls by tag find it cached.

@@ -91,7 +91,7 @@ async fn serve(
                 // No Content-Length upstream: wait for the verified blob.
                 fill.finished()
                     .await
-                    .map_err(|e| ApiError::fill(e, digest))?;
+                    .map_err(|e| ApiError::fill(e, digest, target.upstream.name()))?;
                 continue;
             }
             Err(FillError::Disk(e)) => {
@@ -100,7 +100,7 @@ async fn serve(
                 tracing::warn!(%digest, error = %e, "cache disk failed before the fill started; passing through");
                 upstream_size(target, digest).await?
             }
-            Err(e) => return Err(ApiError::fill(e, digest)),
+            Err(e) => return Err(ApiError::fill(e, digest, target.upstream.name())),
         };
         let range = range::parse(range_header, size)?;
         let (start, end) = bounds(range, size);
@@ -183,16 +183,15 @@ pub async fn get_local(
 
 /// A blob's size from an upstream `HEAD`.
 async fn upstream_size(target: &Target, digest: &Digest) -> Result<u64, ApiError> {
-    target
-        .upstream
-        .head_blob(&target.repo, digest)
+    let name = target.upstream.name();
+    policy::blob_size(&target.upstream, &target.repo, digest)
         .await
-        .map_err(|e| ApiError::upstream(e, Subject::Blob(digest)))?
+        .map_err(|e| ApiError::upstream(e, name, Subject::Blob(digest)))?
         .ok_or_else(|| {
             ApiError::new(
                 StatusCode::BAD_GATEWAY,
                 "UNAVAILABLE",
-                "upstream sent no Content-Length",
+                format!("{name}: upstream sent no Content-Length for {digest}"),
             )
         })
 }

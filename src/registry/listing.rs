@@ -7,8 +7,8 @@ use http::{header, HeaderValue, Response, StatusCode};
 use super::resolve::Target;
 use super::{json_response, ApiError, Registry};
 use crate::body::Body;
+use crate::error::Subject;
 use crate::http::query_param;
-use crate::upstream;
 
 /// Most entries one page returns.
 const MAX_PAGE: usize = 10_000;
@@ -62,14 +62,11 @@ pub async fn tags(
     };
     let cached = reg.cache.tags_of(target.upstream.name(), &target.repo);
     if cached.is_empty() || !upstream_err.is_transient() {
-        return Err(match upstream_err {
-            upstream::Error::NotFound => ApiError::new(
-                StatusCode::NOT_FOUND,
-                "NAME_UNKNOWN",
-                format!("repository {client_name} is not known upstream"),
-            ),
-            e => e.into(),
-        });
+        return Err(ApiError::upstream(
+            upstream_err,
+            target.upstream.name(),
+            Subject::Repository(&client_name),
+        ));
     }
     let (page, next) = paginate(cached, n, last.as_deref());
     let json = serde_json::json!({ "name": client_name, "tags": page });

@@ -4,7 +4,7 @@
 use std::time::SystemTime;
 
 use bytes::Bytes;
-use http::{header, HeaderValue, Response, StatusCode};
+use http::{header, HeaderValue, Response};
 
 use super::resolve::Target;
 use super::{ApiError, Registry};
@@ -13,6 +13,7 @@ use crate::cache::{TagKey, TagRecord};
 use crate::error::Subject;
 use crate::metrics::{Kind, Outcome, Source};
 use crate::oci::{Digest, Reference, Tag};
+use crate::policy;
 use crate::upstream::{self, FetchedManifest};
 
 /// `GET`/`HEAD /v2/<name>/manifests/<reference>`.
@@ -97,8 +98,8 @@ fn acceptable(accept: &[String], media_type: &str) -> bool {
     accept.is_empty() || accept.iter().any(|a| a == media_type || a == "*/*")
 }
 
-fn map_upstream(e: upstream::Error, what: impl std::fmt::Display) -> ApiError {
-    ApiError::upstream(e, Subject::Manifest(&what))
+fn map_upstream(e: upstream::Error, target: &Target, what: impl std::fmt::Display) -> ApiError {
+    ApiError::upstream(e, target.upstream.name(), Subject::Manifest(&what))
 }
 
 async fn by_digest(
@@ -117,17 +118,10 @@ async fn by_digest(
             });
         }
     }
-    let m = fetch(reg, target, &digest.to_string(), accept)
+    let m = policy::manifest::fetch_digest(&reg.cache, &origin(reg, target), digest, accept)
         .await
-        .map_err(|e| map_upstream(e, digest))?;
-    if m.digest != *digest {
-        return Err(upstream::Error::DigestMismatch {
-            expected: digest.clone(),
-            actual: m.digest,
-        }
-        .into());
-    }
-    best_effort(store(reg, &m).await);
+        .map_err(|e| map_upstream(e, target, digest))?;
+    let m = served(m);
     Ok(Served {
         outcome: Outcome::Miss,
         bytes: m.bytes,
@@ -174,11 +168,7 @@ async fn by_tag(
     };
     if let Some((rec, (bytes, media_type))) = cached {
         let acceptable_here = acceptable(accept, &media_type);
-        match target
-            .upstream
-            .head_manifest(&key.repo, key.tag.as_str(), &[])
-            .await
-        {
+        match policy::manifest::revalidate(&origin(reg, target), key.tag.as_str()).await {
             Ok(h) if h.digest.as_ref() == Some(&rec.digest) => {
                 let rec = TagRecord {
                     digest: rec.digest,
@@ -195,7 +185,7 @@ async fn by_tag(
                 }
             }
             Ok(_) => {} // moved upstream (or no digest header): fetch it below
-            Err(e @ upstream::Error::NotFound) => return Err(map_upstream(e, &key.tag)),
+            Err(e @ upstream::Error::NotFound) => return Err(map_upstream(e, target, &key.tag)),
             Err(e) if acceptable_here => {
                 tracing::warn!(upstream = %key.upstream, repo = %key.repo, tag = %key.tag, error = %e, "serving stale tag");
                 reg.metrics.stale_tag();
@@ -206,15 +196,15 @@ async fn by_tag(
                     outcome: Outcome::Stale,
                 });
             }
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(map_upstream(e, target, &key.tag)),
         }
     }
     // Fetch by tag with the full Accept list, so the record means the same
     // for every client; a client that accepts less gets a pass-through.
-    let m = fetch(reg, target, key.tag.as_str(), &[])
+    let m = policy::manifest::fetch(&reg.cache, &origin(reg, target), key.tag.as_str(), &[])
         .await
-        .map_err(|e| map_upstream(e, &key.tag))?;
-    best_effort(store(reg, &m).await);
+        .map_err(|e| map_upstream(e, target, &key.tag))?;
+    let m = served(m);
     let tag = key.tag.clone();
     let recorded = reg
         .cache
@@ -237,20 +227,16 @@ async fn by_tag(
     }
     // The client accepts less than the full list (an old client, say): ask
     // the upstream with its own list, cache that by digest, record no tag.
-    let narrow = fetch(reg, target, tag.as_str(), accept)
+    let narrow = policy::manifest::fetch(&reg.cache, &origin(reg, target), tag.as_str(), accept)
         .await
-        .map_err(|e| match e {
-            upstream::Error::NotFound => ApiError::new(
-                StatusCode::NOT_FOUND,
-                "MANIFEST_UNKNOWN",
-                format!(
-                    "manifest {tag} is a {}, which the request's Accept header does not allow",
-                    m.media_type
-                ),
-            ),
-            other => other.into(),
+        .map_err(|e| {
+            let about = Subject::ManifestNotAccepted {
+                reference: &tag,
+                media_type: &m.media_type,
+            };
+            ApiError::upstream(e, target.upstream.name(), about)
         })?;
-    best_effort(store(reg, &narrow).await);
+    let narrow = served(narrow);
     Ok(Served {
         outcome: Outcome::Miss,
         bytes: narrow.bytes,
@@ -267,11 +253,10 @@ fn best_effort(r: Result<(), crate::cache::Error>) {
     }
 }
 
-/// Caches a manifest fetched from the upstream.
-async fn store(reg: &Registry, m: &FetchedManifest) -> Result<(), crate::cache::Error> {
-    reg.cache
-        .put_manifest(&m.digest, m.bytes.clone(), &m.media_type)
-        .await
+/// A fetched manifest to serve, cached or not (see [`best_effort`]).
+fn served(fetched: policy::manifest::Fetched) -> FetchedManifest {
+    best_effort(fetched.stored);
+    fetched.manifest
 }
 
 /// The cached manifest for a tag, if its record passes `usable`.
@@ -301,19 +286,11 @@ async fn cached_tag(
     }))
 }
 
-async fn fetch(
-    reg: &Registry,
-    target: &Target,
-    reference: &str,
-    accept: &[String],
-) -> Result<FetchedManifest, upstream::Error> {
-    target
-        .upstream
-        .get_manifest(
-            &target.repo,
-            reference,
-            accept,
-            reg.config.max_manifest_size,
-        )
-        .await
+/// Where a manifest miss of `target` is fetched from.
+fn origin<'a>(reg: &Registry, target: &'a Target) -> policy::manifest::Origin<'a> {
+    policy::manifest::Origin {
+        upstream: &target.upstream,
+        repo: &target.repo,
+        max_size: reg.config.max_manifest_size,
+    }
 }
