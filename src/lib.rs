@@ -13,7 +13,10 @@
 //!   helpers below `server`, `admin`, `auth` and `registry`.
 //! - [`metrics`]: Prometheus metrics on hoard's own registry.
 //! - [`oci`]: validated digests, names, tags, references.
-//! - [`registry`]: the `/v2` protocol: routing and the cache policy.
+//! - [`registry`]: the `/v2` protocol: routing, and what to serve.
+//! - [`policy`]: what a miss does: the leader of a fill fetches from the
+//!   upstream, the cache only coalesces; manifest misses; the passthrough
+//!   when the cache's disk fails.
 //! - [`upstream`]: the client for configured registries (tokens, redirects).
 //! - [`cache`]: verified blobs and tag records over the stores, in-flight
 //!   fills, the index and its budget.
