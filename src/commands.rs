@@ -218,8 +218,7 @@ pub enum Target {
     Local(Box<crate::Config>),
 }
 
-/// An engine over the cache directory itself, holding its lock for as long
-/// as it lives. Refused while a server (or another CLI) uses the directory.
+/// An engine on the cache directory itself, under its lock (refused while a server uses it).
 async fn local_engine(
     config: &crate::Config,
 ) -> Result<(crate::pins::CacheLock, std::sync::Arc<Prefetcher>), String> {
@@ -239,21 +238,15 @@ async fn local_engine(
     )
     .await
     .map_err(|e| format!("cannot open the cache: {e}"))?;
-    let upstreams =
-        crate::upstream::Upstreams::new(config, metrics.clone()).map_err(|e| e.to_string())?;
-    let engine = Prefetcher::new(
-        config.clone(),
-        std::sync::Arc::new(upstreams),
-        cache,
-        pins,
-        metrics,
-    );
-    Ok((lock, std::sync::Arc::new(engine)))
+    let upstreams = Upstreams::new(config, metrics.clone()).map_err(|e| e.to_string())?;
+    let engine = Prefetcher::new(config.clone(), upstreams.into(), cache, pins, metrics);
+    Ok((lock, engine.into()))
 }
 
 use crate::admin::client::Client;
 use crate::admin::{ls::Entry, PinView};
 use crate::prefetch::{display, Event, Options, Platform, Prefetcher, Readiness};
+use crate::upstream::Upstreams;
 
 /// The images named on the command line and in `--file` (one a line,
 /// `#` comments).
