@@ -3,11 +3,8 @@
 //! blobs go first, and a restart (with the same or a smaller budget) keeps
 //! the cache within it.
 
-#[path = "common/bin.rs"]
-mod bin;
 mod common;
 
-use bin::*;
 use common::*;
 
 const MIB: usize = 1024 * 1024;
@@ -23,7 +20,7 @@ async fn within_budget(site: &Site, budget: u64, when: &str) {
     let blobs = site.cache.join("blobs");
     wait_for(
         &format!("blobs/ within {budget} bytes {when}"),
-        || bytes_under(&blobs) <= budget,
+        || std::future::ready(bytes_under(&blobs) <= budget),
         || format!("{} bytes:\n{}", bytes_under(&blobs), listing(&blobs)),
     )
     .await;
@@ -75,7 +72,7 @@ async fn the_cache_stays_within_max_size_evicting_least_recently_used_blobs() {
     let file = |i: usize| site.blob_file(&blobs[i].digest);
     wait_for(
         "blob 7 (least recently used) deleted",
-        || !file(7).exists(),
+        || std::future::ready(!file(7).exists()),
         || listing(&site.cache.join("blobs")),
     )
     .await;

@@ -6,13 +6,10 @@
 //! the in-process fake upstream, whose gate holds a blob body after its
 //! first chunk so a test can act while a fill is provably incomplete.
 
-#[path = "common/bin.rs"]
-mod bin;
 mod common;
 
 use std::os::unix::fs::FileExt;
 
-use bin::*;
 use common::*;
 
 /// Several of the fake's 64 KiB chunks, so the gate can hold it mid-stream.
@@ -48,7 +45,7 @@ async fn sigkill_mid_fill_leaves_nothing_partial_and_the_blob_is_fetched_again()
     // The partial fill is on disk: this is what a crash must not turn into content.
     wait_for(
         "the partial fill in tmp/",
-        || files_under(&tmp).iter().any(|p| file_len(p) > 0),
+        || std::future::ready(files_under(&tmp).iter().any(|p| file_len(p) > 0)),
         || listing(&site.cache),
     )
     .await;
@@ -298,7 +295,8 @@ async fn a_foreign_non_empty_directory_is_refused_and_left_untouched() {
     let site = Site::with_cache_dir(dir, foreign.clone(), &[]).await;
     let before = entries_under(&foreign);
 
-    let (status, output) = Launch::new(&site.config).run_to_exit().await;
+    let run = Launch::new(&site.config).run_to_exit().await;
+    let (status, output) = (run.status, run.output());
     assert!(
         !status.success(),
         "hoard must refuse to start: {status}\n{output}"

@@ -10,13 +10,10 @@
 //! the right to mount and is skipped with a printed reason without it.
 //! An upload that does not fit is refused with 507 and stores nothing.
 
-#[path = "common/bin.rs"]
-mod bin;
 mod common;
 
 use std::path::{Path, PathBuf};
 
-use bin::*;
 use common::*;
 
 const MIB: usize = 1024 * 1024;
@@ -174,8 +171,10 @@ async fn run_out_of_space(site: &Site, hoard: &Hoard, seed: u64, limit: Limit) {
     wait_for(
         "nothing partial left behind",
         || {
-            files_under(&tmp).is_empty()
-                && find_named(&site.cache.join("blobs"), hex_of(&big.digest)).is_empty()
+            std::future::ready({
+                files_under(&tmp).is_empty()
+                    && find_named(&site.cache.join("blobs"), hex_of(&big.digest)).is_empty()
+            })
         },
         || listing(&site.cache),
     )
@@ -203,7 +202,7 @@ async fn run_out_of_space(site: &Site, hoard: &Hoard, seed: u64, limit: Limit) {
     // Least recently used content is evicted to make room.
     wait_for(
         "the early blob evicted to make room",
-        || !site.blob_file(&early.digest).exists(),
+        || std::future::ready(!site.blob_file(&early.digest).exists()),
         || listing(&site.cache.join("blobs")),
     )
     .await;

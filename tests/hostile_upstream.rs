@@ -14,7 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-use common::{blob_path, Cfg, TestMirror, DEADLINE};
+use common::{blob_path, Cfg, Server, TestMirror, DEADLINE};
 
 /// Body length the hostile upstream announces and tries to send.
 const HUGE: usize = 64 * 1024 * 1024;

@@ -4,8 +4,6 @@
 //! `max_connections` new connections are closed at once and counted.
 
 mod common;
-#[path = "common/process.rs"]
-mod process;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -18,8 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use common::{blob_path, check_oci_error, client, pseudo_random, read_at_least, sha256_digest};
-use common::{Cfg, FakeRegistry, Metrics, CHUNK};
-use process::{wait_for, Hoard, DEADLINE};
+use common::{wait_for, Cfg, FakeRegistry, Hoard, Metrics, Server, CHUNK, DEADLINE};
 
 /// A config with the fake as `docker.io`, caching into `dir/cache`, with
 /// `extra` top-level keys.
@@ -109,7 +106,12 @@ async fn sigterm_lets_a_download_finish_stops_accepting_and_exits_0() {
         .await;
 
     hoard.signal("TERM");
-    wait_for("the listener to close", || refuses(hoard.plain)).await;
+    wait_for(
+        "the listener to close",
+        || refuses(hoard.addr),
+        || hoard.log().tail(20),
+    )
+    .await;
     assert!(
         hoard.exited().is_none(),
         "hoard exited with a download in flight"
@@ -128,7 +130,7 @@ async fn sigterm_lets_a_download_finish_stops_accepting_and_exits_0() {
 
     let status = hoard.wait_exit(DEADLINE).await;
     assert_eq!(status.code(), Some(0), "{}", hoard.log().text());
-    assert!(refuses(hoard.plain).await);
+    assert!(refuses(hoard.addr).await);
 }
 
 #[tokio::test]
@@ -148,7 +150,12 @@ async fn sigterm_lets_an_abandoned_fill_finish_into_the_cache() {
         .await;
 
     hoard.signal("TERM");
-    wait_for("the listener to close", || refuses(hoard.plain)).await;
+    wait_for(
+        "the listener to close",
+        || refuses(hoard.addr),
+        || hoard.log().tail(20),
+    )
+    .await;
     assert!(
         hoard.exited().is_none(),
         "hoard exited with a fill in flight"
@@ -218,19 +225,19 @@ async fn a_stalled_request_head_is_cut_off_while_others_are_served() {
     // Half a request head, then nothing; and a client that sends nothing.
     // Timed from before the connects: the server's clock starts later.
     let started = Instant::now();
-    let mut half = TcpStream::connect(hoard.plain).await.unwrap();
+    let mut half = TcpStream::connect(hoard.addr).await.unwrap();
     half.write_all(b"GET /v2/ HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-")
         .await
         .unwrap();
-    let mut silent = TcpStream::connect(hoard.plain).await.unwrap();
+    let mut silent = TcpStream::connect(hoard.addr).await.unwrap();
     let half_closed = tokio::spawn(async move { closed_by_server(&mut half, started).await });
     let silent_closed = tokio::spawn(async move { closed_by_server(&mut silent, started).await });
 
     // Meanwhile others are served, on fresh and on kept-alive connections.
-    let mut other = h1(hoard.plain).await;
+    let mut other = h1(hoard.addr).await;
     for _ in 0..3 {
         assert_eq!(get(&mut other, "/v2/").await.0, 200);
-        assert_eq!(get(&mut h1(hoard.plain).await, "/healthz").await.0, 200);
+        assert_eq!(get(&mut h1(hoard.addr).await, "/healthz").await.0, 200);
     }
 
     for (what, task) in [("half a head", half_closed), ("silence", silent_closed)] {
@@ -246,7 +253,7 @@ async fn a_stalled_request_head_is_cut_off_while_others_are_served() {
     }
     // hoard itself is fine. (An idle kept-alive connection also counts as
     // "waiting for a request head", so `other` may be gone by now.)
-    assert_eq!(get(&mut h1(hoard.plain).await, "/v2/").await.0, 200);
+    assert_eq!(get(&mut h1(hoard.addr).await, "/v2/").await.0, 200);
 }
 
 #[tokio::test]
@@ -260,15 +267,15 @@ async fn past_max_connections_new_connections_are_closed_at_once_and_counted() {
     )
     .await;
 
-    let mut a = h1(hoard.plain).await;
+    let mut a = h1(hoard.addr).await;
     assert_eq!(get(&mut a, "/v2/").await.0, 200);
-    let mut b = h1(hoard.plain).await;
+    let mut b = h1(hoard.addr).await;
     let m = metrics_on(&mut b).await;
     assert_eq!(m.get("hoard_connections_open", &[]), Some(2.0), "{}", m.0);
     assert_eq!(m.get("hoard_connections_rejected_total", &[]), Some(0.0));
 
     let started = Instant::now();
-    let mut third = TcpStream::connect(hoard.plain).await.unwrap();
+    let mut third = TcpStream::connect(hoard.addr).await.unwrap();
     let _ = third
         .write_all(b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n")
         .await;
@@ -289,28 +296,32 @@ async fn past_max_connections_new_connections_are_closed_at_once_and_counted() {
 
     // Closing one frees its slot, and the gauge follows.
     drop(b);
-    let addr = hoard.plain;
-    wait_for("a slot to free up", || async move {
-        let Ok(stream) = TcpStream::connect(addr).await else {
-            return false;
-        };
-        let Ok((mut sender, conn)) =
-            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await
-        else {
-            return false;
-        };
-        tokio::spawn(conn);
-        let req = hyper::Request::get("/metrics")
-            .header(hyper::header::HOST, "127.0.0.1")
-            .body(Empty::<Bytes>::new())
-            .unwrap();
-        let Ok(resp) = sender.send_request(req).await else {
-            return false; // closed at once: b's slot is not free yet
-        };
-        let body = resp.into_body().collect().await.unwrap().to_bytes();
-        let m = Metrics(String::from_utf8(body.to_vec()).unwrap());
-        m.get("hoard_connections_open", &[]) == Some(2.0)
-    })
+    let addr = hoard.addr;
+    wait_for(
+        "a slot to free up",
+        || async move {
+            let Ok(stream) = TcpStream::connect(addr).await else {
+                return false;
+            };
+            let Ok((mut sender, conn)) =
+                hyper::client::conn::http1::handshake(TokioIo::new(stream)).await
+            else {
+                return false;
+            };
+            tokio::spawn(conn);
+            let req = hyper::Request::get("/metrics")
+                .header(hyper::header::HOST, "127.0.0.1")
+                .body(Empty::<Bytes>::new())
+                .unwrap();
+            let Ok(resp) = sender.send_request(req).await else {
+                return false; // closed at once: b's slot is not free yet
+            };
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            let m = Metrics(String::from_utf8(body.to_vec()).unwrap());
+            m.get("hoard_connections_open", &[]) == Some(2.0)
+        },
+        || hoard.log().tail(20),
+    )
     .await;
     assert_eq!(get(&mut a, "/v2/").await.0, 200);
 }
@@ -332,9 +343,9 @@ async fn idle_http2_connections_are_closed_after_header_read_timeout() {
     .await;
     // Issue 14: the preface alone, or with SETTINGS, kept a slot for ever.
     let started = Instant::now();
-    let mut preface_only = TcpStream::connect(hoard.plain).await.unwrap();
+    let mut preface_only = TcpStream::connect(hoard.addr).await.unwrap();
     preface_only.write_all(H2_PREFACE).await.unwrap();
-    let mut with_settings = TcpStream::connect(hoard.plain).await.unwrap();
+    let mut with_settings = TcpStream::connect(hoard.addr).await.unwrap();
     with_settings.write_all(H2_PREFACE).await.unwrap();
     with_settings.write_all(H2_EMPTY_SETTINGS).await.unwrap();
     for (what, mut stream) in [("preface", preface_only), ("settings", with_settings)] {
@@ -357,7 +368,7 @@ async fn an_http2_connection_is_kept_while_a_response_streams() {
         false,
     )
     .await;
-    let stream = TcpStream::connect(hoard.plain).await.unwrap();
+    let stream = TcpStream::connect(hoard.addr).await.unwrap();
     let (mut sender, conn) = hyper::client::conn::http2::handshake(
         hyper_util::rt::TokioExecutor::new(),
         TokioIo::new(stream),
@@ -399,12 +410,12 @@ async fn one_address_cannot_take_every_connection() {
         false,
     )
     .await;
-    let mut a = h1(hoard.plain).await;
+    let mut a = h1(hoard.addr).await;
     assert_eq!(get(&mut a, "/v2/").await.0, 200);
-    let _b = h1(hoard.plain).await;
+    let _b = h1(hoard.addr).await;
 
     let started = Instant::now();
-    let mut third = TcpStream::connect(hoard.plain).await.unwrap();
+    let mut third = TcpStream::connect(hoard.addr).await.unwrap();
     let _ = third
         .write_all(b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n")
         .await;
@@ -417,7 +428,7 @@ async fn one_address_cannot_take_every_connection() {
     // Another address is still served (127.0.0.0/8 is all loopback on Linux).
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
-    let stream = socket.connect(hoard.plain).await.unwrap();
+    let stream = socket.connect(hoard.addr).await.unwrap();
     let (mut other, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .expect("handshake");

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{manifest_path, Cfg, FakeRegistry, TestMirror};
+use common::{manifest_path, Cfg, FakeRegistry, Server, TestMirror};
 
 /// The shipped `mirror.toml`, with its cache in `dir` and Docker Hub played
 /// by `hub`; every other key as shipped (listen is ignored: tests bind

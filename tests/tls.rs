@@ -4,8 +4,6 @@
 //! certificate files refused at start with the key and path named.
 
 mod common;
-#[path = "common/process.rs"]
-mod process;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -25,8 +23,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
-use common::{client, Cfg, FakeRegistry};
-use process::{json_fields, start_failure, wait_for, Hoard, DEADLINE};
+use common::DEADLINE;
+use common::{client, json_fields, start_failure, wait_for, Cfg, FakeRegistry, Hoard, Server};
 
 /// A test CA that issues server certificates for 127.0.0.1.
 struct Pki {
@@ -231,11 +229,15 @@ async fn http2_over_tls13_and_a_new_certificate_on_sighup_without_dropping_conne
     files.install(&second.cert_pem, &second.key_pem);
     hoard.signal("HUP");
     let client_config = pki.modern_client();
-    wait_for("a new handshake to show the new certificate", || {
-        let config = client_config.clone();
-        let want = second.der.clone();
-        async move { leaf(&connect(tls_addr, config).await) == want }
-    })
+    wait_for(
+        "a new handshake to show the new certificate",
+        || {
+            let config = client_config.clone();
+            let want = second.der.clone();
+            async move { leaf(&connect(tls_addr, config).await) == want }
+        },
+        || hoard.log().tail(20),
+    )
     .await;
     hoard
         .log()
@@ -326,17 +328,21 @@ async fn a_failed_reload_keeps_the_old_certificate() {
     let third = pki.issue(3, "hoard test three");
     files.install(&second.cert_pem, &third.key_pem);
     hoard.signal("HUP");
-    let failures = |log: &process::Log| {
+    let failures = |log: &common::Log| {
         log.lines()
             .iter()
             .filter(|l| l.contains("TLS certificate reload failed"))
             .count()
     };
     let log = hoard.log().clone();
-    wait_for("the second failed reload", || {
-        let n = failures(&log);
-        async move { n >= 2 }
-    })
+    wait_for(
+        "the second failed reload",
+        || {
+            let n = failures(&log);
+            async move { n >= 2 }
+        },
+        || log.text(),
+    )
     .await;
     assert_eq!(
         leaf(&connect(tls_addr, pki.modern_client()).await),
@@ -347,11 +353,15 @@ async fn a_failed_reload_keeps_the_old_certificate() {
     files.install(&second.cert_pem, &second.key_pem);
     hoard.signal("HUP");
     let client_config = pki.modern_client();
-    wait_for("the fixed certificate", || {
-        let config = client_config.clone();
-        let want = second.der.clone();
-        async move { leaf(&connect(tls_addr, config).await) == want }
-    })
+    wait_for(
+        "the fixed certificate",
+        || {
+            let config = client_config.clone();
+            let want = second.der.clone();
+            async move { leaf(&connect(tls_addr, config).await) == want }
+        },
+        || hoard.log().tail(20),
+    )
     .await;
     assert!(hoard.exited().is_none());
 }

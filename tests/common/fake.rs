@@ -11,7 +11,6 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use bytes::Bytes;
 use hyper::Method;
@@ -34,9 +33,6 @@ pub const SERVICE: &str = "registry.docker.io";
 
 /// Blob bodies are sent in chunks of this size; the gate pauses after the first.
 pub const CHUNK: usize = 64 * 1024;
-
-/// How long `wait_until` waits before failing the test.
-const WAIT: Duration = Duration::from_secs(10);
 
 /// What a logged request was for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -448,7 +444,8 @@ impl FakeRegistry {
             .any(|s| s.kind == Kind::Cdn && s.authorization.is_some())
     }
 
-    /// Waits (without sleeping) until `pred` holds; fails the test after 10 s.
+    /// Waits (without sleeping: each request it sees wakes it) until `pred` holds; fails
+    /// the test after the harness's deadline.
     pub async fn wait_until(&self, what: &str, pred: impl Fn(&FakeRegistry) -> bool) {
         let mut events = self.shared.events.subscribe();
         let wait = async {
@@ -461,11 +458,29 @@ impl FakeRegistry {
                 }
             }
         };
-        if tokio::time::timeout(WAIT, wait).await.is_err() {
+        if tokio::time::timeout(super::DEADLINE, wait).await.is_err() {
             panic!(
                 "timed out waiting for upstream: {what}; upstream saw {:?}",
                 self.content_paths()
             );
         }
     }
+}
+
+/// Upstream blob GETs that carried a token, i.e. that could transfer
+/// bytes (hoard's first try without one only earns a 401), as their
+/// `Range` headers, in order; of `digest` only, if given.
+pub fn blob_transfers(hub: &FakeRegistry, digest: Option<&str>) -> Vec<Option<String>> {
+    hub.log()
+        .into_iter()
+        .filter(|s| s.kind == Kind::Blob && s.method == hyper::Method::GET)
+        .filter(|s| s.authorization.is_some())
+        .filter(|s| digest.is_none_or(|d| s.path.ends_with(d)))
+        .map(|s| s.range)
+        .collect()
+}
+
+/// How many blob GETs went upstream with a token.
+pub fn transfers(hub: &FakeRegistry) -> usize {
+    blob_transfers(hub, None).len()
 }

@@ -1,578 +1,85 @@
-//! Shared harness for hoard's in-process integration tests.
+//! The one harness of hoard's integration tests.
 //!
-//! `FakeRegistry` (in `fake.rs`) plays the upstream; `TestMirror` runs the real
-//! `hoard::run` on 127.0.0.1:0 against it; `Cfg` writes the mirror's TOML.
-//! Every wait here is on a condition with a deadline, never a bare sleep.
+//! A test binary says `mod common; use common::*;` and gets:
+//! - [`FakeRegistry`] (`fake.rs`, `fake_http.rs`): the upstream, in process, counting
+//!   what it is asked;
+//! - [`TestMirror`] (`mirror.rs`): the real `hoard::run` on 127.0.0.1:0, in process;
+//! - [`Hoard`], [`Launch`], [`Site`] (`child.rs`): the real binary as a child process,
+//!   for what only a process has (signals, exit codes, SIGKILL, RLIMIT_FSIZE, TLS files);
+//! - [`Server`] (`mirror.rs`): the requests both kinds of mirror answer, written once;
+//! - [`Cfg`] (`config.rs`): the one writer of a mirror's TOML, and `write_config` for a
+//!   child's file;
+//! - [`Metrics`], the cache directory as files (`files.rs`), and [`DEADLINE`] with the
+//!   one condition poll [`wait_for`].
+//!
+//! Every wait is on a condition with the one deadline, never a bare sleep; every
+//! directory a test makes is a `TempDir` dropped (and so removed) with it.
+//!
+//! Dead code: each file in `tests/` is its own crate that compiles this module and uses
+//! a part of it, and rustc counts a `pub` item of a test crate that this crate does not
+//! call as dead (rust-lang/rust#46379). So each module below carries
+//! `#[allow(dead_code)]` on its declaration, with nothing allowed file-wide; that no
+//! helper is dead in *every* test binary was checked when the harnesses were merged.
 
-#![allow(dead_code)]
-
+#[allow(dead_code)]
+pub mod child;
+#[allow(dead_code)]
+pub mod config;
+#[allow(dead_code)]
 pub mod fake;
+#[allow(dead_code)]
 pub mod fake_http;
+#[allow(dead_code)]
+pub mod files;
+#[allow(dead_code)]
+pub mod metrics;
+#[allow(dead_code)]
+pub mod mirror;
 
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::future::Future;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
-
+// Re-exported for `use common::*`; a binary that uses nothing of one of them would
+// otherwise be told the import is unused (the same per-binary view as dead code).
+#[allow(unused_imports)]
+pub use child::*;
+#[allow(unused_imports)]
+pub use config::*;
+#[allow(unused_imports)]
 pub use fake::*;
 #[allow(unused_imports)]
 pub use fake_http::{base64, parse_query, percent_decode};
+#[allow(unused_imports)]
+pub use files::*;
+#[allow(unused_imports)]
+pub use metrics::*;
+#[allow(unused_imports)]
+pub use mirror::*;
 
-/// Deadline for anything a test waits on.
+/// How long anything a test waits on may take: a server to start or stop, a
+/// condition to hold, a response to come. Generous, because ~6 builds share 2 cores.
 pub const DEADLINE: Duration = Duration::from_secs(10);
 
-/// Builds a hoard config file.
-#[derive(Clone)]
-pub struct Cfg {
-    cache_dir: PathBuf,
-    default_upstream: String,
-    tag_ttl: String,
-    upstreams: Vec<(String, Vec<(String, String)>)>,
-    /// Extra top-level `key = value` lines (value as TOML).
-    top: Vec<(String, String)>,
-    /// `[local]` keys (value as TOML).
-    local: Vec<(String, String)>,
-}
+/// How often [`wait_for`] looks again: short, since each look is cheap.
+const POLL: Duration = Duration::from_millis(10);
 
-impl Cfg {
-    /// `default_upstream = "docker.io"`, `tag_ttl = "5m"`, no upstreams yet.
-    pub fn new(cache_dir: &Path) -> Cfg {
-        Cfg {
-            cache_dir: cache_dir.to_path_buf(),
-            default_upstream: "docker.io".to_string(),
-            tag_ttl: "5m".to_string(),
-            upstreams: Vec::new(),
-            top: Vec::new(),
-            local: Vec::new(),
-        }
-    }
-
-    /// Adds a top-level `key = value` (value given as TOML).
-    pub fn top(mut self, key: &str, toml_value: &str) -> Cfg {
-        self.top.push((key.to_string(), toml_value.to_string()));
-        self
-    }
-
-    /// Adds `key = value` (value given as TOML) under `[local]`.
-    pub fn local(mut self, key: &str, toml_value: &str) -> Cfg {
-        self.local.push((key.to_string(), toml_value.to_string()));
-        self
-    }
-
-    pub fn default_upstream(mut self, name: &str) -> Cfg {
-        self.default_upstream = name.to_string();
-        self
-    }
-
-    pub fn tag_ttl(mut self, ttl: &str) -> Cfg {
-        self.tag_ttl = ttl.to_string();
-        self
-    }
-
-    /// Adds `[upstreams."<name>"] url = "<url>"`.
-    pub fn upstream(mut self, name: &str, url: &str) -> Cfg {
-        self.upstreams
-            .push((name.to_string(), vec![("url".to_string(), toml_str(url))]));
-        self
-    }
-
-    /// Adds `key = value` (value given as TOML, e.g. `"\"1s\""`) to an upstream added before.
-    pub fn upstream_raw(mut self, name: &str, key: &str, toml_value: &str) -> Cfg {
-        let entry = self
-            .upstreams
-            .iter_mut()
-            .find(|(n, _)| n == name)
-            .unwrap_or_else(|| panic!("upstream {name} not added yet"));
-        entry.1.push((key.to_string(), toml_value.to_string()));
-        self
-    }
-
-    /// Adds a string-valued key to an upstream.
-    pub fn upstream_key(self, name: &str, key: &str, value: &str) -> Cfg {
-        self.upstream_raw(name, key, &toml_str(value))
-    }
-
-    pub fn toml(&self) -> String {
-        let mut out = format!(
-            "listen = \"127.0.0.1:0\"\ncache_dir = {}\ndefault_upstream = {}\ntag_ttl = {}\n",
-            toml_str(&self.cache_dir.display().to_string()),
-            toml_str(&self.default_upstream),
-            toml_str(&self.tag_ttl),
-        );
-        for (k, v) in &self.top {
-            out.push_str(&format!("{k} = {v}\n"));
-        }
-        if !self.local.is_empty() {
-            out.push_str("\n[local]\n");
-            for (k, v) in &self.local {
-                out.push_str(&format!("{k} = {v}\n"));
-            }
-        }
-        for (name, keys) in &self.upstreams {
-            out.push_str(&format!("\n[upstreams.{}]\n", toml_str(name)));
-            for (k, v) in keys {
-                out.push_str(&format!("{k} = {v}\n"));
-            }
-        }
-        out
-    }
-}
-
-/// A TOML basic string.
-fn toml_str(s: &str) -> String {
-    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
-}
-
-/// A running hoard on 127.0.0.1:0.
-pub struct TestMirror {
-    pub addr: SocketAddr,
-    pub client: reqwest::Client,
-    shutdown: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<Result<(), hoard::Error>>>,
-}
-
-/// Dropping a mirror shuts it down and, on a multi-thread runtime, waits (up to
-/// the deadline) for `run` to return: `run` finishes its fills before it
-/// returns, so nothing writes into the cache directory after the test's
-/// `TempDir` (dropped after the mirror) has removed it. Aborting instead left
-/// a committing fill to recreate the directory under /tmp.
-impl Drop for TestMirror {
-    fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        let Some(task) = self.task.take() else {
-            return;
-        };
-        match tokio::runtime::Handle::try_current() {
-            Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
-                tokio::task::block_in_place(|| {
-                    let _ = handle.block_on(tokio::time::timeout(DEADLINE, task));
-                });
-            }
-            _ => task.abort(),
-        }
-    }
-}
-
-/// A client that never follows redirects (hoard must not send clients
-/// elsewhere), ignores proxy variables and has a generous overall timeout.
-pub fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .no_proxy()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap()
-}
-
-impl TestMirror {
-    /// Parses `config_toml`, binds 127.0.0.1:0 and spawns `hoard::run`.
-    pub async fn start(config_toml: &str) -> TestMirror {
-        let config = match hoard::Config::from_toml(config_toml) {
-            Ok(c) => c,
-            Err(e) => panic!("config rejected: {e:?}\n---\n{config_toml}"),
-        };
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind mirror");
-        let addr = listener.local_addr().unwrap();
-        let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(hoard::run(listener, config, async move {
-            let _ = rx.await;
-        }));
-        TestMirror {
-            addr,
-            client: client(),
-            shutdown: Some(tx),
-            task: Some(task),
-        }
-    }
-
-    /// Resolves the shutdown future and waits for `run` to return `Ok`.
-    pub async fn stop(mut self) {
-        self.client = client(); // drop pooled keep-alive connections
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        let task = self.task.take().unwrap();
-        match tokio::time::timeout(DEADLINE, task).await {
-            Ok(Ok(Ok(()))) => {}
-            Ok(Ok(Err(e))) => panic!("hoard::run returned an error: {e:?}"),
-            Ok(Err(e)) => panic!("hoard::run panicked: {e:?}"),
-            Err(_) => panic!("hoard::run did not return within {DEADLINE:?} after shutdown"),
-        }
-    }
-
-    pub fn url(&self, path: &str) -> String {
-        format!("http://{}{}", self.addr, path)
-    }
-
-    pub async fn get(&self, path: &str) -> reqwest::Response {
-        self.client
-            .get(self.url(path))
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("GET {path}: {e:?}"))
-    }
-
-    pub async fn head(&self, path: &str) -> reqwest::Response {
-        self.client
-            .head(self.url(path))
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("HEAD {path}: {e}"))
-    }
-
-    pub async fn get_with(&self, path: &str, headers: &[(&str, &str)]) -> reqwest::Response {
-        let mut req = self.client.get(self.url(path));
-        for (k, v) in headers {
-            req = req.header(*k, *v);
-        }
-        req.send()
-            .await
-            .unwrap_or_else(|e| panic!("GET {path}: {e}"))
-    }
-
-    pub async fn get_range(&self, path: &str, range: &str) -> reqwest::Response {
-        self.get_with(path, &[("Range", range)]).await
-    }
-
-    /// GET that must answer 200; returns the body.
-    pub async fn get_ok(&self, path: &str) -> Bytes {
-        let resp = self.get(path).await;
-        let status = resp.status();
-        let body = resp
-            .bytes()
-            .await
-            .unwrap_or_else(|e| panic!("GET {path}: body error {e}"));
-        assert_eq!(
-            status,
-            200,
-            "GET {path}: body {}",
-            String::from_utf8_lossy(&body)
-        );
-        body
-    }
-
-    /// Waits until every fill in flight is committed (or failed): a client
-    /// gets its last byte once the blob is verified, and the blob enters
-    /// the store just after (synced, renamed, indexed).
-    pub async fn settle(&self) {
-        self.wait_metrics("fills committed", |m| {
-            m.sum("hoard_fills_in_flight", &[]) == 0.0
-        })
-        .await;
-    }
-
-    pub async fn metrics(&self) -> Metrics {
-        let resp = self.get("/metrics").await;
-        assert_eq!(resp.status(), 200, "GET /metrics");
-        Metrics(resp.text().await.unwrap())
-    }
-
-    /// Polls `/metrics` until `pred` holds; fails the test after the deadline.
-    pub async fn wait_metrics(&self, what: &str, pred: impl Fn(&Metrics) -> bool) -> Metrics {
-        let start = tokio::time::Instant::now();
-        loop {
-            let m = self.metrics().await;
-            if pred(&m) {
-                return m;
-            }
-            if start.elapsed() > DEADLINE {
-                panic!("timed out waiting for metrics: {what}\n{}", m.0);
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    }
-}
-
-/// A fake Docker Hub and a mirror with it as `docker.io` (the default).
-pub struct Env {
-    pub hub: FakeRegistry,
-    pub mirror: TestMirror,
-    pub dir: tempfile::TempDir,
-}
-
-impl Env {
-    /// Default config: `tag_ttl = "5m"`.
-    pub async fn start() -> Env {
-        Env::start_with(|c| c).await
-    }
-
-    /// `tweak` adjusts the config after the `docker.io` upstream is added.
-    pub async fn start_with(tweak: impl FnOnce(Cfg) -> Cfg) -> Env {
-        let hub = FakeRegistry::start().await;
-        let dir = tempfile::tempdir().unwrap();
-        let cfg = tweak(Cfg::new(dir.path()).upstream("docker.io", &hub.url()));
-        let mirror = TestMirror::start(&cfg.toml()).await;
-        Env { hub, mirror, dir }
-    }
-}
-
-/// Prometheus text exposition, parsed on demand.
-pub struct Metrics(pub String);
-
-impl Metrics {
-    /// The value of the one series of `name` whose labels include `labels`;
-    /// `None` when absent.
-    pub fn get(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-        let found: Vec<f64> = self.series(name, labels).collect();
-        match found.len() {
-            0 => None,
-            1 => Some(found[0]),
-            _ => Some(found.iter().sum()),
-        }
-    }
-
-    /// Sum over all series of `name` whose labels include `labels` (0 if none).
-    pub fn sum(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        self.series(name, labels).sum()
-    }
-
-    /// Whether the exposition mentions `name` at all.
-    pub fn has(&self, name: &str) -> bool {
-        self.0.lines().any(|l| {
-            let l = l
-                .trim_start_matches("# TYPE ")
-                .trim_start_matches("# HELP ");
-            l.starts_with(name) && l[name.len()..].starts_with([' ', '{'])
-        })
-    }
-
-    fn series<'a>(
-        &'a self,
-        name: &'a str,
-        labels: &'a [(&'a str, &'a str)],
-    ) -> impl Iterator<Item = f64> + 'a {
-        self.0
-            .lines()
-            .filter(|l| !l.starts_with('#'))
-            .filter_map(move |line| {
-                let (series, value) = line.rsplit_once(' ')?;
-                let (metric, label_text) = match series.split_once('{') {
-                    Some((m, rest)) => (m, rest.strip_suffix('}')?),
-                    None => (series, ""),
-                };
-                if metric != name {
-                    return None;
-                }
-                let have: Vec<(&str, &str)> = label_text
-                    .split(',')
-                    .filter(|p| !p.is_empty())
-                    .filter_map(|p| {
-                        let (k, v) = p.split_once('=')?;
-                        Some((k.trim(), v.trim().trim_matches('"')))
-                    })
-                    .collect();
-                if labels.iter().all(|want| have.contains(want)) {
-                    value.trim().parse::<f64>().ok()
-                } else {
-                    None
-                }
-            })
-    }
-
-    pub fn blob_requests(&self, outcome: &str) -> f64 {
-        self.sum(
-            "hoard_requests_total",
-            &[("kind", "blob"), ("outcome", outcome)],
-        )
-    }
-}
-
-/// Reads a header as a string ("" when absent).
-pub fn header(resp: &reqwest::Response, name: &str) -> String {
-    resp.headers()
-        .get(name)
-        .map(|v| v.to_str().unwrap_or("<non-ascii>").to_string())
-        .unwrap_or_default()
-}
-
-/// Asserts an OCI error response: `status` and an `{"errors":[{"code":..}]}`
-/// body whose first code is one of `codes`. Returns the code.
-pub async fn assert_oci_error(resp: reqwest::Response, status: u16, codes: &[&str]) -> String {
-    let got = resp.status().as_u16();
-    let body = resp.bytes().await.unwrap_or_default();
-    check_oci_error(got, &body, status, codes)
-}
-
-/// Like `assert_oci_error` for an already read status and body.
-pub fn check_oci_error(got: u16, body: &[u8], status: u16, codes: &[&str]) -> String {
-    let text = String::from_utf8_lossy(body);
-    assert_eq!(got, status, "status (body: {text})");
-    let json: serde_json::Value = serde_json::from_slice(body)
-        .unwrap_or_else(|e| panic!("error body is not JSON ({e}): {text:?}"));
-    let first = &json["errors"][0];
-    let code = first["code"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no errors[0].code in {text}"));
-    assert!(
-        first["message"].is_string(),
-        "errors[0].message must be a string: {text}"
-    );
-    assert!(
-        codes.contains(&code),
-        "code {code}, expected one of {codes:?}: {text}"
-    );
-    code.to_string()
-}
-
-/// The OCI error code of a 4xx, or panic; for checks that accept any 4xx.
-pub fn check_client_error(got: u16, body: &[u8]) -> String {
-    let text = String::from_utf8_lossy(body);
-    assert!(
-        (400..500).contains(&got),
-        "expected a 4xx, got {got}: {text}"
-    );
-    let json: serde_json::Value = serde_json::from_slice(body)
-        .unwrap_or_else(|e| panic!("error body is not JSON ({e}): {text:?}"));
-    json["errors"][0]["code"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no errors[0].code in {text}"))
-        .to_string()
-}
-
-/// A response read by `raw_request`.
-#[derive(Debug)]
-pub struct RawResponse {
-    pub status: u16,
-    pub headers: hyper::HeaderMap,
-    pub body: Bytes,
-}
-
-/// Sends one request with the path exactly as given (no dot-segment
-/// normalisation, no percent-decoding), over a fresh HTTP/1.1 connection.
-pub async fn raw_request(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-) -> RawResponse {
-    let stream = tokio::net::TcpStream::connect(addr)
-        .await
-        .expect("connect mirror");
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .expect("handshake");
-    tokio::spawn(conn);
-    let mut req = hyper::Request::builder()
-        .method(method)
-        .uri(path)
-        .header(hyper::header::HOST, addr.to_string());
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let req = req.body(Empty::<Bytes>::new()).expect("request");
-    let resp = tokio::time::timeout(DEADLINE, sender.send_request(req))
-        .await
-        .unwrap_or_else(|_| panic!("{method} {path}: no answer"))
-        .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
-    let status = resp.status().as_u16();
-    let headers = resp.headers().clone();
-    let body = tokio::time::timeout(DEADLINE, resp.into_body().collect())
-        .await
-        .unwrap_or_else(|_| panic!("{method} {path}: body timed out"))
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
-    RawResponse {
-        status,
-        headers,
-        body,
-    }
-}
-
-/// Reads a whole body, returning the error if the stream broke.
-pub async fn read_body(resp: reqwest::Response) -> Result<Bytes, reqwest::Error> {
-    resp.bytes().await
-}
-
-/// Reads chunks until at least `n` bytes arrived; returns them and the rest of the response.
-pub async fn read_at_least(resp: &mut reqwest::Response, n: usize) -> Vec<u8> {
-    let mut got = Vec::new();
-    while got.len() < n {
-        match tokio::time::timeout(DEADLINE, resp.chunk()).await {
-            Ok(Ok(Some(chunk))) => got.extend_from_slice(&chunk),
-            Ok(Ok(None)) => panic!("body ended after {} bytes, wanted {n}", got.len()),
-            Ok(Err(e)) => panic!("body error after {} bytes: {e}", got.len()),
-            Err(_) => panic!("no progress after {} bytes, wanted {n}", got.len()),
-        }
-    }
-    got
-}
-
-/// `/v2/<name>/blobs/<digest>`
-pub fn blob_path(name: &str, digest: &str) -> String {
-    format!("/v2/{name}/blobs/{digest}")
-}
-
-/// `/v2/<name>/manifests/<reference>`
-pub fn manifest_path(name: &str, reference: &str) -> String {
-    format!("/v2/{name}/manifests/{reference}")
-}
-
-/// What a spawned client got: status, `Content-Range`, and the body (or the
-/// error that broke it).
-pub type Outcome = (reqwest::StatusCode, String, Result<Bytes, reqwest::Error>);
-
-/// Concurrent clients of the mirror, each in its own task.
-#[derive(Default)]
-pub struct Clients {
-    headers_in: std::sync::Arc<std::sync::atomic::AtomicUsize>,
-    tasks: Vec<JoinHandle<Outcome>>,
-}
-
-impl Clients {
-    pub fn new() -> Clients {
-        Clients::default()
-    }
-
-    /// Starts a GET of `path` (with `Range` if given).
-    pub fn spawn(&mut self, mirror: &TestMirror, path: &str, range: Option<&str>) {
-        let mut req = mirror.client.get(mirror.url(path));
-        if let Some(range) = range {
-            req = req.header("Range", range);
-        }
-        let headers_in = self.headers_in.clone();
-        self.tasks.push(tokio::spawn(async move {
-            let resp = req.send().await.expect("send");
-            headers_in.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            let (status, content_range) = (resp.status(), header(&resp, "Content-Range"));
-            (status, content_range, resp.bytes().await)
-        }));
-    }
-
-    /// Waits until every client is attached to hoard: all have their
-    /// response headers, or hoard's blob request counters (miss + hit +
-    /// coalesced) reached `counted`.
-    pub async fn wait_attached(&self, mirror: &TestMirror, counted: f64) {
-        let n = self.tasks.len();
-        mirror
-            .wait_metrics("all clients attached", |m| {
-                self.headers_in.load(std::sync::atomic::Ordering::SeqCst) >= n
-                    || m.blob_requests("miss")
-                        + m.blob_requests("hit")
-                        + m.blob_requests("coalesced")
-                        >= counted
-            })
-            .await;
-    }
-
-    /// Waits for every client to finish, in spawn order.
-    pub async fn join(self) -> Vec<Outcome> {
-        let mut out = Vec::new();
-        for task in self.tasks {
-            out.push(
-                tokio::time::timeout(DEADLINE, task)
-                    .await
-                    .expect("client finished")
-                    .expect("client task"),
+/// Polls `cond` until it holds; after [`DEADLINE`] fails the test with `what` and
+/// `explain()` (what was seen instead). A synchronous condition is passed as
+/// `|| std::future::ready(cond)`.
+#[allow(dead_code)]
+pub async fn wait_for<F, Fut>(what: &str, mut cond: F, explain: impl Fn() -> String)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while !cond().await {
+        if tokio::time::Instant::now() > deadline {
+            panic!(
+                "timed out after {DEADLINE:?} waiting for {what}: {}",
+                explain()
             );
         }
-        out
+        tokio::time::sleep(POLL).await;
     }
 }
