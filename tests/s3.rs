@@ -87,6 +87,13 @@ impl Weed {
             "-webdav=false".into(),
             "-s3.port.iceberg=0".into(),
             "-s3.port.lance=0".into(),
+            // Its unix sockets default to /tmp/seaweedfs-*.sock, left behind by the kill on
+            // drop: into the temporary directory with everything else.
+            format!(
+                "-filer.localSocket={}",
+                dir.path().join("filer.sock").display()
+            ),
+            format!("-s3.localSocket={}", dir.path().join("s3.sock").display()),
         ];
         let https_port = tls.then(free_port);
         if let Some(port) = https_port {
@@ -113,9 +120,12 @@ impl Weed {
         }
         let log = std::fs::File::create(dir.path().join("weed.log")).unwrap();
         let child = Command::new(weed)
+            // glog writes weed.<host>.<user>.log.* into $TMPDIR unless given a -logdir.
+            .arg(format!("-logdir={}", dir.path().display()))
             .arg("mini")
             .args(&args)
             .current_dir(dir.path())
+            .env("TMPDIR", dir.path())
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)

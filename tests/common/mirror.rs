@@ -2,6 +2,8 @@
 //! [`Server`] requests every kind of mirror answers, and the checks of what came back.
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, Once};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
@@ -44,6 +46,44 @@ impl Drop for TestMirror {
     }
 }
 
+/// Cache directories of the mirrors this test binary started.
+static SWEPT: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+/// Removes a mirror's cache directory once more when the test binary exits. The test's
+/// `TempDir` removes it first, but a write hoard started before its shutdown (a tag
+/// record, a shard directory) may land just after and recreate the path; at exit every
+/// test's runtime is gone, and with it every writer. Only directories under the
+/// temporary directory are taken.
+fn sweep_at_exit(cache_dir: &Path) {
+    static REGISTER: Once = Once::new();
+    extern "C" fn sweep() {
+        let dirs = SWEPT.lock().unwrap_or_else(|p| p.into_inner());
+        let tmp = std::env::temp_dir();
+        for dir in dirs.iter() {
+            let _ = std::fs::remove_dir_all(dir);
+            // Parents a late write recreated too, up to the temporary directory.
+            let mut up = dir.parent();
+            while let Some(parent) = up.filter(|p| *p != tmp && p.starts_with(&tmp)) {
+                if std::fs::remove_dir(parent).is_err() {
+                    break;
+                }
+                up = parent.parent();
+            }
+        }
+    }
+    if !cache_dir.starts_with(std::env::temp_dir()) {
+        return;
+    }
+    REGISTER.call_once(|| {
+        // SAFETY: registers a plain function; it runs at exit on one thread.
+        unsafe { libc::atexit(sweep) };
+    });
+    SWEPT
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(cache_dir.to_path_buf());
+}
+
 /// A client that never follows redirects (hoard must not send clients
 /// elsewhere), ignores proxy variables and has a generous overall timeout.
 pub fn client() -> reqwest::Client {
@@ -62,6 +102,7 @@ impl TestMirror {
             Ok(c) => c,
             Err(e) => panic!("config rejected: {e:?}\n---\n{config_toml}"),
         };
+        sweep_at_exit(&config.cache_dir);
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind mirror");
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = oneshot::channel::<()>();
