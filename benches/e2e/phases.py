@@ -407,8 +407,9 @@ class Phases:
             srv.stop()
             t, srv = m.time_to_first_200(lambda: self.f.hoard(cache_dir=full, wait=False, log="info"))
             full_times.append(t)
-            srv.stop(remove_data=False)
+            # hoard answers while its index loads: wait for the load to finish before the stop.
             logged.append(index_ms(srv.daemon.log_path))
+            srv.stop(remove_data=False)
         e, fu = m.median(empty_times), m.median(full_times)
         shutil.rmtree(full, ignore_errors=True)
         rebuild = fu - e
@@ -420,17 +421,25 @@ class Phases:
             hoard=rebuild, target="≤ 2 s", met=rebuild <= 2,
             note=f"hoard's own 'cache index loaded' log: {m.median(logged)} ms",
             raw={"runs": full_times, "logged_ms": logged}))
+        self.rows.append(Row(
+            "index_complete_seconds", f"index complete, {n:,} cached blobs (hoard's log; it serves meanwhile)",
+            "s", hoard=m.median(logged) / 1000, raw={"logged_ms": logged}))
 
 
-def index_ms(log_path):
-    """The `ms=` of hoard's `cache index loaded` line."""
-    with open(log_path, "rb") as f:
-        for line in f.read().decode("utf-8", "replace").splitlines():
-            if "cache index loaded" in line:
-                for field in line.split():
-                    if field.startswith("ms="):
-                        return int(field[3:])
-    raise CheckFailed(f"no 'cache index loaded' line in {log_path}")
+def index_ms(log_path, timeout=120):
+    """The `ms=` of hoard's `cache index loaded` line, polled for until `timeout`: hoard
+    serves while the index loads, so the line may come after the first 200."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with open(log_path, "rb") as f:
+            for line in f.read().decode("utf-8", "replace").splitlines():
+                if "cache index loaded" in line:
+                    for field in line.split():
+                        if field.startswith("ms="):
+                            return int(field[3:])
+        if time.monotonic() > deadline:
+            raise CheckFailed(f"no 'cache index loaded' line in {log_path} within {timeout} s")
+        time.sleep(0.05)
 
 
 MANIFEST_ACCEPT = ("application/vnd.docker.distribution.manifest.v2+json, "
