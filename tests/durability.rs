@@ -2,7 +2,7 @@
 //! `hoard verify` beside a serving hoard, strays at start, a foreign
 //! directory, and a ranged request on a blob that is still being filled.
 //!
-//! These start `hoard serve` as a child process (see `common/bin.rs`) against
+//! These start `hoard serve` as a child process (see `common/child.rs`) against
 //! the in-process fake upstream, whose gate holds a blob body after its
 //! first chunk so a test can act while a fill is provably incomplete.
 
