@@ -7,7 +7,8 @@
 //!
 //! # Layout
 //! - [`auth`]: access control: htpasswd users, rules, hoard's own tokens.
-//! - [`config`]: `mirror.toml` -> validated [`Config`].
+//! - [`config`]: `mirror.toml` -> validated [`Config`], every section
+//!   (`[auth]`, `[local]`, `[prefetch]`, upstreams) owned here.
 //! - [`error`]: the API error, mapped once to HTTP status and OCI code.
 //! - [`http`]: route table, query parameters, connection info: HTTP
 //!   helpers below `server`, `admin`, `auth` and `registry`.

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use http::{header, Request};
 
 use super::access::Resource;
-use super::config::{Action, AuthConfig, Scheme};
+use crate::config::auth::{Action, AuthConfig, Scheme};
 use crate::http::ConnInfo;
 
 /// The challenge for a request that needs `needs` (empty: just log in).

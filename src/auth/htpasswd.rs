@@ -15,7 +15,7 @@ use std::path::Path;
 
 use crate::config::ConfigError;
 
-use super::config::ANONYMOUS;
+use crate::config::auth::ANONYMOUS;
 
 /// The bcrypt costs `htpasswd -B -C` writes. A higher cost is refused at
 /// start: every login of that user (and the dummy check of unknown names,

@@ -10,7 +10,7 @@
 //!
 //! # Layout
 //! - [`access`]: what each request needs (route + method -> resource, action).
-//! - [`config`]: the `[auth]` table.
+//! - the `[auth]` table itself is `config::auth`.
 //! - [`htpasswd`]: the bcrypt user file.
 //! - [`login`]: password checks with a failure limit and a success cache.
 //! - [`rules`]: rule evaluation.
@@ -20,7 +20,6 @@
 
 pub mod access;
 pub mod challenge;
-pub mod config;
 pub mod endpoint;
 pub mod htpasswd;
 mod limit;
@@ -36,7 +35,7 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use http::{header, Request, StatusCode};
 
-pub use config::{Action, AuthConfig, Scheme};
+pub use crate::config::auth::{Action, AuthConfig, Scheme};
 
 use crate::config::ConfigError;
 use crate::error::ApiError;

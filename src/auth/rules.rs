@@ -1,6 +1,6 @@
 //! Rule evaluation: may this user do this action on this repository?
 
-use super::config::{Action, Rule, ANONYMOUS};
+use crate::config::auth::{Action, Rule, ANONYMOUS};
 
 /// The configured rules.
 #[derive(Debug, Clone)]

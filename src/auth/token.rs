@@ -14,7 +14,7 @@ use base64::Engine;
 use ring::hmac;
 use serde::{Deserialize, Serialize};
 
-use super::config::Action;
+use crate::config::auth::Action;
 use crate::config::ConfigError;
 
 /// The only header hoard writes; a token with any other header is refused,

@@ -117,13 +117,13 @@ impl std::fmt::Display for Platform {
 /// Platforms to keep from multi-platform images (`linux/amd64,linux/arm64/v8`),
 /// parsed as `hoard prefetch --platform` parses them. Empty: all of them.
 #[derive(Debug, Clone, Default)]
-pub struct Platforms(Vec<crate::prefetch::reference::Platform>);
+pub struct Platforms(Vec<crate::oci::Platform>);
 
 impl std::str::FromStr for Platforms {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Platforms, String> {
-        crate::prefetch::reference::Platform::parse_list(&[s.to_owned()])
+        crate::oci::Platform::parse_list(&[s.to_owned()])
             .map(Platforms)
             .map_err(|e| e.to_string())
     }

@@ -1,7 +1,7 @@
 //! Local repositories: images pushed to hoard, kept beside the mirror's
 //! cache in the same content-addressed store, outside its size budget.
 //!
-//! - [`config`]: the `[local]` table.
+//! - the `[local]` table itself is `config::local`.
 //! - [`records`]: each repository's linked blobs, manifests and tags,
 //!   persisted atomically in the [`Records`] store.
 //! - [`uploads`]: upload sessions streaming into a staging of the blob store.
@@ -16,7 +16,6 @@
 //! uploaded blob" never interleave with "find unreferenced blobs and delete
 //! them", so the GC cannot delete a blob a push is about to reference.
 
-pub mod config;
 pub mod gc;
 pub mod manifest;
 pub mod records;
@@ -28,10 +27,10 @@ use std::sync::{Arc, RwLock};
 use bytes::Bytes;
 
 use crate::cache::{self, index::now_secs, Cache, Holder};
+pub use crate::config::local::{LocalConfig, PushFrom};
 use crate::metrics::Metrics;
 use crate::oci::{Digest, Reference, RepoName};
 use crate::storage::{Records, Staging, Version};
-pub use config::{LocalConfig, PushFrom};
 use records::{ManifestRecord, RepoRecord};
 use uploads::Uploads;
 

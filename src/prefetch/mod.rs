@@ -30,18 +30,18 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, Semaphore};
 
 use crate::cache::{Cache, Holder, ReadError};
+pub use crate::config::prefetch::DEFAULT_JOBS;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::oci::Digest;
+pub use crate::oci::Platform;
 use crate::pins::{Pin, Pins};
 use crate::policy;
 use crate::upstream::{Upstream, Upstreams};
 pub use offline::Readiness;
-pub use reference::{parse_list, ImageRef, Platform, RefError};
+pub use reference::{parse_list, ImageRef, RefError};
 pub use walk::Plan;
 
-/// Default number of blobs fetched at once.
-pub const DEFAULT_JOBS: usize = 4;
 /// Progress is reported at most once per this many bytes of a blob.
 const PROGRESS_STEP: u64 = 1024 * 1024;
 

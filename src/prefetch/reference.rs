@@ -25,9 +25,6 @@ pub enum RefError {
     /// Names a registry hoard has no upstream for.
     #[error("registry {0:?} is not configured in hoard: add it under [upstreams] in mirror.toml")]
     NotConfigured(String),
-    /// A platform that is not `os/arch[/variant]`.
-    #[error("{0:?} is not a platform: write os/arch or os/arch/variant, e.g. linux/arm64")]
-    Platform(String),
 }
 
 /// A resolved image reference.
@@ -126,69 +123,6 @@ pub fn parse_list(text: &str) -> Vec<String> {
         .collect()
 }
 
-/// A platform filter: `linux/arm64`, `linux/arm/v7`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Platform {
-    /// Operating system.
-    pub os: String,
-    /// Architecture.
-    pub arch: String,
-    /// Variant, when the filter names one.
-    pub variant: Option<String>,
-}
-
-impl Platform {
-    /// Parses `os/arch[/variant]`.
-    pub fn parse(text: &str) -> Result<Platform, RefError> {
-        let parts: Vec<&str> = text.trim().split('/').collect();
-        let ok = |s: &&str| {
-            !s.is_empty()
-                && s.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-        };
-        match parts.as_slice() {
-            [os, arch] if ok(os) && ok(arch) => Ok(Platform {
-                os: os.to_string(),
-                arch: arch.to_string(),
-                variant: None,
-            }),
-            [os, arch, v] if ok(os) && ok(arch) && ok(v) => Ok(Platform {
-                os: os.to_string(),
-                arch: arch.to_string(),
-                variant: Some(v.to_string()),
-            }),
-            _ => Err(RefError::Platform(text.to_owned())),
-        }
-    }
-
-    /// Parses a comma-separated list (`linux/amd64,linux/arm64`).
-    pub fn parse_list(items: &[String]) -> Result<Vec<Platform>, RefError> {
-        items
-            .iter()
-            .flat_map(|s| s.split(','))
-            .filter(|s| !s.trim().is_empty())
-            .map(Platform::parse)
-            .collect()
-    }
-
-    /// Whether an index entry's platform matches this filter.
-    pub fn matches(&self, os: &str, arch: &str, variant: Option<&str>) -> bool {
-        self.os == os
-            && self.arch == arch
-            && self.variant.as_deref().is_none_or(|v| Some(v) == variant)
-    }
-}
-
-impl fmt::Display for Platform {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.os, self.arch)?;
-        if let Some(v) = &self.variant {
-            write!(f, "/{v}")?;
-        }
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -234,17 +168,10 @@ mod tests {
     }
 
     #[test]
-    fn lists_and_platforms() {
+    fn lists() {
         assert_eq!(
             parse_list("# images\nalpine:3.19  # base\n\n  team/app:v1\n"),
             vec!["alpine:3.19", "team/app:v1"]
         );
-        let p = Platform::parse_list(&["linux/amd64,linux/arm/v7".into()]).unwrap();
-        assert!(p[0].matches("linux", "amd64", None));
-        assert!(p[0].matches("linux", "amd64", Some("v2")));
-        assert!(!p[1].matches("linux", "arm", Some("v6")));
-        assert!(p[1].matches("linux", "arm", Some("v7")));
-        assert!(Platform::parse("linux").is_err());
-        assert!(Platform::parse("linux/../x").is_err());
     }
 }

@@ -1,5 +1,9 @@
 //! `mirror.toml` -> validated [`Config`].
 //!
+//! The config layer owns every section, one file each ([`auth`], [`local`],
+//! [`prefetch`], the upstreams), so it sits on the ground floor and imports
+//! no feature: the features read their section from here.
+//!
 //! The embedded default (`mirror.toml` at the repository root) documents every
 //! key. Parsing refuses unknown keys; [`Config::validate`] names the key at
 //! fault for bad values, so a typo stops hoard at start, not at 3 a.m.
@@ -11,12 +15,20 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub mod auth;
+pub mod local;
+pub mod prefetch;
 pub mod storage;
+mod upstream;
 
+pub use auth::AuthConfig;
+pub use local::LocalConfig;
+pub use prefetch::PrefetchConfig;
 pub use storage::{StorageConfig, StorageKind};
+pub use upstream::{Credentials, UpstreamConfig};
 
 /// The default configuration, compiled in.
-pub const DEFAULT_CONFIG: &str = include_str!("../mirror.toml");
+pub const DEFAULT_CONFIG: &str = include_str!("../../mirror.toml");
 
 /// Why a configuration was refused.
 #[derive(Debug, thiserror::Error)]
@@ -94,15 +106,15 @@ pub struct Config {
     pub tls: Option<TlsConfig>,
     /// Local (pushed) repositories beside the mirror.
     #[serde(default)]
-    pub local: crate::local::LocalConfig,
+    pub local: LocalConfig,
     /// Configured upstream registries by name.
     pub upstreams: BTreeMap<String, UpstreamConfig>,
     /// Access control (`[auth]`); off when absent.
     #[serde(default)]
-    pub auth: Option<crate::auth::AuthConfig>,
+    pub auth: Option<AuthConfig>,
     /// Images kept prefetched and pinned (`[prefetch]`, see docs/airgap.md).
     #[serde(default)]
-    pub prefetch: crate::prefetch::schedule::PrefetchConfig,
+    pub prefetch: PrefetchConfig,
     /// Where blobs and records live (`[storage]`): the disk, or an
     /// S3-compatible bucket with the disk as a tier in front.
     #[serde(default)]
@@ -147,72 +159,6 @@ fn default_max_header_bytes() -> usize {
 
 fn default_max_manifest() -> usize {
     4 * 1024 * 1024
-}
-
-/// One upstream registry.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct UpstreamConfig {
-    /// Base URL (`https://registry-1.docker.io`).
-    pub url: String,
-    /// Username for the token realm.
-    pub username: Option<String>,
-    /// Password given inline (prefer `password_env` or `password_file`).
-    pub password: Option<String>,
-    /// Environment variable holding the password.
-    pub password_env: Option<String>,
-    /// File holding the password.
-    pub password_file: Option<PathBuf>,
-    /// Environment variable holding a static bearer token.
-    pub token_env: Option<String>,
-    /// File holding a static bearer token.
-    pub token_file: Option<PathBuf>,
-    /// Extra CA certificates (PEM).
-    pub ca_file: Option<PathBuf>,
-    /// Per-upstream tag TTL.
-    #[serde(default, with = "humantime_serde")]
-    pub tag_ttl: Option<Duration>,
-    /// Connect time-out.
-    #[serde(default = "default_connect", with = "humantime_serde")]
-    pub connect_timeout: Duration,
-    /// Longest wait for headers or the next body chunk.
-    #[serde(default = "default_read", with = "humantime_serde")]
-    pub read_timeout: Duration,
-}
-
-fn default_connect() -> Duration {
-    Duration::from_secs(10)
-}
-
-fn default_read() -> Duration {
-    Duration::from_secs(60)
-}
-
-/// Credentials resolved from the config at start.
-#[derive(Clone)]
-pub enum Credentials {
-    /// Anonymous.
-    None,
-    /// Basic credentials sent to the token realm (or the registry itself).
-    Basic {
-        /// User.
-        username: String,
-        /// Password or personal access token.
-        password: String,
-    },
-    /// A static bearer token.
-    Token(String),
-}
-
-impl std::fmt::Debug for Credentials {
-    // Secrets never reach a log line.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Credentials::None => f.write_str("None"),
-            Credentials::Basic { username, .. } => write!(f, "Basic({username}, ***)"),
-            Credentials::Token(_) => f.write_str("Token(***)"),
-        }
-    }
 }
 
 impl Config {
@@ -359,51 +305,6 @@ fn valid_registry_name(name: &str) -> bool {
         .bytes()
         .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-' | b':'));
     chars_ok && name.len() <= 253 && (name.contains(['.', ':']) || name == "localhost")
-}
-
-impl UpstreamConfig {
-    /// Tag TTL for this upstream.
-    pub fn tag_ttl(&self, global: Duration) -> Duration {
-        self.tag_ttl.unwrap_or(global)
-    }
-
-    /// Reads the credentials named by the config (env vars, files).
-    pub fn credentials(&self, name: &str) -> Result<Credentials, ConfigError> {
-        let key = |k: &str| format!("upstreams.\"{name}\".{k}");
-        let from_env = |k: &str, var: &str| {
-            std::env::var(var).map_err(|_| ConfigError::Secret {
-                key: key(k),
-                msg: format!("environment variable {var} is not set"),
-            })
-        };
-        let from_file = |k: &str, path: &PathBuf| {
-            std::fs::read_to_string(path)
-                .map(|s| s.trim().to_owned())
-                .map_err(|e| ConfigError::Secret {
-                    key: key(k),
-                    msg: format!("cannot read {}: {e}", path.display()),
-                })
-        };
-        if let Some(var) = &self.token_env {
-            return Ok(Credentials::Token(from_env("token_env", var)?));
-        }
-        if let Some(path) = &self.token_file {
-            return Ok(Credentials::Token(from_file("token_file", path)?));
-        }
-        let password = match (&self.password, &self.password_env, &self.password_file) {
-            (Some(p), _, _) => Some(p.clone()),
-            (_, Some(var), _) => Some(from_env("password_env", var)?),
-            (_, _, Some(path)) => Some(from_file("password_file", path)?),
-            _ => None,
-        };
-        Ok(match (&self.username, password) {
-            (Some(username), Some(password)) => Credentials::Basic {
-                username: username.clone(),
-                password,
-            },
-            _ => Credentials::None,
-        })
-    }
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::config::ConfigError;
+use super::ConfigError;
 
 /// User name that stands for "no credentials" in `rules.users`. It cannot
 /// log in: an htpasswd entry with this name is refused at start.
@@ -250,7 +250,7 @@ mod tests {
     /// parses and says what the defaults are.
     #[test]
     fn documented_example_is_the_default() {
-        let doc = crate::config::DEFAULT_CONFIG;
+        let doc = super::super::DEFAULT_CONFIG;
         let start = doc.find("# [auth]").unwrap();
         let end = doc[start..].find("\n\n").unwrap() + start;
         let text: String = doc[start..end]
