@@ -387,14 +387,15 @@ impl Metrics {
             .set(i64::try_from(bytes).unwrap_or(i64::MAX));
     }
 
-    /// Sets the gauges of content held outside the budget.
-    pub fn set_held(&self, holder: crate::cache::Holder, bytes: u64, blobs: u64) {
-        let (b, n) = match holder {
-            crate::cache::Holder::Local => (&self.local_bytes, &self.local_blobs),
-            crate::cache::Holder::Pin => (&self.pinned_bytes, &self.pinned_blobs),
-        };
-        b.set(i64::try_from(bytes).unwrap_or(i64::MAX));
-        n.set(i64::try_from(blobs).unwrap_or(i64::MAX));
+    /// Sets the gauges of content held outside the budget by local (pushed)
+    /// repositories and by pins: plain numbers, not the cache's `Holder`, so
+    /// metrics stays on the ground floor.
+    pub fn set_held(&self, local: (u64, u64), pinned: (u64, u64)) {
+        let set = |g: &IntGauge, v: u64| g.set(i64::try_from(v).unwrap_or(i64::MAX));
+        set(&self.local_bytes, local.0);
+        set(&self.local_blobs, local.1);
+        set(&self.pinned_bytes, pinned.0);
+        set(&self.pinned_blobs, pinned.1);
     }
 
     /// Counts bytes received by blob uploads.

@@ -389,10 +389,7 @@ fn publish_sizes(blobs: &BlobIndex, metrics: &Metrics) {
     let bytes = blobs.bytes();
     metrics.set_cache_size(bytes, blobs.count());
     metrics.set_budgeted(bytes.saturating_sub(blobs.held_bytes()));
-    for h in [Holder::Local, Holder::Pin] {
-        let (bytes, count) = blobs.held_by(h);
-        metrics.set_held(h, bytes, count);
-    }
+    metrics.set_held(blobs.held_by(Holder::Local), blobs.held_by(Holder::Pin));
 }
 
 /// Off the hot path: deletes the files of blobs the budget evicted, and
