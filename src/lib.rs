@@ -33,6 +33,8 @@
 //! - [`prefetch`]: fetching whole images ahead of need, readiness checks.
 //! - [`admin`]: the operator API under `/_hoard/` (prefetch, pins, ls, check).
 //! - [`malloc`]: glibc malloc settings that keep streaming buffers resident.
+//! - [`body`]: the response body every handler returns (an error aborts it).
+//! - [`commands`]: the offline commands of the binary besides `serve`.
 
 pub mod admin;
 pub mod auth;
