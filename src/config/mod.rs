@@ -76,7 +76,7 @@ pub struct Config {
     /// Upstream used when a request names none.
     pub default_upstream: String,
     /// How long tags are served without revalidation.
-    #[serde(with = "humantime_serde")]
+    #[serde(default = "default_tag_ttl", with = "humantime_serde")]
     pub tag_ttl: Duration,
     /// Log format.
     #[serde(default)]
@@ -131,6 +131,12 @@ pub struct TlsConfig {
     pub cert: PathBuf,
     /// PEM private key.
     pub key: PathBuf,
+}
+
+/// The embedded mirror.toml's value: a tag moves upstream at most five
+/// minutes before clients of the mirror see it.
+fn default_tag_ttl() -> Duration {
+    Duration::from_secs(300)
 }
 
 fn default_max_size() -> bytesize::ByteSize {
@@ -317,6 +323,19 @@ mod tests {
         assert_eq!(c.default_upstream, "docker.io");
         assert!(c.upstreams.contains_key("ghcr.io"));
         assert_eq!(c.max_size.as_u64(), 20 * 1024 * 1024 * 1024);
+    }
+
+    #[test]
+    fn tag_ttl_defaults_to_the_embedded_value() {
+        let embedded = Config::embedded().unwrap();
+        let without: String = DEFAULT_CONFIG
+            .lines()
+            .filter(|l| !l.starts_with("tag_ttl"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert_ne!(without, DEFAULT_CONFIG);
+        let c = Config::from_toml(&without).unwrap();
+        assert_eq!(c.tag_ttl, embedded.tag_ttl);
     }
 
     #[test]
