@@ -30,6 +30,10 @@ use hoard::metrics::Metrics;
 use hoard::oci::{Digest, Hasher, Reference, RepoName};
 use hoard::upstream::Upstreams;
 
+/// How long the fake upstream waits for a stalled client; `fake.rs` reads
+/// it from its parent module, as `tests/common/mod.rs` defines it there.
+const DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The test suite's in-process upstream registry (`tests/common`).
 #[allow(dead_code, unused_imports)]
 #[path = "../tests/common/fake.rs"]
