@@ -275,7 +275,7 @@ fn fill(c: &mut Criterion) {
             },
             |digest| {
                 rt.block_on(async {
-                    let fill = hoard::policy::fill(&cache, &upstream, &repo, &digest)
+                    let fill = hoard::policy::fill(&cache, &upstream, &repo, &digest, None)
                         .expect("a blob the cache lacks starts a fill")
                         .fill;
                     let mut body = std::pin::pin!(hoard::policy::read(

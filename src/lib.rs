@@ -41,6 +41,7 @@ pub mod auth;
 pub mod body;
 pub mod bundle;
 pub mod cache;
+pub mod cluster;
 pub mod commands;
 pub mod config;
 pub mod error;
@@ -173,11 +174,22 @@ pub async fn run_listeners(
         pins.clone(),
         metrics.clone(),
     ));
-    let registry = Arc::new(
+    let cluster = config
+        .cluster
+        .as_ref()
+        .map(cluster::Cluster::new)
+        .transpose()?;
+    let mut registry =
         registry::Registry::new(config, upstreams, cache.clone(), local, metrics.clone())
             .with_auth(auth.clone())
-            .with_pins(pins.clone()),
-    );
+            .with_pins(pins.clone());
+    let mut membership = None;
+    if let Some(c) = cluster {
+        tracing::info!(node = c.me(), "cluster mode: blob misses go to their owner");
+        membership = Some(c.spawn());
+        registry = registry.with_cluster(c);
+    }
+    let registry = Arc::new(registry);
     let admin = Arc::new(admin::Admin::new(engine.clone()).with_auth(auth));
     let scheduled = prefetch::schedule::spawn(engine);
     if let Ok(addr) = plain.local_addr() {
@@ -195,6 +207,9 @@ pub async fn run_listeners(
     };
     server::serve(listeners, shared, limits, shutdown, reload).await;
     if let Some(task) = scheduled {
+        task.abort();
+    }
+    if let Some(task) = membership {
         task.abort();
     }
     Ok(())

@@ -16,12 +16,14 @@ use std::time::Duration;
 use serde::Deserialize;
 
 pub mod auth;
+pub mod cluster;
 pub mod local;
 pub mod prefetch;
 pub mod storage;
 mod upstream;
 
 pub use auth::AuthConfig;
+pub use cluster::ClusterConfig;
 pub use local::LocalConfig;
 pub use prefetch::PrefetchConfig;
 pub use storage::{StorageConfig, StorageKind};
@@ -119,6 +121,9 @@ pub struct Config {
     /// S3-compatible bucket with the disk as a tier in front.
     #[serde(default)]
     pub storage: StorageConfig,
+    /// Replicas sharing the bucket (`[cluster]`); off when absent.
+    #[serde(default)]
+    pub cluster: Option<ClusterConfig>,
 }
 
 /// A TLS listener beside the plain one.
@@ -240,6 +245,9 @@ impl Config {
             auth.validate()?;
         }
         self.storage.validate()?;
+        if let Some(cluster) = &self.cluster {
+            cluster.validate()?;
+        }
         for (name, up) in &self.upstreams {
             let key = |k: &str| format!("upstreams.\"{name}\".{k}");
             if !valid_registry_name(name) {

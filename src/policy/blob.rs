@@ -1,10 +1,12 @@
-//! A blob miss: join the fill, or lead it by fetching from the upstream.
+//! A blob miss: join the fill, or lead it by fetching: from the blob's
+//! owner in a cluster, else (or when the owner fails) from the upstream.
 
 use std::sync::Arc;
 
 use futures_util::TryStreamExt;
 
 use crate::cache::{Cache, Fill, FillPermit, Join, OriginError};
+use crate::cluster::Cluster;
 use crate::oci::{Digest, RepoName};
 use crate::upstream::{self, Upstream};
 
@@ -22,11 +24,16 @@ pub struct Filling {
 /// runs in a task of its own, so the fill finishes and commits whoever
 /// hangs up. `None` when the blob got committed meanwhile (serve it from
 /// the cache).
+///
+/// With `via` (a cluster, for a request no peer forwarded) the leader
+/// first asks the digest's owner, one hop, so the fleet fetches the blob
+/// from the upstream once; see [`fetch`].
 pub fn fill(
     cache: &Arc<Cache>,
     upstream: &Arc<Upstream>,
     repo: &RepoName,
     digest: &Digest,
+    via: Option<&Arc<Cluster>>,
 ) -> Option<Filling> {
     Some(match cache.join_fill(digest)? {
         Join::Follower(fill) => Filling {
@@ -41,6 +48,7 @@ pub fn fill(
                 upstream.clone(),
                 repo.clone(),
                 digest.clone(),
+                via.cloned(),
             ));
             Filling { fill, leader: true }
         }
@@ -61,7 +69,38 @@ pub async fn size(
 /// The leader's work: `GET` the blob and feed its body to the permit. A
 /// failure before the body fails the fill with the upstream's error, which
 /// every follower then answers with (see `crate::error`).
-async fn fetch(permit: FillPermit, upstream: Arc<Upstream>, repo: RepoName, digest: Digest) {
+///
+/// In a cluster, when another node owns the digest, the blob comes from
+/// that owner (which runs its own single-flight fill and commits to the
+/// shared bucket); this node still verifies every byte in its own fill.
+/// If the owner fails before answering, this node fetches it itself: a
+/// dead owner costs one extra upstream fetch, never a failed pull.
+async fn fetch(
+    permit: FillPermit,
+    upstream: Arc<Upstream>,
+    repo: RepoName,
+    digest: Digest,
+    via: Option<Arc<Cluster>>,
+) {
+    let key = digest.to_string();
+    if let Some((cluster, owner)) = via.and_then(|c| c.owner(&key).map(|o| (c, o))) {
+        match cluster
+            .get_blob(&owner, upstream.name(), repo.as_str(), &key)
+            .await
+        {
+            Ok((size, body)) => {
+                tracing::debug!(%digest, owner = %owner.name, "blob forwarded from its owner");
+                permit
+                    .feed(size, Box::pin(body.map_err(OriginError::new)))
+                    .await;
+                return;
+            }
+            Err(e) => tracing::warn!(
+                %digest, owner = %owner.name, error = %e,
+                "blob owner failed before answering; fetching from the upstream"
+            ),
+        }
+    }
     match upstream.get_blob(&repo, &digest).await {
         Ok(resp) => {
             let size = crate::http::content_length(resp.headers());

@@ -378,7 +378,7 @@ impl Prefetcher {
                 return Ok(size);
             }
             let Some(policy::Filling { fill, .. }) =
-                policy::fill(&self.cache, upstream, &r.repo, digest)
+                policy::fill(&self.cache, upstream, &r.repo, digest, None)
             else {
                 // Committed meanwhile (a pull got there first).
                 match self.cache.blob_size(digest) {

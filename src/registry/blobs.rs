@@ -23,9 +23,10 @@ pub async fn get(
     digest: Digest,
     range_header: Option<&str>,
     head: bool,
+    forwarded: bool,
 ) -> Result<Response<Body>, ApiError> {
     let result = match private_check(reg, target, &digest).await {
-        Ok(()) => serve(reg, target, &digest, range_header, head).await,
+        Ok(()) => serve(reg, target, &digest, range_header, head, forwarded).await,
         Err(e) => Err(e),
     };
     match result {
@@ -50,7 +51,10 @@ async fn serve(
     digest: &Digest,
     range_header: Option<&str>,
     head: bool,
+    forwarded: bool,
 ) -> Result<(Response<Body>, Outcome), ApiError> {
+    // A request a peer forwarded is served here, never forwarded again.
+    let via = reg.cluster.as_ref().filter(|_| !forwarded);
     // Two rounds at most: a blob can vanish from disk (round two fetches it
     // again) or be committed by a fill between our lookups.
     for _ in 0..3 {
@@ -76,7 +80,7 @@ async fn serve(
             return Ok((headers_only(digest, size, range), Outcome::Miss));
         }
         let Some(policy::Filling { fill, leader }) =
-            policy::fill(&reg.cache, &target.upstream, &target.repo, digest)
+            policy::fill(&reg.cache, &target.upstream, &target.repo, digest, via)
         else {
             continue;
         };

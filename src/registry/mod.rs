@@ -21,6 +21,7 @@ use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode
 
 use crate::body::{self, Body};
 use crate::cache::{Cache, TagKey};
+use crate::cluster::Caller;
 use crate::config::Config;
 pub use crate::error::ApiError;
 use crate::http::Route;
@@ -53,6 +54,8 @@ pub struct Registry {
     auth: crate::auth::Auth,
     /// Pinned images (air-gap): their tags never move.
     pins: Option<Arc<crate::pins::Pins>>,
+    /// The other replicas (`[cluster]`): a blob miss goes to its owner.
+    cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 impl Registry {
@@ -76,7 +79,15 @@ impl Registry {
                 .build(),
             auth: crate::auth::Auth::off(),
             pins: None,
+            cluster: None,
         }
+    }
+
+    /// Forwards blob misses to their owner among `cluster`'s members and
+    /// answers peers that carry its secret.
+    pub fn with_cluster(mut self, cluster: Arc<crate::cluster::Cluster>) -> Registry {
+        self.cluster = Some(cluster);
+        self
     }
 
     /// Puts requests under `auth` (the default is [`crate::auth::Auth::off`]).
@@ -153,6 +164,29 @@ impl Registry {
         let method = req.method();
         let head = method == Method::HEAD;
         let route = Route::parse(req.uri().path());
+        // Cluster headers are checked before anything else: a claim to be
+        // a peer without the right secret is refused outright.
+        let secret = self.cluster.as_ref().map(|c| c.secret());
+        let caller = crate::cluster::admit(secret, req.headers())
+            .map_err(|e| ApiError::new(StatusCode::FORBIDDEN, "DENIED", e.to_string()))?;
+        if matches!(
+            route,
+            Route::Admin {
+                rest: crate::cluster::PING_REST
+            }
+        ) {
+            return match (&self.cluster, caller) {
+                (Some(c), Caller::Peer | Caller::Forwarded) => {
+                    Ok(json_response(c.ping_body(), head))
+                }
+                _ => Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "DENIED",
+                    "the cluster ping is for peers with the shared secret",
+                )),
+            };
+        }
+        let forwarded = caller == Caller::Forwarded;
         let grant = self.auth.authorize(req, &route, ns).await?;
         if route == Route::Token {
             return self.auth.token_endpoint(req).await;
@@ -226,7 +260,9 @@ impl Registry {
                             format!("blob {digest} is not in local repository {name}"),
                         ))
                     }
-                    Place::Remote(target) => blobs::get(self, &target, digest, range, head).await,
+                    Place::Remote(target) => {
+                        blobs::get(self, &target, digest, range, head, forwarded).await
+                    }
                 }
             }
             Route::Referrers { name, digest } => {

@@ -391,8 +391,12 @@ impl Front {
         &self,
         req: hyper::Request<hyper::body::Incoming>,
     ) -> hyper::Response<crate::body::Body> {
+        // The cluster ping is the registry's (it holds the cluster view).
         if let (Route::Admin { rest }, Some(admin)) = (Route::parse(req.uri().path()), &self.admin)
         {
+            if rest == crate::cluster::PING_REST {
+                return self.registry.clone().handle(req).await;
+            }
             let rest = rest.to_owned();
             return admin.handle(req, &rest).await;
         }
