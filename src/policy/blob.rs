@@ -90,9 +90,10 @@ async fn fetch(
         {
             Ok((size, body)) => {
                 tracing::debug!(%digest, owner = %owner.name, "blob forwarded from its owner");
-                permit
-                    .feed(size, Box::pin(body.map_err(OriginError::new)))
-                    .await;
+                // The origin is still the upstream: the owner only relays it.
+                let origin: Arc<str> = upstream.name().into();
+                let body = body.map_err(move |e| OriginError::new(&origin, e));
+                permit.feed(size, Box::pin(body)).await;
                 return;
             }
             Err(e) => tracing::warn!(
