@@ -127,6 +127,30 @@ pub fn export(
     ))
 }
 
+/// `hoard export --server URL`: the same archive, streamed from a running
+/// hoard through its operator API (see [`crate::bundle::stream`]).
+pub async fn export_from_server(
+    url: &str,
+    images: Vec<String>,
+    pinned: bool,
+    platform: Option<&str>,
+    output: &Path,
+) -> Result<String, String> {
+    let platforms: Vec<&str> = platform.map(|p| p.split(',').collect()).unwrap_or_default();
+    let body = serde_json::json!({"images": images, "platforms": platforms, "pinned": pinned});
+    let started = Instant::now();
+    let (s, _) = Client::new(url)?.export(body, output).await?;
+    Ok(format!(
+        "exported {} images ({} manifests, {} blobs, {}) from {url} to {} in {:.1}s",
+        s.images,
+        s.manifests,
+        s.blobs,
+        bytesize::ByteSize::b(s.bytes).to_string_as(true),
+        output.display(),
+        started.elapsed().as_secs_f64()
+    ))
+}
+
 /// `hoard import`: loads an OCI-layout tar into the cache at
 /// `config.cache_dir`, verifying every digest. Returns the summary lines.
 pub fn import(
@@ -185,7 +209,7 @@ where
 {
     let _lock = crate::pins::CacheLock::acquire(&config.cache_dir).map_err(|e| match e {
         crate::pins::LockError::Busy(dir) => format!(
-            "the cache directory {} is in use by another hoard process (a running `hoard serve`?): export and import work on a stopped server's cache; stop it first",
+            "the cache directory {} is in use by another hoard process (a running `hoard serve`?): export and import work on a stopped server's cache: stop it first, or export from it with `hoard export --server http://127.0.0.1:PORT`",
             dir.display()
         ),
         other => other.to_string(),

@@ -61,6 +61,11 @@ enum Command {
         /// (`linux/amd64,linux/arm64`); default: all.
         #[arg(long)]
         platform: Option<String>,
+        /// A running hoard's plain-HTTP address, e.g. http://127.0.0.1:5000:
+        /// the archive is streamed from it (its operator API), so the
+        /// mirror keeps serving.
+        #[arg(long, conflicts_with_all = ["config", "cache_dir"])]
+        server: Option<String>,
         /// Configuration file (cache_dir, upstreams); default: the embedded mirror.toml.
         #[arg(long, short)]
         config: Option<PathBuf>,
@@ -219,8 +224,39 @@ fn main() -> ExitCode {
             pinned,
             output,
             platform,
+            server: Some(url),
+            ..
+        } => {
+            let export = hoard::commands::export_from_server(
+                &url,
+                images,
+                pinned,
+                platform.as_deref(),
+                &output,
+            );
+            match tokio::runtime::Runtime::new().map(|r| r.block_on(export)) {
+                Ok(Ok(line)) => {
+                    eprintln!("{line}");
+                    ExitCode::SUCCESS
+                }
+                Ok(Err(e)) => {
+                    eprintln!("hoard: {e}");
+                    ExitCode::from(2)
+                }
+                Err(e) => {
+                    eprintln!("hoard: cannot start the async runtime: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+        Command::Export {
+            images,
+            pinned,
+            output,
+            platform,
             config,
             cache_dir,
+            server: None,
         } => offline(config, cache_dir, output.as_os_str() == "-", |c| {
             hoard::commands::export(c, &images, pinned, platform.as_deref(), &output)
         }),

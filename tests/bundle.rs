@@ -649,3 +649,76 @@ async fn export_pinned_writes_every_pin_with_its_platforms() {
         "multi was pinned for linux/arm64 only"
     );
 }
+
+/// Issue 16 section 2: `hoard export --server` streams the archive from a
+/// running mirror (whose cache directory the file export cannot open):
+/// the same bytes every time, importable into a fresh cache that then
+/// serves the images offline. A blob found damaged mid-stream breaks the
+/// stream, and the receiving end leaves no file.
+#[tokio::test]
+async fn export_through_a_running_server_imports_and_serves() {
+    let w = warm(false).await;
+    let client = hoard::admin::client::Client::new(&w.env.mirror.url("")).unwrap();
+    let out_dir = tempfile::tempdir().unwrap();
+    let body = serde_json::json!({"images": ["multi", "docker.io/team/app:v1"]});
+    let archive = out_dir.path().join("bundle.tar");
+    let (summary, bytes) = client.export(body.clone(), &archive).await.expect("export");
+    assert_eq!(
+        (summary.images, summary.manifests, summary.blobs),
+        (2, 4, 9)
+    );
+    assert_eq!(std::fs::metadata(&archive).unwrap().len(), bytes);
+    let again = out_dir.path().join("again.tar");
+    client.export(body, &again).await.expect("export again");
+    assert!(
+        std::fs::read(&archive).unwrap() == std::fs::read(&again).unwrap(),
+        "the same content makes the same archive"
+    );
+    let names: Vec<String> = entries(&archive).into_iter().map(|(n, _)| n).collect();
+    assert_eq!(names[..2], ["oci-layout", "index.json"]);
+
+    let fresh = tempfile::tempdir().unwrap();
+    let (r, cache) = import_into(fresh.path(), &archive, &Placement::default()).await;
+    r.expect("import");
+    drop(cache);
+    let m = offline_mirror(fresh.path()).await;
+    assert_serves(&m, "library/multi", "latest", &w.index.1).await;
+    assert_serves(&m, "team/app", "v1", &w.app.manifest).await;
+    for blob in w.app.blobs() {
+        assert_eq!(
+            m.get_ok(&blob_path("team/app", &blob.digest)).await,
+            blob.data
+        );
+    }
+    // A missing image is refused before any byte, naming it.
+    let missing = out_dir.path().join("missing.tar");
+    let err = client
+        .export(serde_json::json!({"images": ["team/nothere:v1"]}), &missing)
+        .await
+        .expect_err("not cached");
+    assert!(err.contains("409"), "{err}");
+
+    // Damage a layer on the serving cache: the stream breaks off.
+    let layer = &w.app.layers[0];
+    let hex = layer.digest.trim_start_matches("sha256:");
+    let path = w
+        .env
+        .dir
+        .path()
+        .join("blobs/sha256")
+        .join(&hex[..2])
+        .join(hex);
+    let mut data = std::fs::read(&path).unwrap();
+    data[100] ^= 0xff;
+    std::fs::write(&path, data).unwrap();
+    let broken = tempfile::tempdir().unwrap();
+    let err = client
+        .export(
+            serde_json::json!({"images": ["docker.io/team/app:v1"]}),
+            &broken.path().join("b.tar"),
+        )
+        .await
+        .expect_err("damaged layer");
+    assert!(err.contains("broke off"), "{err}");
+    assert!(files_below(broken.path()).is_empty());
+}

@@ -2,6 +2,7 @@
 //! friends talk to a running server, so its index and pins stay right.
 
 use bytes::Bytes;
+use futures_util::StreamExt;
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client as HyperClient;
@@ -81,6 +82,30 @@ impl Client {
             .to_bytes();
         serde_json::from_slice(&bytes)
             .map_err(|e| format!("hoard's answer is not the expected JSON: {e}"))
+    }
+
+    /// Streams the archive of `body` (an [`super::export::ExportRequest`])
+    /// into `output` (`-`: standard output), complete or not at all (see
+    /// [`crate::bundle::stream`]). Returns the server's summary and the
+    /// bytes received.
+    pub async fn export(
+        &self,
+        body: serde_json::Value,
+        output: &std::path::Path,
+    ) -> Result<(crate::bundle::export::Summary, u64), String> {
+        use crate::bundle::stream;
+        let resp = self.send(Method::POST, "export", Some(body)).await?;
+        let summary = stream::summary(resp.headers()).unwrap_or_default();
+        let frames = http_body_util::BodyStream::new(resp.into_body()).filter_map(|f| async move {
+            match f {
+                Ok(frame) => frame.into_data().ok().map(Ok),
+                Err(e) => Some(Err(e)),
+            }
+        });
+        let n = stream::receive(Box::pin(frames), output)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok((summary, n))
     }
 
     /// Starts a prefetch and hands each progress event to `on_event` as it

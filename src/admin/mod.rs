@@ -8,6 +8,7 @@
 //! | `DELETE /_hoard/pins`      | `{"image":"alpine:3.19"}`             | the removed pin |
 //! | `GET /_hoard/ls`           |                                       | `{"images":[..]}` |
 //! | `POST /_hoard/check`       | `{"images":[..],"platforms":[..]}`    | `{"ready":bool,"images":[..]}` |
+//! | `POST /_hoard/export`      | `{"images":[..],"platforms":[..],"pinned":false}` | the OCI-layout tar `hoard export` writes, streamed |
 //!
 //! Only loopback peers may call it for now: it makes hoard download and
 //! keep whatever is asked. TODO(issue 7): an admin permission from the
@@ -17,6 +18,7 @@
 //! progress, not the prefetch.
 
 pub mod client;
+pub mod export;
 pub mod ls;
 
 use std::sync::Arc;
@@ -195,6 +197,10 @@ impl Admin {
             ("prefetch", Method::POST) => {
                 let body: ImagesRequest = read_json(req).await?;
                 self.prefetch(body)
+            }
+            ("export", Method::POST) => {
+                let body: export::ExportRequest = read_json(req).await?;
+                export::export(&self.engine, body).await
             }
             ("check", Method::POST) => {
                 let body: ImagesRequest = read_json(req).await?;

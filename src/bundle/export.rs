@@ -31,10 +31,14 @@ pub enum Output {
     File(PathBuf),
     /// Standard output (`-o -`), for piping into ssh or a USB writer.
     Stdout,
+    /// Chunks for a response body (`POST /_hoard/export`, see
+    /// [`super::stream`]); a closed receiver (the client hung up) stops
+    /// the export.
+    Channel(tokio::sync::mpsc::Sender<Bytes>),
 }
 
 /// What an export wrote.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Summary {
     /// Images named in `index.json`.
     pub images: usize,
@@ -44,6 +48,14 @@ pub struct Summary {
     pub blobs: usize,
     /// Bytes of content (manifests and blobs).
     pub bytes: u64,
+}
+
+/// An archive planned and checked, nothing written yet: everything it
+/// needs is in the cache, and its [`Summary`] is known.
+pub struct Planned {
+    plan: Plan,
+    /// What the archive will hold.
+    pub summary: Summary,
 }
 
 /// What goes into the archive, decided before anything is written.
@@ -103,9 +115,16 @@ pub async fn export_each(
     out: Output,
     quiet: bool,
 ) -> Result<Summary, Error> {
+    let planned = plan_each(&cache, images).await?;
+    write(cache, planned, out, quiet).await
+}
+
+/// Plans the archive of `images` (see [`export_each`]): fails, naming the
+/// image and digest, if anything is missing, before a byte is written.
+pub async fn plan_each(cache: &Cache, images: &[(ImageRef, Platforms)]) -> Result<Planned, Error> {
     let mut plan = Plan::default();
     for (image, platforms) in images {
-        plan_image(&cache, image, platforms, &mut plan).await?;
+        plan_image(cache, image, platforms, &mut plan).await?;
     }
     let summary = Summary {
         images: plan.entries.len(),
@@ -114,6 +133,17 @@ pub async fn export_each(
         bytes: plan.manifests.values().map(|b| b.len() as u64).sum::<u64>()
             + plan.blobs.values().map(|(s, _)| s).sum::<u64>(),
     };
+    Ok(Planned { plan, summary })
+}
+
+/// Writes a planned archive to `out`.
+pub async fn write(
+    cache: Arc<Cache>,
+    planned: Planned,
+    out: Output,
+    quiet: bool,
+) -> Result<Summary, Error> {
+    let Planned { plan, summary } = planned;
     let progress = Arc::new(Progress::new("exporting", summary.bytes, quiet));
     let handle = tokio::runtime::Handle::current();
     let p = progress.clone();
@@ -253,6 +283,11 @@ fn write_archive(
 ) -> Result<(), Error> {
     let (sink, partial, target): (Box<dyn Write + Send>, _, _) = match out {
         Output::Stdout => (Box::new(io::stdout()), None, PathBuf::from("<stdout>")),
+        Output::Channel(tx) => (
+            Box::new(super::stream::ChannelWriter::new(tx)),
+            None,
+            PathBuf::from("<response>"),
+        ),
         Output::File(path) => {
             let partial = Partial::create(&path)?;
             (Box::new(partial.file()?), Some(partial), path)
@@ -379,14 +414,14 @@ impl<R: Read> Read for Hashing<'_, R> {
 
 /// The archive being written beside its final name; removed unless
 /// committed, so a failed export leaves no half archive behind.
-struct Partial {
+pub(crate) struct Partial {
     tmp: PathBuf,
     target: PathBuf,
     done: bool,
 }
 
 impl Partial {
-    fn create(target: &Path) -> Result<Partial, Error> {
+    pub(crate) fn create(target: &Path) -> Result<Partial, Error> {
         let name = target
             .file_name()
             .ok_or_else(|| Error::Reference(format!("-o {}: not a file name", target.display())))?
@@ -399,11 +434,11 @@ impl Partial {
         })
     }
 
-    fn file(&self) -> Result<std::fs::File, Error> {
+    pub(crate) fn file(&self) -> Result<std::fs::File, Error> {
         std::fs::File::create(&self.tmp).map_err(Error::file(&self.tmp))
     }
 
-    fn commit(mut self) -> io::Result<()> {
+    pub(crate) fn commit(mut self) -> io::Result<()> {
         std::fs::File::open(&self.tmp)?.sync_all()?;
         std::fs::rename(&self.tmp, &self.target)?;
         self.done = true;

@@ -19,11 +19,14 @@
 //! - [`import`]: archive -> cache, verifying every digest while staging and
 //!   committing nothing until the whole archive checked out.
 //! - [`progress`]: a bar on a terminal, log lines otherwise.
+//! - [`stream`]: the archive as a response body from a running server
+//!   (`hoard export --server`), and its receiving end.
 
 pub mod export;
 pub mod import;
 pub mod layout;
 pub mod progress;
+pub mod stream;
 
 use std::path::PathBuf;
 

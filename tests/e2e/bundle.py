@@ -112,8 +112,26 @@ class Carry:
 
         check("hoard export on a serving hoard's cache is refused (cache directory in use)", refused_while_serving,
               self.logs)
+        served = self.s.path("served.tar")
+
+        def export_from_server():
+            # Issue 16 section 2: the running hoard streams the archive through its operator API.
+            proc = self.hoard("export", "--server", f"http://{self.s.mirror_hostport}", *IMAGES, "-o", served)
+            err = proc.stderr.decode()
+            ensure("exported 3 images" in err, f"summary: {err!r}")
+            ensure(os.path.exists(served), "no archive written")
+            ensure(not [f for f in os.listdir(os.path.dirname(served)) if ".partial-" in f],
+                   "a partial file was left behind")
+
+        check("hoard export --server streams the archive from the running hoard", export_from_server, self.logs)
         self.report.require("first hoard stopped (the connected site's mirror)", self.s.hoard.stop, self.logs)
         self.report.require("hoard export multi, dlist, team/app to one OCI-layout tar", export, self.logs)
+
+        def served_same():
+            with open(served, "rb") as a, open(self.bundle, "rb") as b:
+                ensure(a.read() == b.read(), "the archive streamed by the server differs from the file export")
+
+        check("hoard export --server wrote the same bytes as the file export", served_same)
 
         sk = Skopeo(self.s.path("skopeo-archive"), f"127.0.0.1:{self.s.dead}", self.s.dead, self.s.env)
         def stdout_same():
@@ -146,6 +164,15 @@ class Carry:
             check_copy(dest, "oci", "app", app.digest, app.all_digests())
 
         check("skopeo copy oci-archive:bundle.tar:team/app:v1 to an oci: layout", copy_out, self.logs)
+
+        def copy_out_served():
+            # The pull-back of what the running server streamed.
+            dest = sk.dest("from-served")
+            sk("copy", "--retry-times", "0", f"oci-archive:{served}:{IMAGES[2]}", f"oci:{dest}:app", timeout=90)
+            check_copy(dest, "oci", "app", app.digest, app.all_digests())
+
+        check("skopeo copy oci-archive:served.tar:team/app:v1 (exported by --server) to an oci: layout",
+              copy_out_served, self.logs)
 
         if shutil.which("umoci") is None:
             print("NOTICE umoci is not installed: skipping the umoci checks", flush=True)
