@@ -116,39 +116,7 @@ pub fn export(
         }
         export::export_each(cache, &wanted, out, false).await
     })?;
-    Ok(format!(
-        "exported {} images ({} manifests, {} blobs, {}) to {} in {:.1}s",
-        s.images,
-        s.manifests,
-        s.blobs,
-        bytesize::ByteSize::b(s.bytes).to_string_as(true),
-        output.display(),
-        started.elapsed().as_secs_f64()
-    ))
-}
-
-/// `hoard export --server URL`: the same archive, streamed from a running
-/// hoard through its operator API (see [`crate::bundle::stream`]).
-pub async fn export_from_server(
-    url: &str,
-    images: Vec<String>,
-    pinned: bool,
-    platform: Option<&str>,
-    output: &Path,
-) -> Result<String, String> {
-    let platforms: Vec<&str> = platform.map(|p| p.split(',').collect()).unwrap_or_default();
-    let body = serde_json::json!({"images": images, "platforms": platforms, "pinned": pinned});
-    let started = Instant::now();
-    let (s, _) = Client::new(url)?.export(body, output).await?;
-    Ok(format!(
-        "exported {} images ({} manifests, {} blobs, {}) from {url} to {} in {:.1}s",
-        s.images,
-        s.manifests,
-        s.blobs,
-        bytesize::ByteSize::b(s.bytes).to_string_as(true),
-        output.display(),
-        started.elapsed().as_secs_f64()
-    ))
+    Ok(s.line(output, started.elapsed()))
 }
 
 /// `hoard import`: loads an OCI-layout tar into the cache at

@@ -61,17 +61,9 @@ enum Command {
         /// (`linux/amd64,linux/arm64`); default: all.
         #[arg(long)]
         platform: Option<String>,
-        /// A running hoard's plain-HTTP address, e.g. http://127.0.0.1:5000:
-        /// the archive is streamed from it (its operator API), so the
-        /// mirror keeps serving.
-        #[arg(long, conflicts_with_all = ["config", "cache_dir"])]
-        server: Option<String>,
-        /// Configuration file (cache_dir, upstreams); default: the embedded mirror.toml.
-        #[arg(long, short)]
-        config: Option<PathBuf>,
-        /// Cache directory (overrides the config).
-        #[arg(long)]
-        cache_dir: Option<PathBuf>,
+        /// With `--server`, streamed from the running hoard (it keeps serving).
+        #[command(flatten)]
+        place: Place,
     },
     /// Load an OCI-layout tar (from `hoard export` or `skopeo copy ...
     /// oci-archive:`) into the cache, verifying every digest, and pin it.
@@ -224,39 +216,23 @@ fn main() -> ExitCode {
             pinned,
             output,
             platform,
-            server: Some(url),
-            ..
-        } => {
-            let export = hoard::commands::export_from_server(
-                &url,
-                images,
-                pinned,
-                platform.as_deref(),
-                &output,
-            );
-            match tokio::runtime::Runtime::new().map(|r| r.block_on(export)) {
-                Ok(Ok(line)) => {
-                    eprintln!("{line}");
-                    ExitCode::SUCCESS
-                }
-                Ok(Err(e)) => {
-                    eprintln!("hoard: {e}");
-                    ExitCode::from(2)
-                }
-                Err(e) => {
-                    eprintln!("hoard: cannot start the async runtime: {e}");
-                    ExitCode::from(2)
-                }
-            }
-        }
+            place: place @ Place {
+                server: Some(_), ..
+            },
+        } => air(place, |target| async move {
+            let hoard::commands::Target::Server(url) = target else {
+                return Err("export --server needs the server's address".into());
+            };
+            hoard::admin::client::export(&url, images, pinned, platform, &output).await
+        }),
         Command::Export {
             images,
             pinned,
             output,
             platform,
-            config,
-            cache_dir,
-            server: None,
+            place: Place {
+                config, cache_dir, ..
+            },
         } => offline(config, cache_dir, output.as_os_str() == "-", |c| {
             hoard::commands::export(c, &images, pinned, platform.as_deref(), &output)
         }),

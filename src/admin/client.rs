@@ -140,3 +140,29 @@ impl Client {
         }
     }
 }
+
+/// `hoard export --server URL`: the archive streamed from a running hoard
+/// (see [`crate::bundle::stream`]). Prints the summary line on stderr.
+pub async fn export(
+    url: &str,
+    images: Vec<String>,
+    pinned: bool,
+    platform: Option<String>,
+    output: &std::path::Path,
+) -> Result<bool, String> {
+    let platforms: Vec<String> = platform
+        .iter()
+        .flat_map(|p| p.split(','))
+        .map(str::to_owned)
+        .collect();
+    let req = super::export::ExportRequest {
+        images,
+        platforms,
+        pinned,
+    };
+    let body = serde_json::to_value(&req).map_err(|e| e.to_string())?;
+    let started = std::time::Instant::now();
+    let (s, _) = Client::new(url)?.export(body, output).await?;
+    eprintln!("{} (from {url})", s.line(output, started.elapsed()));
+    Ok(true)
+}

@@ -50,6 +50,21 @@ pub struct Summary {
     pub bytes: u64,
 }
 
+impl Summary {
+    /// The line the CLI prints when an export to `output` is done.
+    pub fn line(&self, output: &Path, took: std::time::Duration) -> String {
+        format!(
+            "exported {} images ({} manifests, {} blobs, {}) to {} in {:.1}s",
+            self.images,
+            self.manifests,
+            self.blobs,
+            bytesize::ByteSize::b(self.bytes).to_string_as(true),
+            output.display(),
+            took.as_secs_f64()
+        )
+    }
+}
+
 /// An archive planned and checked, nothing written yet: everything it
 /// needs is in the cache, and its [`Summary`] is known.
 pub struct Planned {
