@@ -65,6 +65,21 @@ pub struct ApiError {
     pub challenge: Option<String>,
     /// `Retry-After` seconds for 429 and 503 (None: hoard's default, 30).
     pub retry_after: Option<u64>,
+    /// Set when an upstream failed: the body's `detail` and the log say
+    /// which one and why, so an operator need not guess among several.
+    /// (Boxed: errors travel in every `Result` of the handlers.)
+    pub upstream: Option<Box<UpstreamFailure>>,
+}
+
+/// An upstream that failed a request, for the error body's `detail`.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct UpstreamFailure {
+    /// Its key under `[upstreams]` (empty until the handler names it).
+    pub upstream: String,
+    /// The host hoard connected to (empty until the handler names it).
+    pub host: String,
+    /// What went wrong, as hoard saw it.
+    pub cause: String,
 }
 
 impl ApiError {
@@ -77,7 +92,17 @@ impl ApiError {
             range_size: None,
             challenge: None,
             retry_after: None,
+            upstream: None,
         }
+    }
+
+    /// Names the upstream of an upstream failure (no-op for other errors).
+    pub fn at_upstream(mut self, upstream: &crate::upstream::Upstream) -> ApiError {
+        if let Some(f) = &mut self.upstream {
+            upstream.name().clone_into(&mut f.upstream);
+            upstream.host().clone_into(&mut f.host);
+        }
+        self
     }
 
     /// 404 for an unknown route.
@@ -140,10 +165,10 @@ impl ApiError {
         )
     }
 
-    /// The OCI error body.
+    /// The OCI error body; `detail` names the failed upstream, if any.
     pub fn body_json(&self) -> String {
         serde_json::json!({
-            "errors": [{ "code": self.code, "message": self.message, "detail": null }]
+            "errors": [{ "code": self.code, "message": self.message, "detail": self.upstream }]
         })
         .to_string()
     }
@@ -213,6 +238,24 @@ impl ApiError {
     /// from, so an operator knows which registry to look at.
     pub fn upstream(e: upstream::Error, upstream: &str, about: Subject<'_>) -> ApiError {
         use upstream::Error as U;
+        let failed = ApiError::upstream_status(&e, upstream, about);
+        match e {
+            U::NotFound => failed,
+            _ => ApiError {
+                upstream: Some(Box::new(UpstreamFailure {
+                    upstream: upstream.to_owned(),
+                    cause: e.to_string(),
+                    ..UpstreamFailure::default()
+                })),
+                ..failed
+            },
+        }
+    }
+
+    /// Status, code and message for an upstream failure; the message names
+    /// `upstream`.
+    fn upstream_status(e: &upstream::Error, upstream: &str, about: Subject<'_>) -> ApiError {
+        use upstream::Error as U;
         let not_found = |code, what: String| {
             ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -220,7 +263,7 @@ impl ApiError {
                 format!("{what} is not known upstream ({upstream})"),
             )
         };
-        match &e {
+        match e {
             U::NotFound => match about {
                 Subject::Blob(digest) => not_found("BLOB_UNKNOWN", format!("blob {digest}")),
                 Subject::Manifest(what) => {
@@ -262,7 +305,6 @@ impl ApiError {
                 ApiError::new(StatusCode::FORBIDDEN, "DENIED", format!("{upstream}: {e}"))
             }
             U::Unreachable(_) | U::Timeout(_) => {
-                tracing::warn!(upstream, error = %e, "upstream unreachable");
                 ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "UNAVAILABLE",
@@ -272,7 +314,6 @@ impl ApiError {
                 )
             }
             U::Status { .. } | U::Protocol(_) | U::TooLarge(_) | U::DigestMismatch { .. } => {
-                tracing::warn!(upstream, error = %e, "upstream error");
                 ApiError::new(
                     StatusCode::BAD_GATEWAY,
                     "UNAVAILABLE",

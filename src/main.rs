@@ -273,9 +273,10 @@ fn main() -> ExitCode {
             };
             match runtime.block_on(serve(config)) {
                 Ok(()) => ExitCode::SUCCESS,
+                // Once, through the log (a JSON line under log_format =
+                // "json"), not a second time on stderr.
                 Err(e) => {
                     tracing::error!("{e}");
-                    eprintln!("hoard: {e}");
                     ExitCode::FAILURE
                 }
             }
@@ -326,6 +327,7 @@ where
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(colour())
         .init();
     let target = match place.server {
         Some(url) => hoard::commands::Target::Server(url),
@@ -406,12 +408,21 @@ fn ignore_file_size_signal() {
     }
 }
 
+/// Colour only on a terminal: escape codes in a file, a pipe, journald or
+/// `kubectl logs` are noise. `NO_COLOR` (any non-empty value) turns it off
+/// even there (<https://no-color.org>).
+fn colour() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
 fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(colour());
     match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),

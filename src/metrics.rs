@@ -4,17 +4,24 @@
 //! labels from the configured upstream names. Never a repository or digest.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
-/// What a request was for.
-#[derive(Debug, Clone, Copy)]
+/// What a request was for. `hoard_requests_total` counts manifests and
+/// blobs only; `hoard_request_duration_seconds` labels every request, so
+/// a slow blob download does not hide inside the latency of manifests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
-    /// A manifest by tag or digest.
+    /// A manifest by tag or digest (pulls, pushes and deletes).
     Manifest,
-    /// A blob.
+    /// A blob (pulls and deletes).
     Blob,
+    /// A blob upload session (`POST`, `PATCH`, `PUT` of pushes).
+    Upload,
+    /// Anything else: tag lists, the catalog, referrers, `/v2/`, tokens,
+    /// health, readiness, metrics and unknown paths.
+    Other,
 }
 
 impl Kind {
@@ -23,6 +30,8 @@ impl Kind {
         match self {
             Kind::Manifest => "manifest",
             Kind::Blob => "blob",
+            Kind::Upload => "upload",
+            Kind::Other => "other",
         }
     }
 }
@@ -132,7 +141,7 @@ pub struct Metrics {
     pinned_bytes: IntGauge,
     pinned_blobs: IntGauge,
     stale_tags: IntCounter,
-    request_duration: Histogram,
+    request_duration: HistogramVec,
     cache_limit: IntGauge,
     evictions: IntCounter,
     evicted_bytes: IntCounter,
@@ -208,14 +217,15 @@ impl Metrics {
         registry
             .register(Box::new(upstream_latency.clone()))
             .expect("metric registered once");
-        let request_duration = Histogram::with_opts(
+        let request_duration = HistogramVec::new(
             HistogramOpts::new(
                 "hoard_request_duration_seconds",
-                "Time until hoard answered a client with headers.",
+                "Time until hoard answered a client with headers, by kind of request.",
             )
             .buckets(vec![
                 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0,
             ]),
+            &["kind"],
         )
         .expect("static metric definition");
         registry
@@ -473,9 +483,11 @@ impl Metrics {
         vec.with_label_values(&[label]).inc();
     }
 
-    /// Observes the time to answer a client.
-    pub fn request_duration(&self, seconds: f64) {
-        self.request_duration.observe(seconds);
+    /// Observes the time to answer a client with headers.
+    pub fn request_duration(&self, kind: Kind, seconds: f64) {
+        self.request_duration
+            .with_label_values(&[kind.as_str()])
+            .observe(seconds);
     }
 
     /// The text exposition format.

@@ -181,7 +181,7 @@ impl Admin {
             Err(AdminError::Forbidden)
         };
         let resp = resp.unwrap_or_else(|e| ApiError::from(e).into_response(method == Method::HEAD));
-        tracing::info!(%method, %path, peer = ?peer, status = resp.status().as_u16(), "operator request");
+        tracing::info!(%method, %path, peer = peer.map(tracing::field::display), status = resp.status().as_u16(), "operator request");
         resp
     }
 

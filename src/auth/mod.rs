@@ -301,7 +301,11 @@ impl Policy {
             }
             Err(LoginError::Failed) => {
                 self.metrics.auth(AuthOutcome::LoginFailed);
-                tracing::info!(peer = ?peer_ip(req), "failed login");
+                tracing::info!(
+                    peer = peer_ip(req).map(tracing::field::display),
+                    user,
+                    "failed login"
+                );
                 let mut e = ApiError::new(
                     StatusCode::UNAUTHORIZED,
                     "UNAUTHORIZED",
@@ -312,7 +316,11 @@ impl Policy {
             }
             Err(LoginError::RateLimited) => {
                 self.metrics.auth(AuthOutcome::LoginRateLimited);
-                tracing::warn!(peer = ?peer_ip(req), "login refused: too many failures");
+                tracing::warn!(
+                    peer = peer_ip(req).map(tracing::field::display),
+                    user,
+                    "login refused: too many failures"
+                );
                 Err(ApiError::new(
                     StatusCode::TOO_MANY_REQUESTS,
                     "TOOMANYREQUESTS",

@@ -122,7 +122,7 @@ impl Registry {
         let ns = crate::http::query_param(req.uri().query(), "ns").filter(|s| !s.is_empty());
         let mut resp = match self.dispatch(&req, body, ns.as_deref()).await {
             Ok(r) => r,
-            Err(e) => e.into_response(head),
+            Err(e) => failed(e, head),
         };
         resp.headers_mut().insert(
             "docker-distribution-api-version",
@@ -138,20 +138,11 @@ impl Registry {
             resp.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
-        let elapsed = started.elapsed();
-        self.metrics.request_duration(elapsed.as_secs_f64());
-        let served = resp.extensions().get::<ServedBy>();
-        tracing::info!(
-            method = %req.method(),
-            path = req.uri().path(),
-            ns = ns.as_deref().unwrap_or(""),
-            status = resp.status().as_u16(),
-            bytes = response_len(resp.headers()),
-            ms = (elapsed.as_secs_f64() * 1e6).round() / 1e3,
-            cache = served.map_or("", |s| s.outcome.as_str()),
-            upstream = served.map_or("", |s| s.upstream.as_str()),
-            "request"
-        );
+        // The request log line is written by the server once the body has
+        // been sent (`server::log`); the histogram is time to headers.
+        let kind = Route::parse(req.uri().path()).kind();
+        self.metrics
+            .request_duration(kind, started.elapsed().as_secs_f64());
         resp
     }
 
@@ -227,7 +218,9 @@ impl Registry {
             Route::Tags { name } => match resolve::place(self, name, ns)? {
                 Place::Local(repo) => listing::local_tags(self, &repo, req.uri().query(), head),
                 Place::Remote(target) => {
-                    listing::tags(self, &target, name, req.uri().query(), head).await
+                    listing::tags(self, &target, name, req.uri().query(), head)
+                        .await
+                        .map_err(|e| e.at_upstream(&target.upstream))
                 }
             },
             Route::Manifest { name, reference } => {
@@ -236,7 +229,9 @@ impl Registry {
                     Place::Local(repo) => pushed::get(self, &repo, reference, head).await,
                     Place::Remote(target) => {
                         let accept = accept_list(req.headers());
-                        manifests::get(self, &target, reference, accept, head).await
+                        manifests::get(self, &target, reference, accept, head)
+                            .await
+                            .map_err(|e| e.at_upstream(&target.upstream))
                     }
                 }
             }
@@ -261,7 +256,9 @@ impl Registry {
                         ))
                     }
                     Place::Remote(target) => {
-                        blobs::get(self, &target, digest, range, head, forwarded).await
+                        blobs::get(self, &target, digest, range, head, forwarded)
+                            .await
+                            .map_err(|e| e.at_upstream(&target.upstream))
                     }
                 }
             }
@@ -380,8 +377,19 @@ fn has_body(h: &HeaderMap) -> bool {
         || crate::http::content_length(h).is_some_and(|n| n > 0)
 }
 
-fn response_len(h: &HeaderMap) -> u64 {
-    crate::http::content_length(h).unwrap_or(0)
+/// The response for an error. An upstream failure is logged here, once,
+/// naming the upstream, and its key goes to the request log line.
+fn failed(e: ApiError, head: bool) -> Response<Body> {
+    let Some(f) = e.upstream.as_deref().cloned() else {
+        return e.into_response(head);
+    };
+    tracing::warn!(upstream = %f.upstream, host = %f.host, cause = %f.cause, "upstream failed");
+    let mut resp = e.into_response(head);
+    resp.extensions_mut().insert(ServedBy {
+        outcome: crate::metrics::Outcome::Error,
+        upstream: f.upstream,
+    });
+    resp
 }
 
 /// Every media type in every `Accept` header (clients send several lines).

@@ -22,6 +22,7 @@
 //! so a download interrupted by a restart is not wasted.
 
 mod idle;
+mod log;
 mod per_addr;
 mod sniff;
 mod tls;
@@ -358,8 +359,9 @@ impl ConnCtx {
             let front = front.clone();
             let in_flight = counted.start();
             req.extensions_mut().insert(ConnInfo { peer, tls });
+            let line = log::Line::start(&req, peer);
             async move {
-                let resp = front.respond(req).await;
+                let resp = line.finish(front.respond(req).await);
                 Ok::<_, Infallible>(resp.map(|b| idle::TrackedBody::new(b, in_flight)))
             }
         });

@@ -229,6 +229,11 @@ impl Upstream {
         &self.name
     }
 
+    /// The host (and port) hoard connects to, for error details and logs.
+    pub fn host(&self) -> &str {
+        &self.authority
+    }
+
     /// How long to wait for headers or the next body chunk.
     pub fn read_timeout(&self) -> Duration {
         self.read_timeout

@@ -97,6 +97,7 @@ pub struct Launch {
     args: Vec<OsString>,
     file_size_limit: Option<u64>,
     tls: bool,
+    env_removed: Vec<&'static str>,
 }
 
 impl Launch {
@@ -111,7 +112,15 @@ impl Launch {
             args: args.into_iter().map(|a| a.as_ref().to_owned()).collect(),
             file_size_limit: None,
             tls: false,
+            env_removed: Vec::new(),
         }
+    }
+
+    /// Starts the child without the variable `name` (e.g. `NO_COLOR`, which
+    /// the harness otherwise sets), as a user's shell might.
+    pub fn without_env(mut self, name: &'static str) -> Launch {
+        self.env_removed.push(name);
+        self
     }
 
     /// Limits the size of any file the process writes (RLIMIT_FSIZE): a write past it
@@ -136,6 +145,9 @@ impl Launch {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
+        for name in &self.env_removed {
+            cmd.env_remove(name);
+        }
         if let Some(limit) = self.file_size_limit {
             // SAFETY: runs in the forked child before exec; setrlimit is
             // async-signal-safe and nothing here allocates.
