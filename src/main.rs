@@ -24,8 +24,9 @@ enum Command {
         /// Configuration file (TOML); default: the embedded mirror.toml.
         #[arg(long, short)]
         config: Option<PathBuf>,
-        /// Override `listen` from the config.
-        #[arg(long)]
+        /// Override `listen` from the config: `HOST:PORT`, the host an IP
+        /// address or a name (`localhost:5000`; an IPv4 address of it first).
+        #[arg(long, value_parser = parse_listen)]
         listen: Option<std::net::SocketAddr>,
         /// Override `cache_dir` from the config.
         #[arg(long)]
@@ -370,6 +371,22 @@ fn load_with_logs(config: Option<PathBuf>, cache_dir: Option<PathBuf>) -> Result
             Err(ExitCode::from(2))
         }
     }
+}
+
+/// `--listen`: an address, or a host name resolved once at start-up.
+/// IPv4 first: `localhost` then means 127.0.0.1, where clients such as
+/// dockerd's `registry-mirrors` look for it.
+fn parse_listen(s: &str) -> Result<std::net::SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    let all: Vec<_> = s
+        .to_socket_addrs()
+        .map_err(|e| format!("{s}: {e} (expected HOST:PORT, e.g. localhost:5000)"))?
+        .collect();
+    all.iter()
+        .find(|a| a.is_ipv4())
+        .or(all.first())
+        .copied()
+        .ok_or_else(|| format!("{s}: the name resolves to no address"))
 }
 
 fn load(

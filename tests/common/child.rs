@@ -116,6 +116,12 @@ impl Launch {
         }
     }
 
+    /// Adds command-line arguments after the ones given so far.
+    pub fn extra_args(mut self, args: &[&str]) -> Launch {
+        self.args.extend(args.iter().map(Into::into));
+        self
+    }
+
     /// Starts the child without the variable `name` (e.g. `NO_COLOR`, which
     /// the harness otherwise sets), as a user's shell might.
     pub fn without_env(mut self, name: &'static str) -> Launch {
