@@ -168,6 +168,60 @@ async fn tags_list_falls_back_to_cached_tags() {
     assert_eq!(tags, ["3.19"], "only the cached tag is known offline");
 }
 
+/// The tags of `path` and its `Link` header ("" when none).
+async fn tag_page(mirror: &TestMirror, path: &str) -> (Vec<String>, String) {
+    let resp = mirror.get(path).await;
+    assert_eq!(resp.status(), 200, "{path}");
+    let link = header(&resp, "link");
+    let json: serde_json::Value = serde_json::from_slice(&resp.bytes().await.unwrap()).unwrap();
+    let tags = json["tags"]
+        .as_array()
+        .expect("tags array")
+        .iter()
+        .map(|t| t.as_str().unwrap().to_owned())
+        .collect();
+    (tags, link)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tags_list_pages_the_same_online_and_offline() {
+    let env = Env::start().await;
+    // Added out of order; the fake, like distribution, ignores `n` and
+    // answers every tag in its own order.
+    for (tag, seed) in [("latest", 30), ("3.17", 31), ("3.19", 32), ("3.18", 33)] {
+        let image = env.hub.add_simple_image("library/alpine", tag, seed);
+        assert_eq!(
+            env.mirror.get_ok(&manifest_path("alpine", tag)).await,
+            image.manifest
+        );
+    }
+    let first = "/v2/alpine/tags/list?n=2";
+    let next = "/v2/alpine/tags/list?last=3.18&n=2";
+    let pages = [
+        (
+            first,
+            vec!["3.17", "3.18"],
+            format!("<{next}>; rel=\"next\""),
+        ),
+        (next, vec!["3.19", "latest"], String::new()),
+    ];
+    for (path, tags, link) in &pages {
+        assert_eq!(
+            tag_page(&env.mirror, path).await,
+            (tags.iter().map(|t| t.to_string()).collect(), link.clone()),
+            "online {path}"
+        );
+    }
+    env.hub.go_down().await;
+    for (path, tags, link) in &pages {
+        assert_eq!(
+            tag_page(&env.mirror, path).await,
+            (tags.iter().map(|t| t.to_string()).collect(), link.clone()),
+            "offline {path}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_keeps_the_cache() {
     let hub = FakeRegistry::start().await;
