@@ -1020,3 +1020,37 @@ async fn foreign_layers_need_not_be_uploaded() {
     let resp = put_manifest(m, "team/win", "bad", OCI_MANIFEST, &refused).await;
     assert_oci_error(resp, 400, &["MANIFEST_BLOB_UNKNOWN"]).await;
 }
+
+/// docker asks for each layer with a blob `HEAD` first; for a name of the
+/// default upstream that `HEAD` answers from the shared cache (pulls need
+/// it), so the refusal comes at the first write: the upload `POST` (or the
+/// manifest `PUT` when every layer "already exists"), with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_of_the_default_upstream_is_refused_at_the_upload_post() {
+    let env = env_with(&[]).await;
+    env.hub.add_simple_image("bitnami/redis", "7", 41);
+    let m = &env.mirror;
+    m.get_ok(&manifest_path("bitnami/redis", "7")).await;
+    for name in ["alpine", "library/alpine", "bitnami/redis"] {
+        let resp = m
+            .client
+            .post(m.url(&format!("/v2/{name}/blobs/uploads/")))
+            .send()
+            .await
+            .expect("POST");
+        assert_eq!(resp.status(), 403, "{name}");
+        let body = resp.text().await.expect("body");
+        assert!(body.contains("\"DENIED\""), "{name}: {body}");
+        assert!(
+            body.contains("a name of the default upstream"),
+            "{name}: {body}"
+        );
+    }
+    let resp = m
+        .client
+        .post(m.url("/v2/team/app/blobs/uploads/"))
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(resp.status(), 202, "a team name is pushable");
+}
