@@ -71,17 +71,6 @@ pub enum Route<'a> {
 }
 
 impl<'a> Route<'a> {
-    /// The `kind` label of the request's latency and log line.
-    pub fn kind(&self) -> crate::metrics::Kind {
-        use crate::metrics::Kind;
-        match self {
-            Route::Manifest { .. } => Kind::Manifest,
-            Route::Blob { .. } => Kind::Blob,
-            Route::Uploads { .. } | Route::Upload { .. } => Kind::Upload,
-            _ => Kind::Other,
-        }
-    }
-
     /// Parses a request path.
     pub fn parse(path: &'a str) -> Route<'a> {
         match path {

@@ -140,7 +140,7 @@ impl Registry {
         }
         // The request log line is written by the server once the body has
         // been sent (`server::log`); the histogram is time to headers.
-        let kind = Route::parse(req.uri().path()).kind();
+        let kind = route_kind(&Route::parse(req.uri().path()));
         self.metrics
             .request_duration(kind, started.elapsed().as_secs_f64());
         resp
@@ -369,6 +369,17 @@ fn parse_reference(reference: &str) -> Result<crate::oci::Reference, ApiError> {
         ),
         other => other.into(),
     })
+}
+
+/// The `kind` label of a request's latency.
+fn route_kind(route: &Route<'_>) -> crate::metrics::Kind {
+    use crate::metrics::Kind;
+    match route {
+        Route::Manifest { .. } => Kind::Manifest,
+        Route::Blob { .. } => Kind::Blob,
+        Route::Uploads { .. } | Route::Upload { .. } => Kind::Upload,
+        _ => Kind::Other,
+    }
 }
 
 /// Whether a request announced a body.
