@@ -304,15 +304,13 @@ impl ApiError {
             U::Denied(_) => {
                 ApiError::new(StatusCode::FORBIDDEN, "DENIED", format!("{upstream}: {e}"))
             }
-            U::Unreachable(_) | U::Timeout(_) => {
-                ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "UNAVAILABLE",
-                    format!(
-                        "{upstream}: {e}; the content is not cached, so hoard cannot serve it offline"
-                    ),
-                )
-            }
+            U::Unreachable(_) | U::Timeout(_) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "UNAVAILABLE",
+                format!(
+                    "{upstream}: {e}; the content is not cached, so hoard cannot serve it offline"
+                ),
+            ),
             U::Status { .. } | U::Protocol(_) | U::TooLarge(_) | U::DigestMismatch { .. } => {
                 ApiError::new(
                     StatusCode::BAD_GATEWAY,

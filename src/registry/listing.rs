@@ -9,6 +9,7 @@ use super::{json_response, ApiError, Registry};
 use crate::body::Body;
 use crate::error::Subject;
 use crate::http::query_param;
+use crate::upstream;
 
 /// Most entries one page returns.
 const MAX_PAGE: usize = 10_000;
@@ -38,7 +39,7 @@ pub async fn tags(
                 return Err(ApiError::upstream(
                     e,
                     target.upstream.name(),
-                    Subject::Repository(client_name),
+                    Subject::Repository(&client_name),
                 ));
             }
             cached
