@@ -36,10 +36,11 @@ async fn listen_takes_a_host_name_and_tag_ttl_may_be_left_out() {
     hoard.stop().await;
 
     // A name that does not resolve is refused before anything starts.
-    let (status, out) = Launch::new(&config)
+    let exited = Launch::new(&config)
         .extra_args(&["--listen", "no-such-host.invalid:5000"])
         .run_to_exit()
         .await;
+    let (status, out) = (exited.status, exited.output());
     assert!(!status.success(), "{out}");
     assert!(out.contains("no-such-host.invalid:5000"), "{out}");
 }

@@ -10,15 +10,11 @@ use common::*;
 /// (it is written when the body has been sent, after the client has it).
 async fn request_line(hoard: &Hoard, method: &str, path: &str) -> String {
     let needle = format!("request method={method} path={path} ");
-    let find = || {
-        hoard
-            .log()
-            .lines()
-            .find(|l| l.contains(&needle))
-            .map(str::to_owned)
-    };
-    wait_for(&needle, || find().is_some(), || hoard.log_tail(20)).await;
-    find().unwrap_or_default()
+    hoard
+        .log()
+        .wait_line(&needle, |l| l.contains(&needle))
+        .await
+        .unwrap_or_default()
 }
 
 #[tokio::test]
@@ -63,7 +59,7 @@ async fn request_log_on_a_pipe_is_plain_and_says_what_was_sent() {
     let layer_line = request_line(&hoard, "GET", &layer_path).await;
     let head_line = request_line(&hoard, "HEAD", &dead).await;
     let get_line = request_line(&hoard, "GET", &dead).await;
-    let log = hoard.log();
+    let log = hoard.log().text();
     assert!(!log.contains("\u{1b}["), "colour codes on a pipe:\n{log}");
     assert!(
         !log.contains("Some("),
@@ -108,10 +104,11 @@ async fn request_log_on_a_pipe_is_plain_and_says_what_was_sent() {
         &format!("listen = \"{}\"", hoard.addr),
     );
     std::fs::write(&busy, text).expect("write config");
-    let (status, out) = Launch::new(&busy)
+    let exited = Launch::new(&busy)
         .without_env("NO_COLOR")
         .run_to_exit()
         .await;
+    let (status, out) = (exited.status, exited.output());
     assert!(!status.success(), "{out}");
     assert_eq!(out.matches("cannot listen on").count(), 1, "{out}");
     assert!(!out.contains("\u{1b}["), "{out}");
