@@ -20,8 +20,7 @@ async fn listen_takes_a_host_name_and_tag_ttl_may_be_left_out() {
         .map(|l| format!("{l}\n"))
         .collect();
     assert!(!text.contains("tag_ttl"), "{text}");
-    let config = dir.path().join("mirror.toml");
-    std::fs::write(&config, text).expect("write config");
+    let config = write_config(dir.path(), &text);
     let hoard = Launch::new(&config)
         .extra_args(&["--listen", "localhost:0"])
         .start()

@@ -357,18 +357,32 @@ pub fn json_fields(line: &str, message: &str) -> Option<serde_json::Value> {
     (fields.get("message")?.as_str()? == message).then(|| fields.clone())
 }
 
-/// The address of the "hoard listening" line for `scheme`.
+/// The address of the "hoard listening" line for `scheme`, from a JSON log
+/// line or, for the tests that read the text format, a text one.
 async fn listening(log: &Log, scheme: &str) -> SocketAddr {
-    let is_it = |l: &str| {
-        json_fields(l, "hoard listening").is_some_and(|f| f["scheme"].as_str() == Some(scheme))
-    };
     let line = log
-        .wait_line(&format!("hoard listening ({scheme})"), is_it)
+        .wait_line(&format!("hoard listening ({scheme})"), |l| {
+            listening_addr(l, scheme).is_some()
+        })
         .await
         .unwrap_or_else(|| panic!("hoard exited at start:\n{}", log.text()));
-    json_fields(&line, "hoard listening")
-        .and_then(|f| f["addr"].as_str().and_then(|a| a.parse().ok()))
-        .unwrap_or_else(|| panic!("no addr in {line}"))
+    listening_addr(&line, scheme).unwrap_or_else(|| panic!("no addr in {line}"))
+}
+
+/// The `addr` of a "hoard listening" line for `scheme`, if `line` is one.
+fn listening_addr(line: &str, scheme: &str) -> Option<SocketAddr> {
+    if let Some(f) = json_fields(line, "hoard listening") {
+        return (f["scheme"].as_str() == Some(scheme))
+            .then(|| f["addr"].as_str().and_then(|a| a.parse().ok()))
+            .flatten();
+    }
+    let field = |name: &str| {
+        let rest = &line[line.find(&format!(" {name}="))? + name.len() + 2..];
+        Some(rest.split_whitespace().next()?.trim_matches('"').to_owned())
+    };
+    (line.contains("hoard listening") && field("scheme")? == scheme)
+        .then(|| field("addr")?.parse().ok())
+        .flatten()
 }
 
 /// A running (or exited) `hoard serve`. Dropping it kills the process.
