@@ -33,6 +33,9 @@
 //! - [`prefetch`]: fetching whole images ahead of need, readiness checks.
 //! - [`admin`]: the operator API under `/_hoard/` (prefetch, pins, ls, check).
 //! - [`malloc`]: glibc malloc settings that keep streaming buffers resident.
+//! - [`logging`]: the log subscriber (colour only on a terminal, `NO_COLOR`).
+//! - [`cluster`]: `[cluster]` membership, rendezvous owners of digests and
+//!   one-hop forwarding of a blob miss to its owner.
 //! - [`body`]: the response body every handler returns (an error aborts it).
 //! - [`commands`]: the offline commands of the binary besides `serve`.
 
@@ -50,6 +53,7 @@ pub mod error;
 pub mod fuzzing;
 pub mod http;
 pub mod local;
+pub mod logging;
 pub mod malloc;
 pub mod metrics;
 pub mod oci;

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use hoard::config::{Config, LogFormat};
+use hoard::config::Config;
 
 #[derive(Parser)]
 #[command(
@@ -26,7 +26,7 @@ enum Command {
         config: Option<PathBuf>,
         /// Override `listen` from the config: `HOST:PORT`, the host an IP
         /// address or a name (`localhost:5000`; an IPv4 address of it first).
-        #[arg(long, value_parser = parse_listen)]
+        #[arg(long, value_parser = hoard::config::parse_listen)]
         listen: Option<std::net::SocketAddr>,
         /// Override `cache_dir` from the config.
         #[arg(long)]
@@ -263,7 +263,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            init_tracing(config.log_format);
+            hoard::logging::init(config.log_format, "info");
             ignore_file_size_signal();
             let runtime = match tokio::runtime::Runtime::new() {
                 Ok(r) => r,
@@ -323,13 +323,7 @@ where
 {
     // Errors only: the display reports failures and warnings itself, and
     // log lines would tear through the progress bars.
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(colour())
-        .init();
+    hoard::logging::init(hoard::config::LogFormat::Text, "error");
     let target = match place.server {
         Some(url) => hoard::commands::Target::Server(url),
         None => match load(place.config, None, place.cache_dir) {
@@ -363,7 +357,7 @@ where
 fn load_with_logs(config: Option<PathBuf>, cache_dir: Option<PathBuf>) -> Result<Config, ExitCode> {
     match load(config, None, cache_dir) {
         Ok(c) => {
-            init_tracing(c.log_format);
+            hoard::logging::init(c.log_format, "info");
             Ok(c)
         }
         Err(e) => {
@@ -371,22 +365,6 @@ fn load_with_logs(config: Option<PathBuf>, cache_dir: Option<PathBuf>) -> Result
             Err(ExitCode::from(2))
         }
     }
-}
-
-/// `--listen`: an address, or a host name resolved once at start-up.
-/// IPv4 first: `localhost` then means 127.0.0.1, where clients such as
-/// dockerd's `registry-mirrors` look for it.
-fn parse_listen(s: &str) -> Result<std::net::SocketAddr, String> {
-    use std::net::ToSocketAddrs;
-    let all: Vec<_> = s
-        .to_socket_addrs()
-        .map_err(|e| format!("{s}: {e} (expected HOST:PORT, e.g. localhost:5000)"))?
-        .collect();
-    all.iter()
-        .find(|a| a.is_ipv4())
-        .or(all.first())
-        .copied()
-        .ok_or_else(|| format!("{s}: the name resolves to no address"))
 }
 
 fn load(
@@ -422,27 +400,6 @@ fn ignore_file_size_signal() {
     // SIG_IGN installs no handler code.
     unsafe {
         libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
-    }
-}
-
-/// Colour only on a terminal: escape codes in a file, a pipe, journald or
-/// `kubectl logs` are noise. `NO_COLOR` (any non-empty value) turns it off
-/// even there (<https://no-color.org>).
-fn colour() -> bool {
-    use std::io::IsTerminal;
-    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
-}
-
-fn init_tracing(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(colour());
-    match format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
     }
 }
 

@@ -321,6 +321,22 @@ fn valid_registry_name(name: &str) -> bool {
     chars_ok && name.len() <= 253 && (name.contains(['.', ':']) || name == "localhost")
 }
 
+/// `--listen`: an address, or a host name resolved once at start-up.
+/// IPv4 first: `localhost` then means 127.0.0.1, where clients such as
+/// dockerd's `registry-mirrors` look for it.
+pub fn parse_listen(s: &str) -> Result<std::net::SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    let all: Vec<_> = s
+        .to_socket_addrs()
+        .map_err(|e| format!("{s}: {e} (expected HOST:PORT, e.g. localhost:5000)"))?
+        .collect();
+    all.iter()
+        .find(|a| a.is_ipv4())
+        .or(all.first())
+        .copied()
+        .ok_or_else(|| format!("{s}: the name resolves to no address"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
