@@ -5,7 +5,7 @@
 #   - promtool check config / check rules / test rules on deploy/prometheus/,
 #   - the Grafana dashboard is valid JSON and its queries parse,
 #   - docs/configuration.md documents every key of mirror.toml and
-#     docs/monitoring.md every metric of src/metrics.rs,
+#     docs/monitoring.md every metric of src/metrics/,
 #   - the manifests, the unit and their sample configurations agree.
 # Installs what is missing (Debian 12, as root, no stdin): apt `systemd` for
 # systemd-analyze, promtool from Debian's `prometheus` package, PyPI
@@ -156,8 +156,8 @@ dashboard_promql() {
 check "dashboard queries parse (promtool)" dashboard_promql
 
 check "docs/configuration.md documents every key of mirror.toml" "$PY" tests/deploy/checks.py config-doc
-check "docs/configuration.md documents every field of src/config.rs" "$PY" tests/deploy/checks.py config-rs
-check "docs/monitoring.md documents every metric of src/metrics.rs" "$PY" tests/deploy/checks.py monitoring-doc
+check "docs/configuration.md documents every field of src/config/" "$PY" tests/deploy/checks.py config-rs
+check "docs/monitoring.md documents every metric of src/metrics/" "$PY" tests/deploy/checks.py monitoring-doc
 check "docs/*.md relative links resolve" "$PY" tests/deploy/checks.py doc-links
 check "docs/*.md toml, yaml and json snippets parse" "$PY" tests/deploy/checks.py doc-snippets
 

@@ -16,8 +16,14 @@ ROOT = Path(__file__).resolve().parents[2]
 MIRROR_TOML = ROOT / "mirror.toml"
 CONFIG_DOC = ROOT / "docs" / "configuration.md"
 MONITORING_DOC = ROOT / "docs" / "monitoring.md"
-METRICS_RS = ROOT / "src" / "metrics.rs"
-CONFIG_RS = ROOT / "src" / "config.rs"
+METRICS_DIR = ROOT / "src" / "metrics"
+CONFIG_DIR = ROOT / "src" / "config"
+
+
+def read_dir(d):
+    """The .rs files of one module directory, as one text (a struct or a
+    metric may live in any of them)."""
+    return "\n".join(p.read_text() for p in sorted(d.glob("*.rs")))
 DASHBOARD = ROOT / "deploy" / "grafana" / "hoard-dashboard.json"
 ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yml"
 K8S = ROOT / "deploy" / "kubernetes"
@@ -67,7 +73,7 @@ def mirror_keys():
                 section = None
             if section is not None:
                 table = m.group(1)
-                if section in ("tls", "auth", "local", "storage", "top"):
+                if section in ("tls", "auth", "local", "storage", "cluster", "top"):
                     keys["top"].add(section)
                 keys.setdefault(section, set())
                 in_list = False
@@ -121,6 +127,7 @@ SECTION_MARKERS["auth"] = "[auth]"
 SECTION_MARKERS["prefetch"] = "[prefetch]"
 SECTION_MARKERS["local"] = "[local]"
 SECTION_MARKERS["storage"] = "[storage]"
+SECTION_MARKERS["cluster"] = "[cluster]"
 
 
 def check_config_doc():
@@ -152,39 +159,39 @@ def struct_fields(src, name):
 
 def check_config_rs():
     """Every field of the config structs is in mirror.toml and documented."""
-    src = CONFIG_RS.read_text()
+    src = read_dir(CONFIG_DIR)
     keys = mirror_keys()
     sections = doc_sections(CONFIG_DOC)
     problems = []
     for struct, section in (("Config", "top"), ("TlsConfig", "tls"), ("UpstreamConfig", "upstreams")):
         fields = struct_fields(src, struct)
         if fields is None:
-            problems.append(f"src/config.rs: struct {struct} not found (update tests/deploy/checks.py)")
+            problems.append(f"src/config/: struct {struct} not found (update tests/deploy/checks.py)")
             continue
         rows = documented_rows(sections, SECTION_MARKERS[section]) or set()
         for f in sorted(fields - keys.get(section, set())):
-            problems.append(f"{struct}.{f} (src/config.rs) is not in mirror.toml")
+            problems.append(f"{struct}.{f} (src/config/) is not in mirror.toml")
         for f in sorted(fields - rows):
-            problems.append(f"{struct}.{f} (src/config.rs) is not documented in docs/configuration.md")
+            problems.append(f"{struct}.{f} (src/config/) is not documented in docs/configuration.md")
     return problems, "config structs match mirror.toml and the docs"
 
 
 def metric_names():
-    names = set(re.findall(r'"(hoard_[a-z0-9_]+)"', METRICS_RS.read_text()))
+    names = set(re.findall(r'"(hoard_[a-z0-9_]+)"', read_dir(METRICS_DIR)))
     if not names:
-        raise SystemExit("no hoard_* metric found in src/metrics.rs")
+        raise SystemExit("no hoard_* metric found in src/metrics/")
     return names
 
 
 def histogram_names():
-    src = METRICS_RS.read_text()
+    src = read_dir(METRICS_DIR)
     return set(re.findall(r'HistogramOpts::new\(\s*"(hoard_[a-z0-9_]+)"', src))
 
 
 def check_monitoring_doc():
     text = MONITORING_DOC.read_text()
     documented = set(re.findall(r"`(hoard_[a-z0-9_]+)", text))
-    problems = [f"metric {n} (src/metrics.rs) is not documented in docs/monitoring.md"
+    problems = [f"metric {n} (src/metrics/) is not documented in docs/monitoring.md"
                 for n in sorted(metric_names() - documented)]
     return problems, f"{len(metric_names())} metrics documented"
 
