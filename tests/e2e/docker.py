@@ -286,7 +286,8 @@ htpasswd = "{htpasswd}"
             ensure("denied" in out or "unauthorized" in out,
                    f"push refused, but not for lack of credentials: {output(proc)[-300:]}")
             with open(self.auth_hoard.log_path) as f:
-                posts = [line for line in f if 'method=POST path="/v2/team/pushed/blobs/uploads/"' in line]
+                posts = [line for line in f
+                         if 'method=POST path=/v2/team/pushed/blobs/uploads/ ' in line]
             ensure(posts and all("status=401" in line for line in posts),
                    f"hoard answered the upload POSTs otherwise: {posts}")
             resp = http("GET", f"http://{self.auth_mirror}/v2/team/pushed/tags/list")
