@@ -368,7 +368,11 @@ async fn commit(
                     .tags
                     .push(format!("{upstream}/{repo}:{tag}@{}", image.digest));
             }
-            Some(_) => {}
+            // Named by digest only: linked, so it is served through its
+            // repository (a tag record links what it names).
+            Some((upstream, repo, None)) => {
+                cache.link_manifest(upstream, repo, &image.digest).await;
+            }
             None => summary.unnamed.push(image.digest.clone()),
         }
     }

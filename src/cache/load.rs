@@ -88,6 +88,7 @@ impl Cache {
                 .weigher(|_, v: &bytes::Bytes| u32::try_from(v.len()).unwrap_or(u32::MAX))
                 .build(),
             meta: Arc::new(meta),
+            links: super::links::Links::new(storage.records.clone()),
             fills: Fills::default(),
             held_on_commit: std::sync::Mutex::new(HashMap::new()),
             disk_full: std::sync::atomic::AtomicBool::new(false),

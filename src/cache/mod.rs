@@ -11,6 +11,7 @@ pub mod fill;
 mod held;
 mod held_set;
 pub mod index;
+mod links;
 mod load;
 mod lru;
 pub mod meta;
@@ -70,6 +71,8 @@ pub struct Cache {
     store_lock: tokio::sync::Mutex<()>,
     manifests: moka::sync::Cache<Digest, Bytes>,
     meta: Arc<meta::Meta>,
+    /// Which upstream repositories hold which digests ([`links`]).
+    links: links::Links,
     fills: Fills,
     /// Blobs whose fill must commit straight into the held set (a prefetch
     /// is about to pin them), with how many callers asked: through the LRU a
@@ -271,9 +274,12 @@ impl Cache {
         self.meta.tag(key)
     }
 
-    /// Records a tag durably.
+    /// Records a tag durably, and links what it names to its repository.
     pub async fn put_tag(&self, key: TagKey, record: TagRecord) -> Result<(), Error> {
-        Ok(self.meta.put_tag(&key, &record).await?)
+        self.meta.put_tag(&key, &record).await?;
+        self.link_manifest(&key.upstream, &key.repo, &record.digest)
+            .await;
+        Ok(())
     }
 
     /// Cached tags of a repository.

@@ -200,8 +200,11 @@ impl Prefetcher {
     }
 
     /// Records the tag as resolved now, so pulls by tag find it cached.
+    /// An image asked for by digest is linked to its repository instead
+    /// (a tag record links what it names).
     pub(super) async fn record_tag(&self, r: &ImageRef, digest: &Digest) {
         let (Some(key), None) = (tag_key(r), &r.digest) else {
+            self.cache.link_manifest(&r.upstream, &r.repo, digest).await;
             return;
         };
         let rec = TagRecord {

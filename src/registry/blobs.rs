@@ -25,11 +25,7 @@ pub async fn get(
     head: bool,
     forwarded: bool,
 ) -> Result<Response<Body>, ApiError> {
-    let result = match private_check(reg, target, &digest).await {
-        Ok(()) => serve(reg, target, &digest, range_header, head, forwarded).await,
-        Err(e) => Err(e),
-    };
-    match result {
+    match serve(reg, target, &digest, range_header, head, forwarded).await {
         Ok((mut r, outcome)) => {
             reg.metrics.request(Kind::Blob, outcome);
             r.extensions_mut().insert(super::ServedBy {
@@ -55,10 +51,12 @@ async fn serve(
 ) -> Result<(Response<Body>, Outcome), ApiError> {
     // A request a peer forwarded is served here, never forwarded again.
     let via = reg.cluster.as_ref().filter(|_| !forwarded);
+    let mut holds = Holds::default();
     // Two rounds at most: a blob can vanish from disk (round two fetches it
     // again) or be committed by a fill between our lookups.
     for _ in 0..3 {
         if let Some(size) = reg.cache.lookup(digest).await {
+            holds.confirm(reg, target, digest).await?;
             let range = range::parse(range_header, size)?;
             if head {
                 return Ok((headers_only(digest, size, range), Outcome::Hit));
@@ -72,10 +70,12 @@ async fn serve(
             // A fill in flight knows the size: no upstream round trip, and
             // none either between a fill's last byte and its commit.
             if let Some(size) = reg.cache.filling_size(digest) {
+                holds.confirm(reg, target, digest).await?;
                 let range = range::parse(range_header, size)?;
                 return Ok((headers_only(digest, size, range), Outcome::Coalesced));
             }
             let size = upstream_size(target, digest).await?;
+            holds.link(reg, target, digest).await;
             let range = range::parse(range_header, size)?;
             return Ok((headers_only(digest, size, range), Outcome::Miss));
         }
@@ -89,7 +89,15 @@ async fn serve(
         } else {
             Outcome::Coalesced
         };
-        let size = match fill.started().await {
+        let started = fill.started().await;
+        // The leader's upstream answered for this repository; a follower
+        // joined a fill that may be for another one.
+        if leader && started.is_ok() {
+            holds.link(reg, target, digest).await;
+        } else if !leader {
+            holds.confirm(reg, target, digest).await?;
+        }
+        let size = match started {
             Ok(Some(size)) => size,
             Ok(None) => {
                 // No Content-Length upstream: wait for the verified blob.
@@ -121,17 +129,44 @@ async fn serve(
     Err(ApiError::internal("blob lookup did not settle", digest))
 }
 
-/// Pushed content is private to the local repositories that link it: the
-/// store is shared, but an upstream name serves a blob that only a push
-/// brought in when that upstream confirms it has the blob too, so a digest
-/// alone cannot read a private layer. Blobs cached from an upstream before
-/// they were pushed (base layers) are served as before, offline included.
-async fn private_check(reg: &Registry, target: &Target, digest: &Digest) -> Result<(), ApiError> {
-    if reg.local.is_private(digest) {
-        upstream_size(target, digest).await?;
-        reg.local.confirm_public(digest);
+/// Whether the requested repository holds the blob (issue 14, defect 3):
+/// the cache is shared by digest, so a blob it has is served through a
+/// repository only when linked to it (fetched or confirmed for it before,
+/// or referenced by one of its manifests). Otherwise the upstream is asked
+/// with a `HEAD` for this repository first, and a yes links it. Pushed
+/// content is no exception: an upstream name serves it only when that
+/// upstream has it too. With the upstream unreachable an unlinked blob is
+/// not served (the upstream's error is).
+#[derive(Default)]
+struct Holds(bool);
+
+impl Holds {
+    async fn confirm(
+        &mut self,
+        reg: &Registry,
+        target: &Target,
+        digest: &Digest,
+    ) -> Result<(), ApiError> {
+        if self.0 {
+            return Ok(());
+        }
+        let (up, repo) = (target.upstream.name(), &target.repo);
+        if !reg.cache.linked(up, repo, digest).await {
+            upstream_size(target, digest).await?;
+            reg.cache.link(up, repo, digest).await;
+        }
+        self.0 = true;
+        Ok(())
     }
-    Ok(())
+
+    async fn link(&mut self, reg: &Registry, target: &Target, digest: &Digest) {
+        if !self.0 {
+            reg.cache
+                .link(target.upstream.name(), &target.repo, digest)
+                .await;
+            self.0 = true;
+        }
+    }
 }
 
 /// Streams `range` of a stored blob of `size` bytes, counting the bytes

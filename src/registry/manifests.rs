@@ -110,6 +110,7 @@ async fn by_digest(
 ) -> Result<Served, ApiError> {
     if let Some((bytes, media_type)) = reg.cache.manifest(digest).await? {
         if acceptable(accept, &media_type) {
+            holds(reg, target, digest).await?;
             return Ok(Served {
                 bytes,
                 media_type: media_type.to_string(),
@@ -122,6 +123,7 @@ async fn by_digest(
         .await
         .map_err(|e| map_upstream(e, target, digest))?;
     let m = served(m);
+    link(reg, target, &m.digest).await;
     Ok(Served {
         outcome: Outcome::Miss,
         bytes: m.bytes,
@@ -143,6 +145,8 @@ async fn by_tag(
     };
     // A pinned tag never moves, whatever the upstream says (src/pins).
     if let Some(digest) = reg.pinned_tag(&key) {
+        // The pin names this repository: it holds the pinned image.
+        link(reg, target, &digest).await;
         return by_digest(reg, target, &digest, accept).await;
     }
     let ttl = reg.tag_ttl(&key.upstream);
@@ -237,12 +241,36 @@ async fn by_tag(
             ApiError::upstream(e, target.upstream.name(), about)
         })?;
     let narrow = served(narrow);
+    link(reg, target, &narrow.digest).await;
     Ok(Served {
         outcome: Outcome::Miss,
         bytes: narrow.bytes,
         media_type: narrow.media_type,
         digest: narrow.digest,
     })
+}
+
+/// A cached manifest is served through a repository only when linked to
+/// it (see `cache::links`, issue 14 defect 3); otherwise a `HEAD` for this
+/// repository must confirm the upstream has it there, and then links it.
+async fn holds(reg: &Registry, target: &Target, digest: &Digest) -> Result<(), ApiError> {
+    let (up, repo) = (target.upstream.name(), &target.repo);
+    if reg.cache.linked(up, repo, digest).await {
+        return Ok(());
+    }
+    policy::manifest::revalidate(&origin(reg, target), &digest.to_string())
+        .await
+        .map_err(|e| map_upstream(e, target, digest))?;
+    link(reg, target, digest).await;
+    Ok(())
+}
+
+/// Links a manifest the upstream served or confirmed for this repository,
+/// with what it references.
+async fn link(reg: &Registry, target: &Target, digest: &Digest) {
+    reg.cache
+        .link_manifest(target.upstream.name(), &target.repo, digest)
+        .await;
 }
 
 /// Caching is best effort: a pull never fails because the cache could not

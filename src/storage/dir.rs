@@ -252,13 +252,20 @@ impl CacheDir {
         Ok(odd)
     }
 
-    /// Every file under a record namespace, as the key it is stored under;
+    /// Every file under a record namespace (or the directory a `prefix`
+    /// like `links/<id>/` names in it), as the key it is stored under;
     /// a file whose name is not a valid key is logged and left alone.
-    pub fn walk_records(&self, ns: &str) -> io::Result<Vec<RecordKey>> {
+    pub fn walk_records(&self, prefix: &str) -> io::Result<Vec<RecordKey>> {
         let mut out = Vec::new();
-        let Some(top) = self.namespace(ns) else {
+        let ns = prefix.split('/').next().unwrap_or_default();
+        let Some(mut top) = self.namespace(ns) else {
             return Ok(out);
         };
+        // A prefix naming a directory inside the namespace (one
+        // repository's links) walks that directory only.
+        if let Some(sub) = prefix.rsplit_once('/').and_then(|(d, _)| RecordKey::new(d)) {
+            top = self.record(&sub);
+        }
         let mut dirs = vec![top];
         while let Some(dir) = dirs.pop() {
             let entries = match std::fs::read_dir(&dir) {

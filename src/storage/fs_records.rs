@@ -116,8 +116,8 @@ impl Records for FsRecords {
         let dir = self.dir.clone();
         let prefix = prefix.to_owned();
         Box::pin(async move {
-            let ns = prefix.split('/').next().unwrap_or_default().to_owned();
-            let keys = tokio::task::spawn_blocking(move || dir.walk_records(&ns))
+            let walked = prefix.clone();
+            let keys = tokio::task::spawn_blocking(move || dir.walk_records(&walked))
                 .await
                 .map_err(io::Error::other)??;
             Ok(keys

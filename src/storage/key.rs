@@ -12,7 +12,7 @@ use crate::oci::Digest;
 /// Namespaces records live in (top-level directories of the disk layout).
 /// A new kind of record adds its namespace here (and a constructor below):
 /// its directory then belongs to the layout and is not quarantined at start.
-pub const NAMESPACES: &[&str] = &["manifests", "tags", "pins", "local", "uploads"];
+pub const NAMESPACES: &[&str] = &["manifests", "tags", "pins", "local", "uploads", "links"];
 
 /// A validated record key.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -70,6 +70,18 @@ impl RecordKey {
         RecordKey(format!("local/{}.json", id.hex()))
     }
 
+    /// A link of content to an upstream repository (see `cache::links`),
+    /// by the repository's id (sha256 of `upstream/repo`) and the digest
+    /// it was made for: `links/<id>/<hex>`.
+    pub fn link(repo: &Digest, digest: &Digest) -> RecordKey {
+        RecordKey(format!("links/{}/{}", repo.hex(), digest.hex()))
+    }
+
+    /// The prefix of one repository's links, for [`Records::list`](super::Records::list).
+    pub fn links_of(repo: &Digest) -> String {
+        format!("links/{}/", repo.hex())
+    }
+
     /// An upload session, by its id (hex hoard made): `uploads/<id>.json`.
     pub fn upload(id: &str) -> Option<RecordKey> {
         RecordKey::new(&format!("uploads/{id}.json"))
@@ -94,6 +106,7 @@ mod tests {
             RecordKey::pin(&d),
             RecordKey::local(&d),
             RecordKey::media_type(&d),
+            RecordKey::link(&d, &d),
         ] {
             assert_eq!(RecordKey::new(k.as_str()), Some(k.clone()), "{k}");
         }
