@@ -6,6 +6,7 @@
 //! contact an arbitrary host, so it can never become an open proxy.
 
 pub mod auth;
+mod backoff;
 mod transport;
 
 use std::collections::BTreeMap;
@@ -60,6 +61,8 @@ pub enum Error {
         status: u16,
         /// Start of the body, for the log.
         body: String,
+        /// Seconds the upstream asked to wait (a 503's `Retry-After`).
+        retry_after: Option<u64>,
     },
     /// The upstream broke the protocol.
     #[error("upstream protocol error: {0}")]
@@ -145,6 +148,8 @@ pub struct Upstream {
     /// std lock: held for a clone, never across an await.
     challenge: RwLock<Option<(String, Option<String>)>>,
     tokens: moka::future::Cache<(String, Option<String>, String), Token>,
+    /// 5xx and 429 answers remembered briefly, so a storm is not passed on.
+    backoff: backoff::Backoff,
     metrics: Arc<Metrics>,
 }
 
@@ -220,6 +225,7 @@ impl Upstream {
                 .max_capacity(10_000)
                 .time_to_live(Duration::from_secs(3600))
                 .build(),
+            backoff: backoff::Backoff::default(),
             metrics,
         })
     }

@@ -20,7 +20,30 @@ use crate::oci::RepoName;
 impl Upstream {
     /// Sends a request with authentication and redirects handled, and turns
     /// every non-success answer into an [`Error`].
+    ///
+    /// A 5xx or 429 for `path` is remembered a few seconds (see
+    /// [`super::backoff`]): meanwhile requests for it get the same error
+    /// without reaching the upstream.
     pub(super) async fn request(
+        &self,
+        method: Method,
+        repo: &RepoName,
+        path: &str,
+        headers: HeaderMap,
+    ) -> Result<Response<Incoming>, Error> {
+        if let Some(e) = self.backoff.recent(path, Instant::now()) {
+            tracing::debug!(upstream = %self.name, path, error = %e, "failed recently; not asking again yet");
+            return Err(e);
+        }
+        let result = self.request_now(method, repo, path, headers).await;
+        match &result {
+            Ok(_) => self.backoff.succeeded(path),
+            Err(e) => self.backoff.failed(path, e, Instant::now()),
+        }
+        result
+    }
+
+    async fn request_now(
         &self,
         method: Method,
         repo: &RepoName,
@@ -182,6 +205,7 @@ impl Upstream {
             return Err(Error::Status {
                 status: status.as_u16(),
                 body: snippet(&bytes),
+                retry_after,
             });
         }
         let parsed: TokenResponse = serde_json::from_slice(&bytes)
@@ -300,6 +324,7 @@ async fn check_status(
         _ => Error::Status {
             status: status.as_u16(),
             body,
+            retry_after,
         },
     })
 }
