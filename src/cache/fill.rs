@@ -338,6 +338,27 @@ pub trait Committer: Send + Sync {
     /// A write failed; `needed` bytes would have been stored. A full disk
     /// (ENOSPC, EFBIG, EDQUOT) makes the cache evict to make room.
     fn write_failed(&self, err: &io::Error, needed: u64);
+
+    /// A fill announced `size` bytes: count them against the budget while
+    /// its temp file grows (issue 14: fills in flight were not counted, so
+    /// the cache directory overshot `max_size` during churn).
+    /// `false` when nothing was reserved (the blob is not for the budget).
+    fn reserve(&self, _digest: &Digest, _size: u64) -> bool {
+        false
+    }
+
+    /// The fill that reserved `size` bytes is over (committed or not).
+    fn unreserve(&self, _size: u64) {}
+}
+
+/// Bytes a fill reserved against the budget, given back on drop (before
+/// the commit counts them, or when the fill fails).
+struct Reserved<'a, C: Committer>(&'a C, u64);
+
+impl<C: Committer> Drop for Reserved<'_, C> {
+    fn drop(&mut self) {
+        self.0.unreserve(self.1);
+    }
 }
 
 fn disk<C: Committer>(c: &C, e: io::Error, needed: u64) -> FillError {
@@ -386,6 +407,8 @@ pub(super) async fn run<C: Committer>(
     guard.staging = Some(staging);
     let _ = guard.fill.file.set(file.clone());
     guard.set(Progress::Streaming { size, written: 0 });
+    let size_reserved = size.filter(|&s| committer.reserve(&digest, s));
+    let reserved = Reserved(committer, size_reserved.unwrap_or(0));
 
     let (to_writer, for_writer) = tokio::sync::mpsc::channel(pipeline::QUEUE);
     let (to_hasher, for_hasher) = tokio::sync::mpsc::channel(pipeline::QUEUE);
@@ -432,6 +455,7 @@ pub(super) async fn run<C: Committer>(
         return guard.fail(FillError::Mismatch(actual));
     }
     guard.set(Progress::Verified { size: written });
+    drop(reserved);
     // The commit syncs the file and renames it into the store.
     let committed = match guard.staging.take() {
         Some(staged) => committer.commit(&digest, staged, written).await,

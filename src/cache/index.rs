@@ -82,6 +82,9 @@ pub struct BlobIndex {
     pinned: RwLock<HeldSet>,
     /// Bytes of budgeted and held blobs together.
     bytes: AtomicU64,
+    /// Bytes announced by fills in flight: their temp files take disk
+    /// space too, so the budget makes room for them before they commit.
+    reserved: AtomicU64,
     limit: u64,
     evicted: mpsc::UnboundedSender<Evicted>,
     /// Set while the start-up load runs: the budget waits for it (an
@@ -108,6 +111,7 @@ impl BlobIndex {
                 lru: Mutex::new(Lru::default()),
                 pinned: RwLock::new(HeldSet::default()),
                 bytes: AtomicU64::new(0),
+                reserved: AtomicU64::new(0),
                 limit,
                 evicted: tx,
                 loading: AtomicBool::new(false),
@@ -225,14 +229,37 @@ impl BlobIndex {
         }
     }
 
-    /// Evicts the least recently used blobs until the budgeted bytes fit
-    /// the limit, and queues their deletes.
+    /// Counts `size` bytes of a fill in flight against the budget, evicting
+    /// now to make room for them. A blob larger than the whole budget is not
+    /// counted (`false`): it cannot stay anyway, and must not empty the cache.
+    pub fn reserve(&self, size: u64) -> bool {
+        if size > self.limit {
+            return false;
+        }
+        self.reserved.fetch_add(size, Ordering::Relaxed);
+        self.enforce();
+        true
+    }
+
+    /// Gives back what [`BlobIndex::reserve`] took.
+    pub fn unreserve(&self, size: u64) {
+        let _ = self
+            .reserved
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |r| {
+                Some(r.saturating_sub(size))
+            });
+    }
+
+    /// Evicts the least recently used blobs until the budgeted bytes and
+    /// the fills in flight fit the limit, and queues their deletes.
     fn enforce(&self) {
         if self.is_loading() {
             return;
         }
         let mut lru = self.lru();
-        while lru.bytes() > self.limit {
+        // Fills in flight beyond the whole budget: everything budgeted goes.
+        let reserved = self.reserved.load(Ordering::Relaxed).min(self.limit);
+        while lru.bytes() + reserved > self.limit {
             let Some((key, size)) = lru.pop_oldest() else {
                 break;
             };
@@ -367,6 +394,25 @@ mod tests {
         assert!(idx.get(&d(1)).is_some());
         idx.insert(d(9), 3 * 1024, now_secs());
         assert_eq!(rx.try_recv().expect("second eviction").digest, d(2));
+    }
+
+    #[test]
+    fn fills_in_flight_are_counted_against_the_budget() {
+        let (idx, mut rx) = BlobIndex::new(10 * 1024);
+        for n in 0..3 {
+            idx.insert(d(n), 3 * 1024, now_secs());
+        }
+        assert!(rx.try_recv().is_err(), "9 KiB fit");
+        // A 4 KiB fill starts: room is made now, not at its commit.
+        assert!(idx.reserve(4 * 1024));
+        assert_eq!(rx.try_recv().expect("one eviction").digest, d(0));
+        assert!(rx.try_recv().is_err());
+        idx.unreserve(4 * 1024);
+        idx.insert(d(3), 4 * 1024, now_secs());
+        assert!(rx.try_recv().is_err(), "its commit fits in the room made");
+        // A fill larger than the budget does not empty it.
+        assert!(!idx.reserve(100 * 1024));
+        assert!(rx.try_recv().is_err());
     }
 
     #[test]

@@ -373,6 +373,19 @@ impl fill::Committer for Cache {
         Ok(())
     }
 
+    fn reserve(&self, digest: &Digest, size: u64) -> bool {
+        // A fill committing into the held set is outside the budget.
+        let held = self
+            .held_on_commit
+            .lock()
+            .is_ok_and(|m| m.contains_key(digest));
+        !held && self.blobs.reserve(size)
+    }
+
+    fn unreserve(&self, size: u64) {
+        self.blobs.unreserve(size);
+    }
+
     fn write_failed(&self, err: &io::Error, needed: u64) {
         if !is_out_of_space(err) {
             tracing::error!(error = %err, "cache write failed");
