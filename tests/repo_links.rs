@@ -129,7 +129,9 @@ async fn a_layer_both_repositories_hold_is_confirmed_once_then_served_from_the_c
     let a = env
         .hub
         .add_image("team/a", "1", 1, &[shared.clone(), pseudo_random(1, 10)]);
-    let b = env.hub.add_image("team/b", "1", 2, std::slice::from_ref(&shared));
+    let b = env
+        .hub
+        .add_image("team/b", "1", 2, std::slice::from_ref(&shared));
     let layer = &a.layers[0];
     assert_eq!(layer.digest, b.layers[0].digest);
     assert_eq!(
