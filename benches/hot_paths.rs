@@ -278,14 +278,15 @@ fn fill(c: &mut Criterion) {
                     let fill = hoard::policy::fill(&cache, &upstream, &repo, &digest, None)
                         .expect("a blob the cache lacks starts a fill")
                         .fill;
-                    let mut body = std::pin::pin!(hoard::policy::read(
-                        fill.clone(),
-                        upstream.clone(),
-                        repo.clone(),
-                        0,
-                        SIZE as u64,
-                        metrics.clone()
-                    ));
+                    let read = hoard::policy::Read {
+                        upstream: upstream.clone(),
+                        repo: repo.clone(),
+                        size: SIZE as u64,
+                        start: 0,
+                        end: SIZE as u64,
+                    };
+                    let mut body =
+                        std::pin::pin!(hoard::policy::read(fill.clone(), read, metrics.clone()));
                     let mut total = 0;
                     while let Some(chunk) = body.next().await {
                         total += chunk.expect("fill body").len();

@@ -90,6 +90,53 @@ async fn an_upload_past_the_file_size_limit_is_507_and_stores_nothing() {
     hoard.stop().await;
 }
 
+/// Issue 14, defect 7: past a full disk a `Range` request keeps the rule
+/// every read keeps, that nothing unverified completes a response. The
+/// range lies past what the disk took, so its bytes come from the upstream;
+/// from an honest one they arrive whole, from one that flips the blob's last
+/// byte (outside the range) the response is aborted, never complete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_range_passed_through_past_a_full_disk_is_verified_like_a_whole_blob() {
+    let site = Site::new(&[]).await;
+    let hoard = start_limited(&site).await;
+    let honest = site.hub.add_blob(REPO, pseudo_random(50, BIG));
+    let lying = site.hub.add_blob(REPO, pseudo_random(51, BIG));
+    site.hub.corrupt(&lying.digest);
+    let (from, to) = (2 * MIB, 2 * MIB + 99_999);
+    let get_range = |blob: &Blob| {
+        hoard
+            .client
+            .get(hoard.url(&path_of(blob)))
+            .header("Range", format!("bytes={from}-{to}"))
+            .send()
+    };
+
+    let resp = get_range(&honest).await.expect("send");
+    assert_eq!(resp.status(), 206, "the honest range");
+    let body = resp
+        .bytes()
+        .await
+        .expect("an honest upstream's range arrives whole");
+    assert!(
+        body[..] == honest.data[from..=to],
+        "the honest range's bytes"
+    );
+
+    let resp = get_range(&lying).await.expect("send");
+    assert_eq!(resp.status(), 206, "the lying range starts like any other");
+    if let Ok(body) = resp.bytes().await {
+        panic!(
+            "a range of a blob that fails its digest check completed ({} bytes)",
+            body.len()
+        );
+    }
+    assert!(
+        find_named(&site.cache.join("blobs"), hex_of(&lying.digest)).is_empty(),
+        "nothing of the lying blob is kept"
+    );
+    hoard.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fill_on_a_full_tmpfs_is_passed_through_and_leaves_nothing_partial() {
     let site = Site::new(&[]).await;

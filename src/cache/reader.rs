@@ -16,10 +16,10 @@
 //! client must still get its blob, but the cache does not know where else
 //! to find it: the reader ends with [`ReadError::DiskFailed`], a [`Resume`]
 //! that says how far it got, and the layer that chose the origin
-//! (`crate::policy`) fetches the rest. For a reader of the whole blob,
-//! [`Resume::hash_sent`] re-hashes what was already sent (still readable
-//! through the open temp file), so the rest can be verified before its last
-//! byte.
+//! (`crate::policy`) fetches the rest. [`Resume::hash_prefix`] re-hashes
+//! the blob's first bytes (still readable through the open temp file), so
+//! the rest can be verified before the reader's last byte, whatever its
+//! range.
 
 use std::collections::VecDeque;
 use std::io;
@@ -197,26 +197,27 @@ impl Resume {
         self.fill.digest()
     }
 
-    /// The hash of bytes `0..at`, read back from the fill's open temp file:
-    /// with it, a reader of the whole blob verifies the rest it fetches
-    /// elsewhere before sending its last byte.
-    pub async fn hash_sent(&self) -> io::Result<Hasher> {
+    /// The hash of the blob's first bytes, read back from the fill's open
+    /// temp file, and how many bytes it covers: all of `0..at` when the file
+    /// holds them (the fill writes from byte 0, so a reader of the whole blob
+    /// is always in that case), else as many as the file holds. With it a
+    /// reader verifies the rest it fetches elsewhere before sending its last
+    /// byte, whatever range it reads.
+    pub async fn hash_prefix(&self) -> io::Result<(Hasher, u64)> {
         let mut h = Hasher::new();
         let Some(file) = self.fill.file() else {
-            return if self.at == 0 {
-                Ok(h)
-            } else {
-                Err(io::Error::other("fill has data but no file"))
-            };
+            return Ok((h, 0));
         };
+        let held = file.metadata()?.len();
+        let upto = self.at.min(held);
         let mut pos = 0;
-        while pos < self.at {
-            let want = (self.at - pos).min(CHUNK as u64) as usize;
+        while pos < upto {
+            let want = (upto - pos).min(CHUNK as u64) as usize;
             let chunk = super::pagecache::read_exact_at(&file, pos, want).await?;
             h.update(&chunk);
             pos += chunk.len() as u64;
         }
-        Ok(h)
+        Ok((h, upto))
     }
 }
 

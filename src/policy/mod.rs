@@ -17,4 +17,4 @@ pub mod manifest;
 mod passthrough;
 
 pub use blob::{fill, size as blob_size, Filling};
-pub use passthrough::read;
+pub use passthrough::{read, Read};

@@ -116,14 +116,14 @@ async fn serve(
         };
         let range = range::parse(range_header, size)?;
         let (start, end) = bounds(range, size);
-        let stream = policy::read(
-            fill,
-            target.upstream.clone(),
-            target.repo.clone(),
+        let read = policy::Read {
+            upstream: target.upstream.clone(),
+            repo: target.repo.clone(),
+            size,
             start,
             end,
-            reg.metrics.clone(),
-        );
+        };
+        let stream = policy::read(fill, read, reg.metrics.clone());
         return Ok((response(digest, size, range, body::stream(stream)), outcome));
     }
     Err(ApiError::internal("blob lookup did not settle", digest))
