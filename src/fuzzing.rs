@@ -71,7 +71,10 @@ pub fn reference(data: &[u8]) {
     };
     if let Ok(d) = s.parse::<Digest>() {
         assert_eq!(d.to_string(), s, "a digest prints as it was parsed");
-        assert_eq!(Digest::from_bytes(d.to_bytes()), d);
+        assert_eq!(d.hex().len(), d.algorithm().hex_len());
+        if d.algorithm() == crate::oci::Algorithm::Sha256 {
+            assert_eq!(Digest::from_bytes(d.to_bytes()), d);
+        }
     }
     if let Ok(n) = s.parse::<RepoName>() {
         assert_eq!(n.as_str(), s, "a name prints as it was parsed");

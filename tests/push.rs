@@ -28,19 +28,7 @@ async fn env_with(local: &[(&str, &str)]) -> Env {
 /// Monolithic upload (`POST ?digest=` with the body); returns the digest.
 async fn push_blob(m: &TestMirror, repo: &str, data: &[u8]) -> String {
     let digest = sha256_digest(data);
-    let resp = m
-        .client
-        .post(m.url(&format!("/v2/{repo}/blobs/uploads/?digest={digest}")))
-        .body(data.to_vec())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 201, "monolithic upload to {repo}");
-    assert_eq!(header(&resp, "Docker-Content-Digest"), digest);
-    assert_eq!(
-        header(&resp, "Location"),
-        format!("/v2/{repo}/blobs/{digest}")
-    );
+    push_blob_as(m, repo, data, &digest).await;
     digest
 }
 

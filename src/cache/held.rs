@@ -110,7 +110,7 @@ impl Cache {
         bytes: Bytes,
         holder: Option<Holder>,
     ) -> Result<(), Error> {
-        if Digest::of(&bytes) != *digest {
+        if !digest.matches(&bytes) {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 "bytes do not match their digest",

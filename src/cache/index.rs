@@ -23,7 +23,7 @@ use tokio::sync::mpsc;
 
 use super::held_set::HeldSet;
 use super::lru::Lru;
-use crate::oci::Digest;
+use crate::oci::{Algorithm, Digest};
 
 /// One indexed blob.
 #[derive(Debug)]
@@ -78,6 +78,13 @@ pub struct BlobIndex {
     /// The budgeted blobs. std lock: O(1) list operations only (but the
     /// disk-full victim search), never held across an await.
     lru: Mutex<Lru>,
+    /// The sha512 digests the LRU lists, by the 32-byte key they are
+    /// listed under ([`Digest::to_bytes`]), to name them again when they
+    /// leave it. The LRU's keys are raw sha256s; sha512 content is pushed,
+    /// held while a repository links it and budgeted only once released,
+    /// so this stays small. std lock: map operations only, taken after
+    /// `lru` when both are.
+    long: Mutex<HashMap<[u8; 32], Digest>>,
     /// std lock: map operations only, never held across an await.
     pinned: RwLock<HeldSet>,
     /// Bytes of budgeted and held blobs together.
@@ -109,6 +116,7 @@ impl BlobIndex {
         (
             BlobIndex {
                 lru: Mutex::new(Lru::default()),
+                long: Mutex::new(HashMap::new()),
                 pinned: RwLock::new(HeldSet::default()),
                 bytes: AtomicU64::new(0),
                 reserved: AtomicU64::new(0),
@@ -124,6 +132,31 @@ impl BlobIndex {
         // A panic while holding the lock cannot leave the list half-linked
         // in a way that matters more than refusing every later request.
         self.lru.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn long(&self) -> MutexGuard<'_, HashMap<[u8; 32], Digest>> {
+        self.long.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The LRU key of a digest about to be listed (a sha512 is remembered
+    /// beside its key).
+    fn listed(&self, digest: &Digest) -> [u8; 32] {
+        let key = digest.to_bytes();
+        if digest.algorithm() != Algorithm::Sha256 {
+            self.long().insert(key, digest.clone());
+        }
+        key
+    }
+
+    /// The digest an LRU key stands for; `unlist` forgets a sha512's name
+    /// (its entry left the LRU).
+    fn named(&self, key: [u8; 32], unlist: bool) -> Digest {
+        let mut long = self.long();
+        let found = match unlist {
+            true => long.remove(&key),
+            false => long.get(&key).cloned(),
+        };
+        found.unwrap_or_else(|| Digest::from_bytes(key))
     }
 
     /// Size of a cached blob, marking it used.
@@ -196,7 +229,7 @@ impl BlobIndex {
                 if self.pinned.read().is_ok_and(|p| p.contains(&digest)) {
                     continue;
                 }
-                if lru.insert_oldest(digest.to_bytes(), size, last_use) {
+                if lru.insert_oldest(self.listed(&digest), size, last_use) {
                     self.bytes.fetch_add(size, Ordering::Relaxed);
                 }
             }
@@ -224,7 +257,8 @@ impl BlobIndex {
         if self.pinned.read().is_ok_and(|p| p.contains(&digest)) {
             return;
         }
-        if self.lru().insert(digest.to_bytes(), size, last_use) {
+        let key = self.listed(&digest);
+        if self.lru().insert(key, size, last_use) {
             self.bytes.fetch_add(size, Ordering::Relaxed);
         }
     }
@@ -265,7 +299,7 @@ impl BlobIndex {
             };
             self.bytes.fetch_sub(size, Ordering::Relaxed);
             let _ = self.evicted.send(Evicted {
-                digest: Digest::from_bytes(key),
+                digest: self.named(key, true),
                 size,
             });
         }
@@ -274,6 +308,7 @@ impl BlobIndex {
     /// Drops a blob from the index (its file is the caller's business).
     pub fn remove(&self, digest: &Digest) -> Option<u64> {
         if let Some((size, _)) = self.lru().remove(&digest.to_bytes()) {
+            self.named(digest.to_bytes(), true);
             self.bytes.fetch_sub(size, Ordering::Relaxed);
             return Some(size);
         }
@@ -293,6 +328,7 @@ impl BlobIndex {
         let Some((size, last_use)) = self.lru().remove(&digest.to_bytes()) else {
             return false;
         };
+        self.named(digest.to_bytes(), true);
         if let Ok(mut p) = self.pinned.write() {
             p.insert(
                 digest.clone(),
@@ -351,7 +387,7 @@ impl BlobIndex {
         self.lru()
             .oldest(want)
             .into_iter()
-            .map(|(key, size)| (Digest::from_bytes(key), size))
+            .map(|(key, size)| (self.named(key, false), size))
             .collect()
     }
 
@@ -482,5 +518,23 @@ mod tests {
         assert_eq!(v, vec![d(1), d(2)]);
         assert_eq!(idx.remove(&d(1)), Some(100));
         assert_eq!(idx.bytes(), 200);
+    }
+
+    #[test]
+    fn sha512_blobs_leave_the_budget_under_their_own_name() {
+        let (idx, mut rx) = BlobIndex::new(8 * 1024);
+        let long = crate::oci::Algorithm::Sha512.digest(b"pushed");
+        idx.insert_held(long.clone(), 4 * 1024, Holder::Local);
+        assert_eq!(idx.get(&long), Some(4 * 1024));
+        assert!(idx.release(&long, Holder::Local), "back under the budget");
+        assert!(idx.contains(&long));
+        assert_eq!(idx.get(&long), Some(4 * 1024));
+        assert_eq!(idx.oldest(1), vec![(long.clone(), 4 * 1024)]);
+        for n in 0..2 {
+            idx.insert(d(n), 4 * 1024, now_secs());
+        }
+        assert_eq!(rx.try_recv().expect("evicted").digest, long);
+        assert!(!idx.contains(&long));
+        assert!(idx.long().is_empty(), "its name is forgotten");
     }
 }

@@ -66,11 +66,11 @@ impl Meta {
         };
         let mut moved = 0;
         for key in meta.records.list("manifests/").await? {
-            let digest = key
-                .as_str()
-                .rsplit('/')
+            let mut parts = key.as_str().split('/').skip(1);
+            let digest = parts
                 .next()
-                .and_then(|h| format!("sha256:{h}").parse::<Digest>().ok())
+                .zip(parts.nth(1))
+                .and_then(|(alg, h)| Digest::from_parts(alg, h).ok())
                 .filter(|d| RecordKey::media_type(d) == key);
             let text = match meta.records.get(&key).await? {
                 Some(v) => String::from_utf8(v.bytes.to_vec()).ok(),

@@ -157,7 +157,7 @@ impl Cache {
         let mut buf = Vec::with_capacity(size as usize);
         tokio::io::AsyncReadExt::read_to_end(&mut reader, &mut buf).await?;
         let bytes = Bytes::from(buf);
-        if Digest::of(&bytes) != *digest {
+        if !digest.matches(&bytes) {
             tracing::error!(%digest, "cached content is corrupt; dropping it");
             self.forget(digest);
             let _ = self.store.remove(digest).await;

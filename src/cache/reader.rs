@@ -204,7 +204,7 @@ impl Resume {
     /// reader verifies the rest it fetches elsewhere before sending its last
     /// byte, whatever range it reads.
     pub async fn hash_prefix(&self) -> io::Result<(Hasher, u64)> {
-        let mut h = Hasher::new();
+        let mut h = Hasher::for_digest(self.digest());
         let Some(file) = self.fill.file() else {
             return Ok((h, 0));
         };

@@ -55,7 +55,7 @@ pub async fn verify(store: &dyn BlobStore, progress: Progress<'_>) -> io::Result
     let mut buf = vec![0u8; 1024 * 1024];
     for blob in blobs {
         let digest = blob.digest;
-        let mut hasher = Hasher::new();
+        let mut hasher = Hasher::for_digest(&digest);
         let read = async {
             let mut reader = store.open(&digest, 0, blob.size).await?;
             loop {

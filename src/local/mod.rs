@@ -320,7 +320,12 @@ impl Local {
         content_type: Option<&str>,
         bytes: Bytes,
     ) -> Result<(Digest, Option<Digest>), Error> {
-        let digest = Digest::of(&bytes);
+        // By tag: the canonical sha256. By digest: that digest's algorithm
+        // (the spec lets a client push a manifest by its sha512).
+        let digest = match reference {
+            Reference::Digest(d) => d.algorithm().digest(&bytes),
+            Reference::Tag(_) => Digest::of(&bytes),
+        };
         if let Reference::Digest(d) = reference {
             if *d != digest {
                 return Err(Error::DigestInvalid {

@@ -1,6 +1,8 @@
 //! Blob upload sessions: bytes stream into a staging of the blob store
 //! (its local file), hashed as they pass, so memory stays flat for
-//! multi-GiB layers and the digest is known the moment the last byte lands.
+//! multi-GiB layers and the digest is known the moment the last byte lands
+//! (a sha256 digest, the one clients use; a session finished with a sha512
+//! digest reads its bytes back once to hash them with that).
 //!
 //! Each session is recorded in the [`Records`] store (created at start,
 //! deleted at the end) so the sessions in flight can be seen from outside;
@@ -164,9 +166,20 @@ impl Uploads {
         let mut file = st.file.take().ok_or(Error::UploadUnknown)?;
         // The commit syncs the staging; this only hands over what tokio buffers.
         file.flush().await?;
-        drop(file);
+        let hasher = std::mem::take(&mut st.hasher);
+        // Bytes are hashed with sha256 as they arrive; a client that names
+        // another algorithm (sha512) only says so now, so they are read
+        // back once and hashed with it.
+        let actual = if hasher.algorithm() == expected.algorithm() {
+            hasher.finish()
+        } else {
+            let file = file.into_std().await;
+            let (alg, len) = (expected.algorithm(), st.size);
+            tokio::task::spawn_blocking(move || crate::oci::digest_file(&file, alg, len))
+                .await
+                .map_err(std::io::Error::other)??
+        };
         let staging = st.staging.take().ok_or(Error::UploadUnknown)?;
-        let actual = std::mem::take(&mut st.hasher).finish();
         self.forget(s).await;
         if actual != *expected {
             return Err(Error::DigestInvalid {

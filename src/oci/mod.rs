@@ -9,7 +9,7 @@ mod media;
 mod name;
 mod platform;
 
-pub use digest::{Digest, DigestError, Hasher};
+pub use digest::{digest_file, Algorithm, Digest, DigestError, Hasher};
 pub use media::{is_index, MediaType, MANIFEST_MEDIA_TYPES};
 pub use name::{NameError, Reference, RepoName, Tag};
 pub use platform::{Platform, PlatformError};

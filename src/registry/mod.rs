@@ -228,6 +228,9 @@ impl Registry {
                 match resolve::place(self, name, ns)? {
                     Place::Local(repo) => pushed::get(self, &repo, reference, head).await,
                     Place::Remote(target) => {
+                        if let crate::oci::Reference::Digest(d) = &reference {
+                            resolve::mirrored(d, name, "MANIFEST_UNKNOWN")?;
+                        }
                         let accept = accept_list(req.headers());
                         manifests::get(self, &target, reference, accept, head)
                             .await
@@ -256,6 +259,7 @@ impl Registry {
                         ))
                     }
                     Place::Remote(target) => {
+                        resolve::mirrored(&digest, name, "BLOB_UNKNOWN")?;
                         blobs::get(self, &target, digest, range, head, forwarded)
                             .await
                             .map_err(|e| e.at_upstream(&target.upstream))

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use http::StatusCode;
 
 use super::ApiError;
-use crate::oci::RepoName;
+use crate::oci::{Algorithm, Digest, RepoName};
 use crate::upstream::Upstream;
 
 /// Other names clients use for Docker Hub.
@@ -116,6 +116,26 @@ pub fn push_target(
         }
     }
     Ok(name)
+}
+
+/// Checks that a digest asked of an upstream's cache is one a mirror can
+/// hold: upstream content is addressed (fetched, verified, stored) by
+/// sha256; sha512 is for content pushed to local repositories. Anything
+/// else is `404` with `code` and a message saying why: the mirror does not
+/// have it and never will, and a client with more hosts (containerd) tries
+/// the next one.
+pub fn mirrored(digest: &Digest, name: &str, code: &'static str) -> Result<(), ApiError> {
+    if digest.algorithm() == Algorithm::Sha256 {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        StatusCode::NOT_FOUND,
+        code,
+        format!(
+            "{} digests are served for local (pushed) repositories only: {name:.100} is mirrored from an upstream, whose content hoard addresses by sha256",
+            digest.algorithm()
+        ),
+    ))
 }
 
 /// Resolves `name` (as the client sent it) and `ns`.

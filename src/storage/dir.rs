@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use super::key::{RecordKey, NAMESPACES};
-use crate::oci::Digest;
+use crate::oci::{Algorithm, Digest};
 
 /// Top-level entries hoard owns besides the record namespaces.
 const OWN: &[&str] = &["blobs", "tmp", "quarantine", MARKER];
@@ -42,7 +42,12 @@ impl CacheDir {
         };
         tokio::task::spawn_blocking(move || {
             dir.claim()?;
-            for sub in [dir.blobs_root(), dir.root.join("manifests/sha256"), dir.tmp()] {
+            // `blobs/sha512` appears with the first blob pushed by a sha512 digest.
+            for sub in [
+                dir.blobs_root(Algorithm::Sha256),
+                dir.root.join("manifests/sha256"),
+                dir.tmp(),
+            ] {
                 std::fs::create_dir_all(sub)?;
             }
             let moved = dir.check_top_level()?;
@@ -78,15 +83,18 @@ impl CacheDir {
         &self.root
     }
 
-    /// Where verified blobs live: `blobs/sha256`.
-    pub fn blobs_root(&self) -> PathBuf {
-        self.root.join("blobs").join("sha256")
+    /// Where verified blobs of one algorithm live: `blobs/sha256` (and
+    /// `blobs/sha512` for content pushed with sha512 digests).
+    pub fn blobs_root(&self, algorithm: Algorithm) -> PathBuf {
+        self.root.join("blobs").join(algorithm.as_str())
     }
 
     /// The path of a blob: derived only from a validated digest.
     pub fn blob(&self, digest: &Digest) -> PathBuf {
         let hex = digest.hex();
-        self.blobs_root().join(&hex[..2]).join(hex)
+        self.blobs_root(digest.algorithm())
+            .join(&hex[..2])
+            .join(hex)
     }
 
     /// The path of a record: its validated key, relative to the root.
@@ -199,14 +207,14 @@ impl CacheDir {
         Ok(removed)
     }
 
-    /// The one sharded walker: files `dir/<2 hex>/<hex>`, each handed to
-    /// `found` with the digest its name spells. Anything else (a shard that
+    /// The one sharded walker: files `blobs/<algorithm>/<2 hex>/<hex>`,
+    /// each handed to `found` with the digest its name spells. Anything else (a shard that
     /// is not two hex digits, a name that is not a digest, a blob in the
     /// wrong shard, a directory where a file belongs) is moved into the
     /// quarantine when `strays` says so, else skipped; returns how many.
     pub fn walk_sharded(
         &self,
-        dir: &Path,
+        algorithm: Algorithm,
         strays: Strays,
         mut found: impl FnMut(Digest, &std::fs::DirEntry) -> io::Result<()>,
     ) -> io::Result<usize> {
@@ -218,7 +226,7 @@ impl CacheDir {
                 Strays::Skip => Ok(()),
             }
         };
-        let shards = match std::fs::read_dir(dir) {
+        let shards = match std::fs::read_dir(self.blobs_root(algorithm)) {
             Ok(r) => r,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
             Err(e) => return Err(e),
@@ -241,7 +249,7 @@ impl CacheDir {
                 let parsed = entry
                     .file_name()
                     .to_str()
-                    .and_then(|n| format!("sha256:{n}").parse::<Digest>().ok())
+                    .and_then(|n| Digest::from_parts(algorithm.as_str(), n).ok())
                     .filter(|d| Some(&d.hex()[..2]) == shard_name.to_str());
                 match parsed {
                     Some(digest) if entry.file_type()?.is_file() => found(digest, &entry)?,

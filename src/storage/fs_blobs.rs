@@ -1,5 +1,6 @@
 //! [`BlobStore`] on local disk: `blobs/sha256/<2 hex>/<hex>`, the layout
-//! distribution uses.
+//! distribution uses (and `blobs/sha512/...` for content pushed with sha512
+//! digests).
 //!
 //! A staging is a temp file in `tmp/`, created with `create_new`; its
 //! commit syncs it, checks its size (and the digest of what came through
@@ -17,7 +18,7 @@ use bytes::Bytes;
 
 use super::dir::{CacheDir, Strays};
 use super::{BlobInfo, BlobReader, BlobStore, BoxFuture, Listing, Staging};
-use crate::oci::{Digest, Hasher};
+use crate::oci::{Algorithm, Digest, Hasher};
 
 /// Blobs on the local filesystem.
 pub struct FsBlobs {
@@ -47,10 +48,12 @@ impl FsBlobs {
         } else {
             Strays::Skip
         };
-        out.moved_aside = dir.walk_sharded(&dir.blobs_root(), strays, |digest, entry| {
-            out.blobs.push(info(digest, &entry.metadata()?));
-            Ok(())
-        })?;
+        for algorithm in Algorithm::ALL {
+            out.moved_aside += dir.walk_sharded(algorithm, strays, |digest, entry| {
+                out.blobs.push(info(digest, &entry.metadata()?));
+                Ok(())
+            })?;
+        }
         Ok(out)
     }
 }
@@ -199,8 +202,17 @@ impl Staging for FsStaging {
             if self.broken {
                 return Err(io::Error::other("a write to this staging failed"));
             }
+            let (file, target) = (self.file.clone(), self.dir.blob(&digest));
             if let Some(h) = self.hasher.take() {
-                let actual = h.finish();
+                // Bytes hashed as they came (sha256) but committed under
+                // another algorithm (a manifest pushed by its sha512
+                // digest): read them back and hash them with that one.
+                let actual = if h.algorithm() == digest.algorithm() {
+                    h.finish()
+                } else {
+                    let (f, alg, len) = (file.clone(), digest.algorithm(), self.written);
+                    blocking(move || crate::oci::digest_file(&f, alg, len)).await?
+                };
                 if actual != digest {
                     return Err(io::Error::new(
                         io::ErrorKind::InvalidData,
@@ -211,7 +223,6 @@ impl Staging for FsStaging {
             let Some(path) = self.path.clone() else {
                 return Err(io::Error::other("staging committed twice"));
             };
-            let (file, target) = (self.file.clone(), self.dir.blob(&digest));
             blocking(move || {
                 let len = file.metadata()?.len();
                 if len != size {

@@ -47,10 +47,11 @@ impl RecordKey {
         &self.0
     }
 
-    /// A manifest's media type: `manifests/sha256/<2 hex>/<hex>`.
+    /// A manifest's media type: `manifests/<algorithm>/<2 hex>/<hex>`.
     pub fn media_type(digest: &Digest) -> RecordKey {
         let hex = digest.hex();
-        RecordKey(format!("manifests/sha256/{}/{hex}", &hex[..2]))
+        let alg = digest.algorithm();
+        RecordKey(format!("manifests/{alg}/{}/{hex}", &hex[..2]))
     }
 
     /// A tag record, by the sha256 of `upstream/repo:tag`:

@@ -42,6 +42,7 @@
 //!
 //! ```text
 //! blobs/sha256/<2 hex>/<hex>      verified content (layers, configs, manifests)
+//! blobs/sha512/<2 hex>/<hex>      the same, pushed by sha512 digests (local only)
 //! manifests/sha256/<2 hex>/<hex>  record: media type of each cached manifest
 //! tags/<2 hex>/<hex>.json         record: tag -> digest
 //! pins/<hex>.json                 record: a pinned image

@@ -59,7 +59,7 @@ impl Tiered {
         let tee = Tee {
             body,
             keep,
-            hasher: Some(Hasher::new()),
+            hasher: Some(Hasher::for_digest(digest)),
             held: None,
             written: 0,
             digest: digest.clone(),

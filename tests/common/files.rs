@@ -4,10 +4,10 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-/// `cache/blobs/sha256/<2 hex>/<hex>` of a `sha256:<hex>` digest.
+/// `cache/blobs/<algorithm>/<2 hex>/<hex>` of an `<algorithm>:<hex>` digest.
 pub fn blob_file(cache: &Path, digest: &str) -> PathBuf {
-    let hex = digest.strip_prefix("sha256:").expect("sha256 digest");
-    cache.join("blobs").join("sha256").join(&hex[..2]).join(hex)
+    let (alg, hex) = digest.split_once(':').expect("<algorithm>:<hex> digest");
+    cache.join("blobs").join(alg).join(&hex[..2]).join(hex)
 }
 
 /// Every regular file under `dir`, recursively (none if `dir` is absent).

@@ -399,6 +399,24 @@ pub fn blob_path(name: &str, digest: &str) -> String {
     format!("/v2/{name}/blobs/{digest}")
 }
 
+/// A monolithic upload (`POST ?digest=` with the body) of `data` as
+/// `digest` (sha256 or sha512), asserting the `201` and its headers.
+pub async fn push_blob_as(m: &TestMirror, repo: &str, data: &[u8], digest: &str) {
+    let resp = m
+        .client
+        .post(m.url(&format!("/v2/{repo}/blobs/uploads/?digest={digest}")))
+        .body(data.to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201, "monolithic upload to {repo}");
+    assert_eq!(header(&resp, "Docker-Content-Digest"), digest);
+    assert_eq!(
+        header(&resp, "Location"),
+        format!("/v2/{repo}/blobs/{digest}")
+    );
+}
+
 /// `/v2/<name>/manifests/<reference>`
 pub fn manifest_path(name: &str, reference: &str) -> String {
     format!("/v2/{name}/manifests/{reference}")

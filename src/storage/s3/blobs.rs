@@ -18,7 +18,7 @@ use object_store::path::Path;
 use object_store::{GetOptions, GetRange, PutMode, PutOptions, WriteMultipart};
 
 use super::{io_error, Bucket};
-use crate::oci::{Digest, Hasher};
+use crate::oci::{Algorithm, Digest, Hasher};
 use crate::storage::{BlobInfo, BlobReader, BlobStore, BoxFuture, Listing, Staging};
 
 /// Size of one uploaded part (S3 wants at least 5 MiB but the last).
@@ -43,7 +43,8 @@ impl S3Blobs {
     /// its multipart upload goes straight to the final key, so completing
     /// it needs no copy.
     pub fn stage_for(&self, digest: &Digest) -> S3Staging {
-        S3Staging::new(self.bucket.clone(), Some(self.bucket.blob(digest)))
+        let target = Some((self.bucket.blob(digest), digest.algorithm()));
+        S3Staging::new(self.bucket.clone(), target)
     }
 
     /// `start..end` of a stored blob as a byte stream, with the blob's
@@ -76,11 +77,12 @@ impl S3Blobs {
     }
 }
 
-/// A blob's key back to its digest: `blobs/sha256/<2 hex>/<hex>`.
+/// A blob's key back to its digest: `blobs/<algorithm>/<2 hex>/<hex>`.
 fn digest_of(key: &str) -> Option<Digest> {
-    let rest = key.strip_prefix("blobs/sha256/")?;
+    let rest = key.strip_prefix("blobs/")?;
+    let (alg, rest) = rest.split_once('/')?;
     let (shard, hex) = rest.split_once('/')?;
-    let digest: Digest = format!("sha256:{hex}").parse().ok()?;
+    let digest = Digest::from_parts(alg, hex).ok()?;
     (digest.hex().get(..2) == Some(shard)).then_some(digest)
 }
 
@@ -114,6 +116,9 @@ impl BlobStore for S3Blobs {
 
     fn stage(&self) -> BoxFuture<'_, io::Result<Box<dyn Staging>>> {
         Box::pin(async move {
+            // The digest is not known yet: sha256, the mirror's algorithm
+            // (sha512 content reaches a bucket only through the tiered
+            // store, whose bucket staging knows its digest).
             let staging: Box<dyn Staging> = Box::new(S3Staging::new(self.bucket.clone(), None));
             Ok(staging)
         })
@@ -186,11 +191,15 @@ pub struct S3Staging {
 }
 
 impl S3Staging {
-    fn new(bucket: Bucket, target: Option<Path>) -> S3Staging {
+    fn new(bucket: Bucket, target: Option<(Path, Algorithm)>) -> S3Staging {
+        let (target, algorithm) = match target {
+            Some((p, a)) => (Some(p), a),
+            None => (None, Algorithm::Sha256),
+        };
         S3Staging {
             bucket,
             target,
-            hasher: Some(Hasher::new()),
+            hasher: Some(Hasher::for_algorithm(algorithm)),
             written: 0,
             pending: Vec::new(),
             pending_len: 0,
@@ -479,6 +488,9 @@ mod tests {
             Some(d.clone())
         );
         assert_eq!(digest_of(&format!("blobs/sha256/zz/{hex}")), None);
+        let long = crate::oci::Algorithm::Sha512.digest(b"x");
+        let key = format!("blobs/sha512/{}/{}", &long.hex()[..2], long.hex());
+        assert_eq!(digest_of(&key), Some(long));
         assert_eq!(digest_of("blobs/sha256/ab/cd"), None);
     }
 }

@@ -99,10 +99,11 @@ impl Bucket {
         }
     }
 
-    /// Where a blob lives: `blobs/sha256/<2 hex>/<hex>`.
+    /// Where a blob lives: `blobs/<algorithm>/<2 hex>/<hex>`.
     pub fn blob(&self, digest: &Digest) -> Path {
         let hex = digest.hex();
-        self.path(&format!("blobs/sha256/{}/{hex}", &hex[..2]))
+        let alg = digest.algorithm();
+        self.path(&format!("blobs/{alg}/{}/{hex}", &hex[..2]))
     }
 }
 
