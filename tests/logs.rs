@@ -116,6 +116,37 @@ async fn request_log_on_a_pipe_is_plain_and_says_what_was_sent() {
 }
 
 #[tokio::test]
+async fn an_operator_request_is_logged_once_by_the_request_log() {
+    let hub = FakeRegistry::start().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cfg = Cfg::new(&dir.path().join("cache")).upstream("docker.io", &hub.url());
+    let config = dir.path().join("mirror.toml");
+    std::fs::write(&config, cfg.toml()).expect("write config");
+    let hoard = Launch::new(&config).start().await;
+    hoard.get_ok("/_hoard/pins").await;
+    let refused = hoard
+        .client
+        .post(hoard.url("/_hoard/no-such-thing"))
+        .send()
+        .await
+        .expect("POST");
+    assert!(refused.status().is_client_error());
+    let ok = request_line(&hoard, "GET", "/_hoard/pins").await;
+    assert!(ok.contains(" status=200 "), "{ok}");
+    let bad = request_line(&hoard, "POST", "/_hoard/no-such-thing").await;
+    assert!(
+        bad.contains(&format!(" status={} ", refused.status().as_u16())),
+        "{bad}"
+    );
+    let log = hoard.log().text();
+    for path in ["/_hoard/pins", "/_hoard/no-such-thing"] {
+        let lines: Vec<&str> = log.lines().filter(|l| l.contains(path)).collect();
+        assert_eq!(lines.len(), 1, "one line for {path}:\n{log}");
+    }
+    hoard.stop().await;
+}
+
+#[tokio::test]
 async fn request_duration_is_labelled_by_kind() {
     let env = Env::start().await;
     let image = env.hub.add_simple_image("library/alpine", "3.19", 3);

@@ -171,8 +171,7 @@ impl Admin {
         {
             return e.into_response(false);
         }
-        let (method, path) = (req.method().clone(), req.uri().path().to_owned());
-        let peer = req.extensions().get::<ConnInfo>().map(|c| c.peer);
+        let method = req.method().clone();
         // Loopback only, IPv4-mapped included; a request relayed by a proxy
         // on this host is not the operator, whatever its peer address.
         let resp = if ConnInfo::is_local(&req) {
@@ -180,9 +179,9 @@ impl Admin {
         } else {
             Err(AdminError::Forbidden)
         };
-        let resp = resp.unwrap_or_else(|e| ApiError::from(e).into_response(method == Method::HEAD));
-        tracing::info!(%method, %path, peer = peer.map(tracing::field::display), status = resp.status().as_u16(), "operator request");
-        resp
+        // Logged once, like every request, by the server's request log
+        // (`server::log`) when the answer has been sent.
+        resp.unwrap_or_else(|e| ApiError::from(e).into_response(method == Method::HEAD))
     }
 
     async fn route<B>(&self, req: Request<B>, rest: &str) -> Result<Response<Body>, AdminError>
