@@ -245,6 +245,11 @@ def check_dashboard():
             problems.append(f"panel '{title}': {name} is not a hoard metric")
         for name in set(RECORDED.findall(expr)) - recorded_names():
             problems.append(f"panel '{title}': {name} is not recorded by {ALERTS.relative_to(ROOT)}")
+    # Latency is shown per kind: a blob's time to headers and a tag list's
+    # are different things, and one quantile over both hides either.
+    latency = [e for _, e in exprs if "hoard_request_duration_seconds_bucket" in e]
+    if not latency or not all(re.search(r"by \(le, kind\)", e) for e in latency):
+        problems.append("client response time is not shown by kind (sum by (le, kind))")
     return problems, f"{len(exprs)} queries over known metrics"
 
 
