@@ -435,8 +435,29 @@ async fn rate_limited_upstream_with_nothing_cached_is_toomanyrequests() {
         .get(&blob_path("alpine", &image.layers[0].digest))
         .await;
     assert_oci_error(resp, 429, &["TOOMANYREQUESTS"]).await;
-    // Nothing negative was cached.
+    // A 429 is remembered for a few seconds (issue 14: retries must not
+    // storm a rate-limited upstream), then a lifted limit is used: nothing
+    // negative is cached for longer.
     env.hub.set_rate_limited(false);
+    let asked = env.hub.content_requests();
+    let tag = manifest_path("alpine", "latest");
+    let layer = blob_path("alpine", &image.layers[0].digest);
+    let resp = env.mirror.get(&tag).await;
+    assert_oci_error(resp, 429, &["TOOMANYREQUESTS"]).await;
+    assert_eq!(
+        env.hub.content_requests(),
+        asked,
+        "the remembered 429 is answered without asking the upstream"
+    );
+    wait_for(
+        "the lifted rate limit to be used",
+        || async {
+            env.mirror.get(&tag).await.status() == 200
+                && env.mirror.get(&layer).await.status() == 200
+        },
+        || format!("upstream requests: {:?}", env.hub.content_paths()),
+    )
+    .await;
     pull(&env.mirror, "alpine", "latest", &image).await;
 }
 

@@ -8,19 +8,20 @@
 //! (or the upstream's `Retry-After`, up to [`REMEMBER_AT_MOST`]) get the
 //! same error without asking.
 //!
-//! Only 5xx answers are remembered. A 404 is an answer; a connection that
-//! failed is retried at once (the upstream may just have come back); a body
-//! that broke off mid-stream is the fill's business. A 429 is passed on
-//! with its `Retry-After` but not remembered: a rate limit is lifted for
-//! the next request the moment the upstream says so (tests/pull_through.rs
-//! pins that), cached tags are served stale meanwhile, and Docker Hub counts
-//! manifest GETs only, which clients do not retry in a loop.
+//! A 5xx is remembered for [`REMEMBER`], or the upstream's `Retry-After`
+//! up to [`REMEMBER_AT_MOST`]. A 429 is remembered too, but never longer
+//! than [`REMEMBER`] whatever its `Retry-After` (which the client is still
+//! given): a storm of retries against a rate-limited upstream costs one
+//! request per path every few seconds, and a lifted limit is used within
+//! seconds (cached tags are served stale meanwhile). A 404 is an answer; a
+//! connection that failed is retried at once (the upstream may just have
+//! come back); a body that broke off mid-stream is the fill's business.
 
 use std::time::{Duration, Instant};
 
 use super::Error;
 
-/// How long a 5xx or 429 without `Retry-After` is remembered.
+/// How long a 5xx without `Retry-After` is remembered, and a 429 at most.
 pub const REMEMBER: Duration = Duration::from_secs(3);
 /// The longest a failure is remembered, whatever `Retry-After` said: the
 /// client gets the upstream's wait, but hoard asks again sooner.
@@ -67,13 +68,17 @@ impl Backoff {
 
 /// How long `err` is remembered, `None` when it is not.
 fn wait_for(err: &Error) -> Option<Duration> {
+    let asked = |retry_after: &Option<u64>| retry_after.map(Duration::from_secs);
     match err {
         Error::Status {
             status,
             retry_after,
             ..
         } if *status >= 500 => {
-            Some(retry_after.map_or(REMEMBER, |s| Duration::from_secs(s).min(REMEMBER_AT_MOST)))
+            Some(asked(retry_after).map_or(REMEMBER, |d| d.min(REMEMBER_AT_MOST)))
+        }
+        Error::RateLimited { retry_after, .. } => {
+            Some(asked(retry_after).map_or(REMEMBER, |d| d.min(REMEMBER)))
         }
         _ => None,
     }
@@ -92,27 +97,44 @@ mod tests {
     }
 
     #[test]
-    fn a_5xx_is_remembered_briefly_a_404_an_outage_and_a_429_not_at_all() {
+    fn a_5xx_and_a_429_are_remembered_briefly_a_404_and_an_outage_not_at_all() {
         let b = Backoff::default();
         let t0 = Instant::now();
         b.failed("/a", &status(503, None), t0);
         b.failed("/b", &Error::NotFound, t0);
         b.failed("/c", &Error::Unreachable("refused".into()), t0);
         b.failed("/d", &status(418, None), t0);
-        let limited = Error::RateLimited {
+        let limited = |retry_after| Error::RateLimited {
             upstream: "hub".into(),
-            retry_after: Some(7),
+            retry_after,
         };
-        b.failed("/f", &limited, t0);
+        b.failed("/f", &limited(Some(7)), t0);
+        b.failed("/g", &limited(None), t0);
+        b.failed("/h", &limited(Some(1)), t0);
         assert!(matches!(
             b.recent("/a", t0),
             Some(Error::Status { status: 503, .. })
         ));
-        assert!(b
-            .recent("/a", t0 + REMEMBER - Duration::from_millis(1))
-            .is_some());
-        assert!(b.recent("/a", t0 + REMEMBER).is_none());
-        for p in ["/b", "/c", "/d", "/e", "/f"] {
+        let almost = t0 + REMEMBER - Duration::from_millis(1);
+        for p in ["/a", "/f", "/g"] {
+            assert!(b.recent(p, almost).is_some(), "{p}");
+            assert!(b.recent(p, t0 + REMEMBER).is_none(), "{p}");
+        }
+        assert!(
+            matches!(
+                b.recent("/f", t0),
+                Some(Error::RateLimited {
+                    retry_after: Some(7),
+                    ..
+                })
+            ),
+            "the client still gets the upstream's Retry-After"
+        );
+        assert!(
+            b.recent("/h", t0 + Duration::from_secs(1)).is_none(),
+            "a shorter Retry-After"
+        );
+        for p in ["/b", "/c", "/d", "/e"] {
             assert!(b.recent(p, t0).is_none(), "{p}");
         }
         b.failed("/a", &status(500, None), t0);
