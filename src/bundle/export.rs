@@ -255,8 +255,8 @@ async fn plan_image(
                                 .entry(blob.digest)
                                 .or_insert_with(|| (size, name.clone()));
                         }
-                        None if blob.optional => {}
-                        None => return Err(missing(blob.role, &blob.digest, "")),
+                        None if blob.foreign => {}
+                        None => return Err(missing(blob.role.as_str(), &blob.digest, "")),
                     }
                 }
             }
@@ -280,7 +280,7 @@ fn entry(image: &ImageRef, digest: &Digest, media_type: &str, size: u64) -> Desc
         annotations.insert(layout::CONTAINERD_NAME.to_owned(), name);
     }
     Descriptor {
-        media_type: media_type.to_owned(),
+        media_type: Some(media_type.to_owned()),
         digest: digest.to_string(),
         size,
         annotations,

@@ -118,7 +118,7 @@ pub async fn import(
         .map(|(i, d)| {
             let entry = format!("index.json manifests[{i}]");
             Ok(Image {
-                digest: d.digest(&entry)?,
+                digest: layout::digest(d, &entry)?,
                 place: place(d, config, placement).map_err(|why| Error::archive(&entry, why))?,
                 descriptor: d.clone(),
                 entry,
@@ -170,7 +170,7 @@ async fn check(
         let mut stack = vec![(
             top.clone(),
             image.descriptor.size,
-            image.descriptor.media_type.clone(),
+            image.descriptor.media_type.clone().unwrap_or_default(),
             None,
         )];
         while let Some((digest, size, hint, platform)) = stack.pop() {
@@ -208,7 +208,7 @@ async fn check(
             content.bytes += size;
             if digest != *top {
                 content.children.push(digest.clone());
-                present_platforms.extend(platform.map(|p: layout::Platform| p.to_string()));
+                present_platforms.extend(platform.map(|p: crate::oci::Platform| p.to_string()));
             }
             match layout::needs(&digest, &media_type, &bytes)? {
                 Needs::Children(children) => {
@@ -236,7 +236,7 @@ async fn check(
                                 }
                                 blobs.insert(n.digest);
                             }
-                            None if n.optional => {}
+                            None if n.foreign => {}
                             None => {
                                 return Err(Error::archive(
                                     &image.entry,

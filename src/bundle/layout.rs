@@ -2,12 +2,11 @@
 //! descriptors in them, and what a manifest needs (its children, config and
 //! layers), for both directions of the carry.
 
-use std::collections::BTreeMap;
-
 use serde::{Deserialize, Serialize};
 
 use super::Error;
-use crate::oci::{is_index, Digest};
+use crate::oci::{BlobRef, Child, Digest, Manifest, ManifestError, Platform};
+pub use crate::oci::{Descriptor, OCI_INDEX, OCI_MANIFEST};
 
 /// The file that marks an OCI layout, and its only version.
 pub const OCI_LAYOUT: &str = "oci-layout";
@@ -15,10 +14,6 @@ pub const OCI_LAYOUT: &str = "oci-layout";
 pub const LAYOUT_VERSION: &str = "1.0.0";
 /// The layout's entry point.
 pub const INDEX_JSON: &str = "index.json";
-/// The OCI index media type (that of `index.json` itself).
-pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
-/// The OCI image manifest media type.
-pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 
 /// The name skopeo's `oci-archive:path:<name>` and umoci's `--image
 /// dir:<name>` look up.
@@ -54,76 +49,22 @@ pub struct Index {
     pub manifests: Vec<Descriptor>,
 }
 
-/// An OCI content descriptor.
-#[derive(Serialize, Deserialize, Clone, Debug, Default)]
-pub struct Descriptor {
-    /// Media type of what it points to.
-    #[serde(rename = "mediaType", default)]
-    pub media_type: String,
-    /// `sha256:<hex>` (validated by [`Descriptor::digest`]).
-    pub digest: String,
-    /// Size in bytes.
-    #[serde(default)]
-    pub size: u64,
-    /// Where a foreign layer lives; such layers may be absent.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub urls: Vec<String>,
-    /// The platform of an index entry.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub platform: Option<Platform>,
-    /// Names and other annotations.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub annotations: BTreeMap<String, String>,
-}
-
-impl Descriptor {
-    /// The validated digest; `at` names where the descriptor was found.
-    pub fn digest(&self, at: &str) -> Result<Digest, Error> {
-        self.digest
-            .parse()
-            .map_err(|e| Error::archive(at, format!("bad digest {:?}: {e}", self.digest)))
-    }
-
-    /// An annotation's value.
-    pub fn annotation(&self, key: &str) -> Option<&str> {
-        self.annotations.get(key).map(String::as_str)
-    }
-}
-
-/// A platform as written in an index.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
-pub struct Platform {
-    /// e.g. `amd64`.
-    #[serde(default)]
-    pub architecture: String,
-    /// e.g. `linux`.
-    #[serde(default)]
-    pub os: String,
-    /// e.g. `v8`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub variant: Option<String>,
-}
-
-impl std::fmt::Display for Platform {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.os, self.architecture)?;
-        if let Some(v) = &self.variant {
-            write!(f, "/{v}")?;
-        }
-        Ok(())
-    }
+/// The validated digest of an `index.json` entry; `at` names the entry.
+pub fn digest(d: &Descriptor, at: &str) -> Result<Digest, Error> {
+    // The reader's error already reads `bad digest "<text>": <why>`.
+    d.digest().map_err(|e| Error::archive(at, e.to_string()))
 }
 
 /// Platforms to keep from multi-platform images (`linux/amd64,linux/arm64/v8`),
 /// parsed as `hoard prefetch --platform` parses them. Empty: all of them.
 #[derive(Debug, Clone, Default)]
-pub struct Platforms(Vec<crate::oci::Platform>);
+pub struct Platforms(Vec<Platform>);
 
 impl std::str::FromStr for Platforms {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Platforms, String> {
-        crate::oci::Platform::parse_list(&[s.to_owned()])
+        Platform::parse_list(&[s.to_owned()])
             .map(Platforms)
             .map_err(|e| e.to_string())
     }
@@ -137,9 +78,7 @@ impl Platforms {
             return true;
         }
         let Some(p) = platform else { return false };
-        self.0
-            .iter()
-            .any(|want| want.matches(&p.os, &p.architecture, p.variant.as_deref()))
+        self.0.iter().any(|want| want.matches(p))
     }
 
     /// Whether every platform is kept.
@@ -153,142 +92,40 @@ impl Platforms {
 pub enum Needs {
     /// An index (OCI or Docker list): its child manifests.
     Children(Vec<Child>),
-    /// An image manifest: config and layers.
-    Blobs(Vec<Needed>),
-}
-
-/// A child manifest of an index.
-#[derive(Debug)]
-pub struct Child {
-    /// Its digest.
-    pub digest: Digest,
-    /// Its size as the index says.
-    pub size: u64,
-    /// Its media type as the index says.
-    pub media_type: String,
-    /// Its platform, when given.
-    pub platform: Option<Platform>,
-}
-
-/// A blob an image manifest references.
-#[derive(Debug)]
-pub struct Needed {
-    /// Its digest.
-    pub digest: Digest,
-    /// Its size as the manifest says (schema 1 manifests do not say).
-    pub size: Option<u64>,
-    /// "config" or "layer", for messages.
-    pub role: &'static str,
-    /// A foreign layer (with `urls`): not served by registries, so it may
-    /// be absent.
-    pub optional: bool,
-}
-
-#[derive(Deserialize)]
-struct AnyManifest {
-    #[serde(rename = "mediaType", default)]
-    media_type: Option<String>,
-    #[serde(default)]
-    manifests: Option<Vec<Descriptor>>,
-    #[serde(default)]
-    config: Option<Descriptor>,
-    #[serde(default)]
-    layers: Vec<Descriptor>,
-    /// Docker schema 1.
-    #[serde(rename = "fsLayers", default)]
-    fs_layers: Vec<FsLayer>,
-}
-
-#[derive(Deserialize)]
-struct FsLayer {
-    #[serde(rename = "blobSum")]
-    blob_sum: String,
+    /// An image manifest: config and layers (a foreign one may be absent).
+    Blobs(Vec<BlobRef>),
 }
 
 /// The media type of a manifest: the one its referrer gave, else the one it
 /// declares, else guessed from its shape (OCI allows leaving it out).
 pub fn media_type_of(hint: &str, bytes: &[u8]) -> String {
-    if !hint.is_empty() {
-        return hint.to_owned();
-    }
-    match serde_json::from_slice::<AnyManifest>(bytes) {
-        Ok(m) => match m.media_type {
-            Some(t) => t,
-            None if m.manifests.is_some() => OCI_INDEX.to_owned(),
-            None => OCI_MANIFEST.to_owned(),
-        },
-        Err(_) => OCI_MANIFEST.to_owned(),
-    }
+    Manifest::media_type_of(hint, bytes)
 }
 
 /// What the manifest `digest` of `media_type` needs.
 pub fn needs(digest: &Digest, media_type: &str, bytes: &[u8]) -> Result<Needs, Error> {
-    let bad = |why: String| Error::Manifest {
+    let bad = |e: ManifestError| Error::Manifest {
         digest: digest.clone(),
-        why,
+        why: e.to_string(),
     };
-    let m: AnyManifest =
-        serde_json::from_slice(bytes).map_err(|e| bad(format!("not a manifest: {e}")))?;
-    let parse = |d: &Descriptor| {
-        d.digest
-            .parse::<Digest>()
-            .map_err(|e| bad(format!("bad digest {:?}: {e}", d.digest)))
-    };
-    if is_index(media_type) || m.manifests.is_some() {
-        let children = m.manifests.unwrap_or_default();
-        return children
-            .iter()
-            .map(|d| {
-                Ok(Child {
-                    digest: parse(d)?,
-                    size: d.size,
-                    media_type: d.media_type.clone(),
-                    platform: d.platform.clone(),
-                })
-            })
-            .collect::<Result<_, _>>()
-            .map(Needs::Children);
+    let m = Manifest::parse(bytes).map_err(bad)?;
+    if m.is_index(media_type) {
+        return m.children().map(Needs::Children).map_err(bad);
     }
-    let mut out = Vec::new();
-    if let Some(c) = &m.config {
-        out.push(Needed {
-            digest: parse(c)?,
-            size: Some(c.size),
-            role: "config",
-            optional: false,
+    let blobs = m.image_blobs().map_err(bad)?;
+    if !m.has_image_content() {
+        return Err(Error::Manifest {
+            digest: digest.clone(),
+            why: "has neither manifests, config nor layers".into(),
         });
     }
-    for l in &m.layers {
-        out.push(Needed {
-            digest: parse(l)?,
-            size: Some(l.size),
-            role: "layer",
-            optional: !l.urls.is_empty(),
-        });
-    }
-    for l in &m.fs_layers {
-        let digest = l
-            .blob_sum
-            .parse()
-            .map_err(|e| bad(format!("bad blobSum {:?}: {e}", l.blob_sum)))?;
-        if !out.iter().any(|n: &Needed| n.digest == digest) {
-            out.push(Needed {
-                digest,
-                size: None,
-                role: "layer",
-                optional: false,
-            });
-        }
-    }
-    if m.config.is_none() && m.layers.is_empty() && m.fs_layers.is_empty() {
-        return Err(bad("has neither manifests, config nor layers".into()));
-    }
-    Ok(Needs::Blobs(out))
+    Ok(Needs::Blobs(blobs))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::oci::Role;
 
     #[test]
     fn platforms_filter() {
@@ -334,8 +171,8 @@ mod tests {
         );
         match needs(&d, OCI_MANIFEST, image.as_bytes()).unwrap() {
             Needs::Blobs(n) => {
-                assert_eq!((n[0].role, n[1].role), ("config", "layer"));
-                assert!(!n[0].optional && n[1].optional);
+                assert_eq!((n[0].role, n[1].role), (Role::Config, Role::Layer));
+                assert!(!n[0].foreign && n[1].foreign);
             }
             other => panic!("{other:?}"),
         }

@@ -271,40 +271,13 @@ impl RepoLinks {
 }
 
 /// The digests a manifest or index references: child manifests, config,
-/// layers (schema 1's `fsLayers` too). Foreign layers are included: a
-/// digest says nothing about where the bytes came from.
+/// layers (schema 1's `fsLayers` too), read by the one manifest reader.
+/// Foreign layers are included: a digest says nothing about where the bytes
+/// came from. Bytes that are no manifest reference nothing.
 fn referenced(bytes: &[u8]) -> Vec<Digest> {
-    #[derive(Deserialize)]
-    struct Desc {
-        digest: String,
-    }
-    #[derive(Deserialize)]
-    struct Schema1Layer {
-        #[serde(rename = "blobSum")]
-        blob_sum: String,
-    }
-    #[derive(Deserialize)]
-    struct Refs {
-        #[serde(default)]
-        manifests: Vec<Desc>,
-        #[serde(default)]
-        config: Option<Desc>,
-        #[serde(default)]
-        layers: Vec<Desc>,
-        #[serde(default, rename = "fsLayers")]
-        fs_layers: Vec<Schema1Layer>,
-    }
-    let Ok(r) = serde_json::from_slice::<Refs>(bytes) else {
-        return Vec::new();
-    };
-    r.manifests
-        .into_iter()
-        .chain(r.config)
-        .chain(r.layers)
-        .map(|d| d.digest)
-        .chain(r.fs_layers.into_iter().map(|l| l.blob_sum))
-        .filter_map(|d| d.parse().ok())
-        .collect()
+    crate::oci::Manifest::parse(bytes)
+        .map(|m| m.named_digests())
+        .unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -5,43 +5,9 @@
 //! read: `config`, `layers` and `blobs` (blobs that must exist), `manifests`
 //! (children that must exist), `subject`, `artifactType`, `annotations`.
 
-use std::collections::BTreeMap;
-
-use serde::Deserialize;
-
 use super::records::ManifestRecord;
 use super::Error;
-use crate::oci::Digest;
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Descriptor {
-    digest: Digest,
-    #[serde(default)]
-    media_type: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Parsed {
-    #[serde(default)]
-    media_type: Option<String>,
-    #[serde(default)]
-    artifact_type: Option<String>,
-    #[serde(default)]
-    config: Option<Descriptor>,
-    #[serde(default)]
-    layers: Vec<Descriptor>,
-    /// OCI artifact manifests (draft) list their blobs here.
-    #[serde(default)]
-    blobs: Vec<Descriptor>,
-    #[serde(default)]
-    manifests: Vec<Descriptor>,
-    #[serde(default)]
-    subject: Option<Descriptor>,
-    #[serde(default)]
-    annotations: Option<BTreeMap<String, String>>,
-}
+use crate::oci::{Descriptor, Digest, Manifest, ManifestError};
 
 /// Whether a layer's media type marks it non-distributable ("foreign"):
 /// Windows base layers and the like, which clients fetch from the
@@ -57,8 +23,30 @@ pub fn is_non_distributable(media_type: &str) -> bool {
 /// Parses a pushed manifest. `content_type` is the PUT's media type; when
 /// absent the manifest's own `mediaType` is used.
 pub fn parse(bytes: &[u8], content_type: Option<&str>) -> Result<ManifestRecord, Error> {
-    let p: Parsed = serde_json::from_slice(bytes)
-        .map_err(|e| Error::ManifestInvalid(format!("not a manifest: {e}")))?;
+    // Every digest a push is checked against is validated before the media
+    // type, so a manifest that names a bad one is "not a manifest" first.
+    // Schema 1 `fsLayers` are not read: a push never required them.
+    let invalid = |e: ManifestError| match e {
+        ManifestError::Digest { source, .. } => {
+            Error::ManifestInvalid(format!("not a manifest: {source}"))
+        }
+        json => Error::ManifestInvalid(json.to_string()),
+    };
+    let p = Manifest::parse(bytes).map_err(invalid)?;
+    let digests = |ds: &[Descriptor]| {
+        ds.iter()
+            .map(Descriptor::digest)
+            .collect::<Result<Vec<Digest>, _>>()
+            .map_err(invalid)
+    };
+    let blobs = [
+        digests(p.config.as_slice())?,
+        digests(&p.layers)?,
+        digests(&p.blobs)?,
+    ]
+    .concat();
+    let children = digests(p.manifests.as_deref().unwrap_or_default())?;
+    let subject = digests(p.subject.as_slice())?.pop();
     let media_type = content_type
         .filter(|t| !t.is_empty() && *t != "application/octet-stream")
         .map(str::to_owned)
@@ -73,6 +61,8 @@ pub fn parse(bytes: &[u8], content_type: Option<&str>) -> Result<ManifestRecord,
             )));
         }
     }
+    // A config's `mediaType: ""` is an (empty) artifact type; an absent one
+    // is none.
     let artifact_type = p
         .artifact_type
         .or_else(|| p.config.as_ref().and_then(|c| c.media_type.clone()));
@@ -80,22 +70,16 @@ pub fn parse(bytes: &[u8], content_type: Option<&str>) -> Result<ManifestRecord,
         .layers
         .iter()
         .filter(|d| d.media_type.as_deref().is_some_and(is_non_distributable))
-        .map(|d| d.digest.clone())
-        .collect();
-    let blobs = p
-        .config
-        .into_iter()
-        .chain(p.layers)
-        .chain(p.blobs)
-        .map(|d| d.digest)
-        .collect();
+        .map(Descriptor::digest)
+        .collect::<Result<_, _>>()
+        .map_err(invalid)?;
     Ok(ManifestRecord {
         media_type,
         size: bytes.len() as u64,
         blobs,
         foreign,
-        children: p.manifests.into_iter().map(|d| d.digest).collect(),
-        subject: p.subject.map(|d| d.digest),
+        children,
+        subject,
         artifact_type,
         annotations: p.annotations,
     })
@@ -147,5 +131,33 @@ mod tests {
         let m = parse(json.as_bytes(), None).unwrap();
         assert_eq!(m.blobs, vec![l, f.clone(), n.clone()]);
         assert_eq!(m.foreign, vec![f, n]);
+    }
+
+    /// What the reader's sharing must not have changed for a push.
+    #[test]
+    fn schema_1_empty_config_types_and_bad_digests_as_before() {
+        let v1 = br#"{"schemaVersion":1,"fsLayers":[{"blobSum":"sha256:zz"}]}"#;
+        let m = parse(
+            v1,
+            Some("application/vnd.docker.distribution.manifest.v1+json"),
+        )
+        .unwrap();
+        assert!(m.blobs.is_empty(), "fsLayers are not required of a push");
+        let c = Digest::of(b"c");
+        let empty = format!(r#"{{"config":{{"mediaType":"","digest":"{c}","size":1}}}}"#);
+        let m = parse(empty.as_bytes(), Some("x/y")).unwrap();
+        assert_eq!(m.artifact_type.as_deref(), Some(""));
+        let absent = format!(r#"{{"config":{{"digest":"{c}","size":1}}}}"#);
+        assert_eq!(
+            parse(absent.as_bytes(), Some("x/y")).unwrap().artifact_type,
+            None
+        );
+        // A bad digest is reported before a missing media type.
+        match parse(br#"{"subject":{"digest":"sha256:../x"}}"#, None) {
+            Err(Error::ManifestInvalid(why)) => {
+                assert!(why.starts_with("not a manifest: "), "{why}")
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }

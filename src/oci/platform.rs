@@ -61,11 +61,14 @@ impl Platform {
             .collect()
     }
 
-    /// Whether an index entry's platform matches this filter.
-    pub fn matches(&self, os: &str, arch: &str, variant: Option<&str>) -> bool {
-        self.os == os
-            && self.architecture == arch
-            && self.variant.as_deref().is_none_or(|v| Some(v) == variant)
+    /// Whether `entry` (an index entry's platform) matches this filter.
+    pub fn matches(&self, entry: &Platform) -> bool {
+        self.os == entry.os
+            && self.architecture == entry.architecture
+            && self
+                .variant
+                .as_deref()
+                .is_none_or(|v| Some(v) == entry.variant.as_deref())
     }
 }
 
@@ -86,10 +89,15 @@ mod tests {
     #[test]
     fn filters_parse_and_match() {
         let p = Platform::parse_list(&["linux/amd64,linux/arm/v7".into()]).unwrap();
-        assert!(p[0].matches("linux", "amd64", None));
-        assert!(p[0].matches("linux", "amd64", Some("v2")));
-        assert!(!p[1].matches("linux", "arm", Some("v6")));
-        assert!(p[1].matches("linux", "arm", Some("v7")));
+        let entry = |os: &str, arch: &str, v: Option<&str>| Platform {
+            os: os.into(),
+            architecture: arch.into(),
+            variant: v.map(str::to_owned),
+        };
+        assert!(p[0].matches(&entry("linux", "amd64", None)));
+        assert!(p[0].matches(&entry("linux", "amd64", Some("v2"))));
+        assert!(!p[1].matches(&entry("linux", "arm", Some("v6"))));
+        assert!(p[1].matches(&entry("linux", "arm", Some("v7"))));
         assert!(Platform::parse("linux").is_err());
         assert!(Platform::parse("linux/../x").is_err());
         assert_eq!(p[1].to_string(), "linux/arm/v7");

@@ -1,104 +1,60 @@
-//! What a manifest refers to: an index's child manifests (with their
-//! platforms), or an image manifest's config and layers.
+//! What prefetch fetches for a manifest: an index's child manifests (with
+//! their platforms), or an image manifest's config and layers, read by the
+//! one manifest reader, [`crate::oci::Manifest`].
 
-use serde::Deserialize;
-
-use crate::oci::Digest;
-
-/// One entry of an index.
-#[derive(Debug, Clone)]
-pub struct Child {
-    /// The child manifest.
-    pub digest: Digest,
-    /// `os/arch[/variant]` as the index says, if it says.
-    pub platform: Option<(String, String, Option<String>)>,
-}
+use crate::oci::{Child, Digest, Manifest, ManifestError};
 
 /// A manifest's references.
 #[derive(Debug)]
 pub enum Refs {
     /// A multi-platform index (OCI image index or Docker manifest list).
     Index(Vec<Child>),
-    /// An image manifest: config first, then layers, with declared sizes.
+    /// An image manifest: config first, then layers, with declared sizes
+    /// (0 when undeclared). Foreign layers live elsewhere: not fetched (a
+    /// config is fetched even when it has `urls`).
     Image(Vec<(Digest, u64)>),
-}
-
-#[derive(Deserialize)]
-struct Raw {
-    #[serde(default)]
-    manifests: Option<Vec<RawDescriptor>>,
-    #[serde(default)]
-    config: Option<RawDescriptor>,
-    #[serde(default)]
-    layers: Vec<RawDescriptor>,
-    /// Docker schema 1.
-    #[serde(default, rename = "fsLayers")]
-    fs_layers: Vec<RawFsLayer>,
-}
-
-#[derive(Deserialize)]
-struct RawDescriptor {
-    digest: String,
-    #[serde(default)]
-    size: u64,
-    #[serde(default)]
-    platform: Option<RawPlatform>,
-    /// Foreign (non-distributable) layers live elsewhere: not fetched.
-    #[serde(default)]
-    urls: Vec<String>,
-}
-
-#[derive(Deserialize)]
-struct RawPlatform {
-    os: String,
-    architecture: String,
-    #[serde(default)]
-    variant: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct RawFsLayer {
-    #[serde(rename = "blobSum")]
-    blob_sum: String,
 }
 
 /// Parses manifest bytes. The media type decides index vs image when the
 /// JSON alone is ambiguous.
 pub fn refs(bytes: &[u8], media_type: &str) -> Result<Refs, String> {
-    let raw: Raw =
-        serde_json::from_slice(bytes).map_err(|e| format!("manifest is not valid JSON: {e}"))?;
-    let digest = |s: &str| {
-        s.parse::<Digest>()
-            .map_err(|e| format!("manifest names a bad digest: {e}"))
-    };
-    if crate::oci::is_index(media_type) || raw.manifests.is_some() {
-        let children = raw
-            .manifests
-            .unwrap_or_default()
-            .into_iter()
-            .map(|m| {
-                Ok(Child {
-                    digest: digest(&m.digest)?,
-                    platform: m.platform.map(|p| (p.os, p.architecture, p.variant)),
-                })
-            })
-            .collect::<Result<_, String>>()?;
+    let m = Manifest::parse(bytes).map_err(message)?;
+    if m.is_index(media_type) {
+        let children = m.children().map_err(message)?;
+        // An index entry's platform must name os and architecture: the
+        // walk filters on them (the shared reader reads them leniently).
+        if let Some(p) = children
+            .iter()
+            .filter_map(|c| c.platform.as_ref())
+            .find(|p| p.os.is_empty() || p.architecture.is_empty())
+        {
+            let missing = if p.os.is_empty() {
+                "os"
+            } else {
+                "architecture"
+            };
+            return Err(format!(
+                "manifest is not valid JSON: an index entry's platform has no `{missing}`"
+            ));
+        }
         return Ok(Refs::Index(children));
     }
-    let mut blobs = Vec::new();
-    if let Some(c) = raw.config {
-        blobs.push((digest(&c.digest)?, c.size));
+    Ok(Refs::Image(
+        m.image_blobs()
+            .map_err(message)?
+            .into_iter()
+            .filter(|b| !b.foreign)
+            .map(|b| (b.digest, b.size.unwrap_or(0)))
+            .collect(),
+    ))
+}
+
+/// The operator's words for a manifest prefetch cannot read.
+fn message(e: ManifestError) -> String {
+    match e {
+        ManifestError::Json(e) => format!("manifest is not valid JSON: {e}"),
+        ManifestError::Digest { source, .. } => format!("manifest names a bad digest: {source}"),
     }
-    for l in raw.layers.into_iter().filter(|l| l.urls.is_empty()) {
-        blobs.push((digest(&l.digest)?, l.size));
-    }
-    for l in raw.fs_layers {
-        let d = digest(&l.blob_sum)?;
-        if !blobs.iter().any(|(x, _)| *x == d) {
-            blobs.push((d, 0));
-        }
-    }
-    Ok(Refs::Image(blobs))
 }
 
 #[cfg(test)]
@@ -120,8 +76,8 @@ mod tests {
         };
         assert_eq!(c.len(), 2);
         assert_eq!(
-            c[0].platform,
-            Some(("linux".into(), "arm".into(), Some("v7".into())))
+            c[0].platform.as_ref().map(|p| p.to_string()).as_deref(),
+            Some("linux/arm/v7")
         );
         assert!(c[1].platform.is_none());
         let image = format!(
@@ -140,5 +96,36 @@ mod tests {
         assert_eq!(b.len(), 2, "foreign layer skipped");
         assert_eq!(b[1].1, 9);
         assert!(refs(b"{\"layers\":[{\"digest\":\"md5:x\"}]}", "x").is_err());
+    }
+
+    /// What the reader's sharing must not have changed for prefetch.
+    #[test]
+    fn foreign_configs_bad_platforms_and_messages_as_before() {
+        let d = |c: char| format!("sha256:{}", c.to_string().repeat(64));
+        let image = format!(
+            r#"{{"config":{{"digest":"{}","size":3,"urls":["https://x"]}},"fsLayers":[{{"blobSum":"{}"}}]}}"#,
+            d('c'),
+            d('e')
+        );
+        let Ok(Refs::Image(b)) = refs(image.as_bytes(), "") else {
+            panic!("not an image")
+        };
+        assert_eq!(b.len(), 2, "a config with urls is still fetched");
+        assert_eq!(b[1].1, 0, "schema 1 sizes read as 0");
+        let no_os = format!(
+            r#"{{"manifests":[{{"digest":"{}","platform":{{"architecture":"arm"}}}}]}}"#,
+            d('a')
+        );
+        let err = refs(no_os.as_bytes(), "").unwrap_err();
+        assert!(err.starts_with("manifest is not valid JSON: "), "{err}");
+        let err = refs(b"{", "").unwrap_err();
+        assert!(err.starts_with("manifest is not valid JSON: "), "{err}");
+        assert!(!err.contains("not a manifest"), "{err}");
+        let err = refs(br#"{"layers":[{"digest":"md5:x"}]}"#, "").unwrap_err();
+        assert!(err.starts_with("manifest names a bad digest: "), "{err}");
+        assert!(
+            !err.contains("md5:x\""),
+            "the digest error says it once: {err}"
+        );
     }
 }

@@ -68,16 +68,13 @@ impl Prefetcher {
         };
         let mut matched = vec![false; platforms.len()];
         for child in children {
-            let label = child.platform.as_ref().map(|(os, arch, v)| match v {
-                Some(v) => format!("{os}/{arch}/{v}"),
-                None => format!("{os}/{arch}"),
-            });
+            let label = child.platform.as_ref().map(Platform::to_string);
             if !platforms.is_empty() {
-                let Some((os, arch, v)) = &child.platform else {
+                let Some(p) = &child.platform else {
                     continue;
                 };
                 let hits: Vec<usize> = (0..platforms.len())
-                    .filter(|&i| platforms[i].matches(os, arch, v.as_deref()))
+                    .filter(|&i| platforms[i].matches(p))
                     .collect();
                 if hits.is_empty() {
                     continue;
