@@ -21,6 +21,9 @@ use super::ConfigError;
 pub struct ClusterConfig {
     /// This node's name: how it appears in `peers` and how it answers a
     /// peer's ping (with DNS discovery, peers learn names from pings).
+    /// Defaults to the host name, which in a Kubernetes StatefulSet is the
+    /// pod's stable name (`hoard-0`), so one ConfigMap serves every replica.
+    #[serde(default = "host_name")]
     pub node: String,
     /// Static members by name (`b = "http://10.0.0.2:5000"`); this node
     /// may be listed too (it is skipped).
@@ -40,6 +43,14 @@ pub struct ClusterConfig {
     /// `secret_file` is not set.
     #[serde(default = "default_secret_env")]
     pub secret_env: String,
+}
+
+/// The kernel's host name (empty when it cannot be read, which `validate`
+/// then refuses, asking for `node`).
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_default()
 }
 
 fn default_refresh() -> Duration {
@@ -62,7 +73,10 @@ impl ClusterConfig {
             msg: msg.into(),
         };
         if self.node.is_empty() || self.node.contains(char::is_whitespace) {
-            return Err(invalid("node", "must be a non-empty name without spaces"));
+            return Err(invalid(
+                "node",
+                "must be a non-empty name without spaces (set it when the host name cannot be read)",
+            ));
         }
         for (name, url) in &self.peers {
             if !url.starts_with("http://") {
@@ -124,6 +138,14 @@ mod tests {
         assert!(c.validate().is_ok());
         assert_eq!(c.refresh, Duration::from_secs(2));
         let c = parse("node = \"a\"\ndns = \"hoard-peers\"\nport = 5000");
+        assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn the_node_name_defaults_to_the_host_name() {
+        let c = parse("peers = { b = \"http://127.0.0.1:1\" }");
+        assert_eq!(c.node, host_name());
+        assert!(!c.node.is_empty(), "this machine has a host name");
         assert!(c.validate().is_ok());
     }
 

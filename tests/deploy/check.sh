@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Validates deploy/ and the deployment docs offline:
 #   - systemd-analyze verify (and an offline security score) on the unit,
-#   - kubernetes-validate --strict on deploy/kubernetes/*.yaml,
+#   - kubernetes-validate --strict on deploy/kubernetes/*.yaml and
+#     deploy/kubernetes-cluster/*.yaml,
 #   - promtool check config / check rules / test rules on deploy/prometheus/,
 #   - the Grafana dashboard is valid JSON and its queries parse,
 #   - docs/configuration.md documents every key of mirror.toml and
@@ -136,6 +137,9 @@ check "systemd unit agrees with deploy/systemd/mirror.toml" "$PY" tests/deploy/c
 check "kubernetes-validate --strict -k $K8S_VERSION deploy/kubernetes/*.yaml" \
   "$PY" -m kubernetes_validate --strict --quiet -k "$K8S_VERSION" deploy/kubernetes/*.yaml
 check "kubernetes manifests agree with their mirror.toml" "$PY" tests/deploy/checks.py k8s-consistency
+check "kubernetes-validate --strict -k $K8S_VERSION deploy/kubernetes-cluster/*.yaml" \
+  "$PY" -m kubernetes_validate --strict --quiet -k "$K8S_VERSION" deploy/kubernetes-cluster/*.yaml
+check "cluster manifests agree with their mirror.toml" "$PY" tests/deploy/checks.py k8s-cluster-consistency
 check "sample configurations use only mirror.toml's keys" "$PY" tests/deploy/checks.py sample-configs
 
 check "promtool check config deploy/prometheus/prometheus.yml" \

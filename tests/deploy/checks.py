@@ -27,6 +27,7 @@ def read_dir(d):
 DASHBOARD = ROOT / "deploy" / "grafana" / "hoard-dashboard.json"
 ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yml"
 K8S = ROOT / "deploy" / "kubernetes"
+K8S_CLUSTER = ROOT / "deploy" / "kubernetes-cluster"
 SYSTEMD_TOML = ROOT / "deploy" / "systemd" / "mirror.toml"
 UNIT = ROOT / "deploy" / "systemd" / "hoard.service"
 
@@ -281,13 +282,16 @@ def dashboard_rules(out):
     return [], ""
 
 
-def load_k8s():
+def load_k8s(where=K8S):
+    """The manifests of one directory by kind (Services by name too, as
+    `Service/<name>`, since the cluster set has two)."""
     import yaml
     docs = {}
-    for f in sorted(K8S.glob("*.yaml")):
+    for f in sorted(where.glob("*.yaml")):
         for d in yaml.safe_load_all(f.read_text()):
             if d:
                 docs[d["kind"]] = d
+                docs[f"{d['kind']}/{d['metadata']['name']}"] = d
     return docs
 
 
@@ -296,7 +300,9 @@ def check_sample_configs():
     keys = mirror_keys()
     problems = []
     samples = {"deploy/systemd/mirror.toml": SYSTEMD_TOML.read_text(),
-               "deploy/kubernetes/configmap.yaml": load_k8s()["ConfigMap"]["data"]["mirror.toml"]}
+               "deploy/kubernetes/configmap.yaml": load_k8s()["ConfigMap"]["data"]["mirror.toml"],
+               "deploy/kubernetes-cluster/configmap.yaml":
+                   load_k8s(K8S_CLUSTER)["ConfigMap"]["data"]["mirror.toml"]}
     for name, text in samples.items():
         try:
             cfg = tomllib.loads(text)
@@ -309,6 +315,10 @@ def check_sample_configs():
         for k in cfg.get("tls", {}):
             if k not in keys["tls"]:
                 problems.append(f"{name}: unknown key tls.{k}")
+        for section in ("storage", "cluster"):
+            for k in cfg.get(section, {}):
+                if k not in keys.get(section, set()):
+                    problems.append(f"{name}: unknown key {section}.{k}")
         for up, body in cfg.get("upstreams", {}).items():
             for k in body:
                 if k not in keys["upstreams"]:
@@ -386,6 +396,89 @@ def check_k8s_consistency():
     return problems, "Deployment, Service, PVC and ConfigMap agree"
 
 
+def check_k8s_cluster_consistency():
+    """deploy/kubernetes-cluster/: the StatefulSet, its two Services and the
+    mirror.toml they share agree, and no secret is in the config text."""
+    docs = load_k8s(K8S_CLUSTER)
+    problems = []
+    need = ("StatefulSet", "ConfigMap", "PodDisruptionBudget", "Service/hoard", "Service/hoard-peers")
+    for kind in need:
+        if kind not in docs:
+            problems.append(f"no {kind} in deploy/kubernetes-cluster/")
+        elif "namespace" in docs[kind]["metadata"]:
+            problems.append(f"{kind} sets a namespace (the manifests are namespace-agnostic)")
+    if problems:
+        return problems, ""
+    cfg = tomllib.loads(docs["ConfigMap"]["data"]["mirror.toml"])
+    sts = docs["StatefulSet"]["spec"]
+    pod = sts["template"]["spec"]
+    c = pod["containers"][0]
+    peers = docs["Service/hoard-peers"]["spec"]
+    client = docs["Service/hoard"]["spec"]
+    cluster = cfg.get("cluster", {})
+    storage = cfg.get("storage", {})
+    if storage.get("kind") != "s3":
+        problems.append("the replicas must share an s3 [storage]")
+    for k in ("credentials", "access_key", "secret_key", "secret"):
+        if k in storage or k in cluster:
+            problems.append(f"a secret ({k}) in the config text")
+    if "node" in cluster:
+        problems.append("[cluster] node must be left to the host name (the pod's name): one ConfigMap for all")
+    if sts.get("podManagementPolicy") != "Parallel":
+        problems.append("podManagementPolicy must be Parallel")
+    if (sts.get("replicas") or 1) < 2:
+        problems.append("a cluster needs at least 2 replicas")
+    if sts.get("serviceName") != docs["Service/hoard-peers"]["metadata"]["name"]:
+        problems.append("serviceName is not the headless Service")
+    if peers.get("clusterIP") != "None" or not peers.get("publishNotReadyAddresses"):
+        problems.append("hoard-peers must be headless and publish not-ready addresses")
+    if cluster.get("dns", "").split(".")[0] != docs["Service/hoard-peers"]["metadata"]["name"]:
+        problems.append("[cluster] dns does not name the headless Service")
+    port = int(cfg["listen"].rsplit(":", 1)[1])
+    if cluster.get("port") != port or [p["port"] for p in peers["ports"]] != [port]:
+        problems.append(f"[cluster] port, the headless Service's port and listen ({port}) differ")
+    if [p["containerPort"] for p in c["ports"]] != [port]:
+        problems.append(f"containerPort is not the listen port {port}")
+    if [p["port"] for p in client["ports"]] != [5000]:
+        problems.append("the client Service must expose port 5000")
+    labels = sts["template"]["metadata"]["labels"]
+    for name, sel in (("hoard", client["selector"]), ("hoard-peers", peers["selector"]),
+                      ("the PodDisruptionBudget", docs["PodDisruptionBudget"]["spec"]["selector"]["matchLabels"]),
+                      ("the StatefulSet", sts["selector"]["matchLabels"])):
+        if any(labels.get(k) != v for k, v in sel.items()):
+            problems.append(f"{name}'s selector does not match the pod labels")
+    env = {e["name"]: e for e in c.get("env", [])}
+    secret_env = cluster.get("secret_env", "HOARD_CLUSTER_SECRET")
+    wanted = [] if "secret_file" in cluster else [secret_env]
+    if "credentials_file" not in storage:
+        wanted += ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"]
+    for name in wanted:
+        if "secretKeyRef" not in env.get(name, {}).get("valueFrom", {}):
+            problems.append(f"{name} must come from a Secret")
+    mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
+    claims = [t["metadata"]["name"] for t in sts.get("volumeClaimTemplates", [])]
+    if not claims or mounts.get(claims[0]) != cfg["cache_dir"]:
+        problems.append(f"the volumeClaimTemplate is not mounted at cache_dir {cfg['cache_dir']}")
+    vols = {v["name"]: v for v in pod["volumes"]}
+    cm_vol = [n for n, v in vols.items() if v.get("configMap", {}).get("name")
+              == docs["ConfigMap"]["metadata"]["name"]]
+    args = c.get("args", [])
+    if not cm_vol or "--config" not in args or \
+            args[args.index("--config") + 1] != mounts.get(cm_vol[0], "") + "/mirror.toml":
+        problems.append("--config does not name the mounted ConfigMap's mirror.toml")
+    if c.get("readinessProbe", {}).get("httpGet", {}).get("path") != "/readyz":
+        problems.append("readinessProbe is not GET /readyz")
+    if c.get("livenessProbe", {}).get("httpGet", {}).get("path") != "/healthz":
+        problems.append("livenessProbe is not GET /healthz")
+    if pod.get("terminationGracePeriodSeconds", 30) <= seconds(cfg.get("shutdown_grace", "30s")):
+        problems.append("terminationGracePeriodSeconds must exceed shutdown_grace")
+    sc = c.get("securityContext", {})
+    if not (pod.get("securityContext", {}).get("runAsNonRoot") and sc.get("readOnlyRootFilesystem")
+            and sc.get("allowPrivilegeEscalation") is False):
+        problems.append("the container must run as non-root, read-only, without privilege escalation")
+    return problems, "StatefulSet, Services, PodDisruptionBudget and ConfigMap agree"
+
+
 def check_unit_consistency():
     """The systemd unit and its sample mirror.toml agree."""
     unit = UNIT.read_text()
@@ -453,6 +546,7 @@ CHECKS = {
     "sample-configs": check_sample_configs,
     "k8s-consistency": check_k8s_consistency,
     "unit-consistency": check_unit_consistency,
+    "k8s-cluster-consistency": check_k8s_cluster_consistency,
     "doc-links": check_doc_links,
 }
 
