@@ -203,7 +203,7 @@ where
 
 /// Where an air-gap command works: through a running server's operator
 /// API, or directly on a stopped server's cache directory.
-pub enum Target {
+pub enum Site {
     /// `--server URL`.
     Server(String),
     /// The cache directory of this config (taken under the lock).
@@ -258,7 +258,7 @@ pub fn image_list(images: Vec<String>, file: Option<&Path>) -> Result<Vec<String
 /// `hoard prefetch`: fetches and pins `images`, showing progress; returns
 /// whether every image succeeded.
 pub async fn prefetch(
-    target: Target,
+    target: Site,
     images: Vec<String>,
     platforms: Vec<String>,
     jobs: usize,
@@ -266,7 +266,7 @@ pub async fn prefetch(
     let parsed = Platform::parse_list(&platforms).map_err(|e| e.to_string())?;
     let mut display = display::Display::new(std::io::stderr().is_terminal(), images.len());
     match target {
-        Target::Server(url) => {
+        Site::Server(url) => {
             let body = serde_json::json!({"images": images, "platforms": platforms, "jobs": jobs});
             let result = Client::new(&url)?
                 .prefetch(body, |ev| display.event(ev))
@@ -275,7 +275,7 @@ pub async fn prefetch(
             result?;
             Ok(summary.is_some_and(|s| s.failed == 0))
         }
-        Target::Local(config) => {
+        Site::Local(config) => {
             let (_lock, engine) = local_engine(&config).await?;
             let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Event>();
             let opts = Options {
@@ -296,15 +296,15 @@ pub async fn prefetch(
 }
 
 /// `hoard pin`: pins an image that is complete in the cache.
-pub async fn pin(target: Target, image: String, platforms: Vec<String>) -> Result<(), String> {
+pub async fn pin(target: Site, image: String, platforms: Vec<String>) -> Result<(), String> {
     let view: PinView = match target {
-        Target::Server(url) => {
+        Site::Server(url) => {
             let body = serde_json::json!({"image": image, "platforms": platforms});
             Client::new(&url)?
                 .json(http::Method::POST, "pins", Some(body))
                 .await?
         }
-        Target::Local(config) => {
+        Site::Local(config) => {
             let parsed = Platform::parse_list(&platforms).map_err(|e| e.to_string())?;
             let (_lock, engine) = local_engine(&config).await?;
             PinView::from(&engine.pin_cached(&image, &parsed).await?)
@@ -321,15 +321,15 @@ pub async fn pin(target: Target, image: String, platforms: Vec<String>) -> Resul
 }
 
 /// `hoard unpin`: lets an image's content return under the budget.
-pub async fn unpin(target: Target, image: String) -> Result<(), String> {
+pub async fn unpin(target: Site, image: String) -> Result<(), String> {
     let view: PinView = match target {
-        Target::Server(url) => {
+        Site::Server(url) => {
             let body = serde_json::json!({ "image": image });
             Client::new(&url)?
                 .json(http::Method::DELETE, "pins", Some(body))
                 .await?
         }
-        Target::Local(config) => {
+        Site::Local(config) => {
             let (_lock, engine) = local_engine(&config).await?;
             PinView::from(&engine.unpin(&image).await?)
         }
@@ -343,9 +343,9 @@ pub async fn unpin(target: Target, image: String) -> Result<(), String> {
 }
 
 /// `hoard ls`: cached and pinned images, a table or JSON.
-pub async fn ls(target: Target, json: bool) -> Result<(), String> {
+pub async fn ls(target: Site, json: bool) -> Result<(), String> {
     let entries: Vec<Entry> = match target {
-        Target::Server(url) => {
+        Site::Server(url) => {
             #[derive(serde::Deserialize)]
             struct Listing {
                 images: Vec<Entry>,
@@ -355,7 +355,7 @@ pub async fn ls(target: Target, json: bool) -> Result<(), String> {
                 .await?;
             l.images
         }
-        Target::Local(config) => {
+        Site::Local(config) => {
             let (_lock, engine) = local_engine(&config).await?;
             crate::admin::ls::list(&engine).await
         }
@@ -390,12 +390,12 @@ pub async fn ls(target: Target, json: bool) -> Result<(), String> {
 /// `hoard check`: whether every image (and platform) can be served with
 /// the network gone. Never contacts an upstream. Returns whether all are.
 pub async fn check(
-    target: Target,
+    target: Site,
     images: Vec<String>,
     platforms: Vec<String>,
 ) -> Result<bool, String> {
     let results: Vec<Readiness> = match target {
-        Target::Server(url) => {
+        Site::Server(url) => {
             #[derive(serde::Deserialize)]
             struct Checked {
                 images: Vec<Readiness>,
@@ -406,7 +406,7 @@ pub async fn check(
                 .await?;
             c.images
         }
-        Target::Local(config) => {
+        Site::Local(config) => {
             let parsed = Platform::parse_list(&platforms).map_err(|e| e.to_string())?;
             let (_lock, engine) = local_engine(&config).await?;
             let mut out = Vec::new();

@@ -221,7 +221,7 @@ fn main() -> ExitCode {
                 server: Some(_), ..
             },
         } => air(place, |target| async move {
-            let hoard::commands::Target::Server(url) = target else {
+            let hoard::commands::Site::Server(url) = target else {
                 return Err("export --server needs the server's address".into());
             };
             hoard::admin::client::export(&url, images, pinned, platform, &output).await
@@ -318,16 +318,16 @@ fn offline(
 /// `Ok(false)` (an image failed or is missing), 2 for an error.
 fn air<F, Fut>(place: Place, run: F) -> ExitCode
 where
-    F: FnOnce(hoard::commands::Target) -> Fut,
+    F: FnOnce(hoard::commands::Site) -> Fut,
     Fut: std::future::Future<Output = Result<bool, String>>,
 {
     // Errors only: the display reports failures and warnings itself, and
     // log lines would tear through the progress bars.
     hoard::logging::init(hoard::config::LogFormat::Text, "error");
     let target = match place.server {
-        Some(url) => hoard::commands::Target::Server(url),
+        Some(url) => hoard::commands::Site::Server(url),
         None => match load(place.config, None, place.cache_dir) {
-            Ok(c) => hoard::commands::Target::Local(Box::new(c)),
+            Ok(c) => hoard::commands::Site::Local(Box::new(c)),
             Err(e) => {
                 eprintln!("hoard: {e}");
                 return ExitCode::from(2);

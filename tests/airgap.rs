@@ -398,17 +398,17 @@ async fn ls_lists_cached_and_pinned_images_and_errors_are_named() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_works_through_the_server_or_on_a_stopped_servers_cache() {
-    use hoard::commands::{self, Target};
+    use hoard::commands::{self, Site};
     let hub = FakeRegistry::start().await;
     let dir = tempfile::tempdir().unwrap();
     let toml = Cfg::new(dir.path())
         .upstream("docker.io", &hub.url())
         .toml();
-    let config = || Target::Local(Box::new(hoard::Config::from_toml(&toml).unwrap()));
+    let config = || Site::Local(Box::new(hoard::Config::from_toml(&toml).unwrap()));
     let app = hub.add_simple_image("team/app", "v1", 1);
     let late = hub.add_simple_image("library/late", "1", 2);
     let mirror = TestMirror::start(&toml).await;
-    let server = || Target::Server(mirror.url(""));
+    let server = || Site::Server(mirror.url(""));
     let images = vec!["team/app:v1".to_string()];
 
     assert_eq!(

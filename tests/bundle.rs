@@ -582,7 +582,7 @@ async fn a_tag_only_archive_needs_repo_and_then_serves() {
 
 #[tokio::test]
 async fn export_pinned_writes_every_pin_with_its_platforms() {
-    use hoard::commands::{self, Target};
+    use hoard::commands::{self, Site};
     let Warm {
         env,
         children,
@@ -591,7 +591,7 @@ async fn export_pinned_writes_every_pin_with_its_platforms() {
     } = warm(false).await;
     env.mirror.stop().await;
     let config = config(env.dir.path(), &env.hub.url());
-    let local = || Target::Local(Box::new(config.clone()));
+    let local = || Site::Local(Box::new(config.clone()));
     let arm64 = vec!["linux/arm64".to_string()];
     commands::pin(local(), "multi".into(), arm64)
         .await

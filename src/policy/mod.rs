@@ -16,5 +16,21 @@ mod blob;
 pub mod manifest;
 mod passthrough;
 
+use std::sync::Arc;
+
+use crate::oci::RepoName;
+use crate::upstream::Upstream;
+
 pub use blob::{fill, size as blob_size, Filling};
 pub use passthrough::{read, Read};
+
+/// A repository on a configured upstream: what a cache miss is fetched
+/// from. `registry` resolves one from a request's name, prefetch from an
+/// image reference; both hand it down here.
+#[derive(Clone)]
+pub struct Target {
+    /// The upstream.
+    pub upstream: Arc<Upstream>,
+    /// The repository as named upstream (`library/alpine`).
+    pub repo: RepoName,
+}

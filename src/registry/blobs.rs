@@ -4,7 +4,6 @@
 use http::{header, HeaderValue, Response, StatusCode};
 
 use super::range::{self, ByteRange};
-use super::resolve::Target;
 use super::{ApiError, Registry};
 use crate::body::{self, Body};
 use crate::cache::FillError;
@@ -12,6 +11,7 @@ use crate::error::Subject;
 use crate::metrics::{Kind, Outcome, Source};
 use crate::oci::Digest;
 use crate::policy;
+use crate::policy::Target;
 
 /// Bytes read from a cached file per chunk.
 const CACHE_CHUNK: usize = 256 * 1024;

@@ -4,11 +4,11 @@
 
 use http::{header, HeaderValue, Response, StatusCode};
 
-use super::resolve::Target;
 use super::{json_response, ApiError, Registry};
 use crate::body::Body;
 use crate::error::Subject;
 use crate::http::query_param;
+use crate::policy::Target;
 use crate::upstream;
 
 /// Most entries one page returns.

@@ -6,7 +6,6 @@ use std::time::SystemTime;
 use bytes::Bytes;
 use http::{header, HeaderValue, Response};
 
-use super::resolve::Target;
 use super::{ApiError, Registry};
 use crate::body::{self, Body};
 use crate::cache::{TagKey, TagRecord};
@@ -14,6 +13,7 @@ use crate::error::Subject;
 use crate::metrics::{Kind, Outcome, Source};
 use crate::oci::{Digest, Reference, Tag};
 use crate::policy;
+use crate::policy::Target;
 use crate::upstream::{self, FetchedManifest};
 
 /// `GET`/`HEAD /v2/<name>/manifests/<reference>`.

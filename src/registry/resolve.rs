@@ -11,27 +11,17 @@
 //! ever write local records, so it cannot change what an upstream's cache
 //! serves.
 
-use std::sync::Arc;
-
 use http::StatusCode;
 
 use super::ApiError;
 use crate::oci::{Algorithm, Digest, RepoName};
-use crate::upstream::Upstream;
+use crate::policy::Target;
 
 /// Other names clients use for Docker Hub.
 const DOCKER_HUB_ALIASES: &[&str] = &["docker.io", "index.docker.io", "registry-1.docker.io"];
 
 /// The upstream whose key gets Docker Hub's `library/` rule.
 pub const DOCKER_HUB: &str = "docker.io";
-
-/// A resolved request target.
-pub struct Target {
-    /// The upstream.
-    pub upstream: Arc<Upstream>,
-    /// The repository as named upstream (`library/alpine`).
-    pub repo: RepoName,
-}
 
 /// Where a read goes.
 pub enum Place {
