@@ -130,36 +130,7 @@ pub fn import(
     let s = offline_cache(config, |cache, pins| async move {
         crate::bundle::import::import(cache, config, archive, placement, &pins, false).await
     })?;
-    let mut out = format!(
-        "imported {} images from {} in {:.1}s: {} blobs new ({}), {} already cached",
-        s.images,
-        archive.display(),
-        started.elapsed().as_secs_f64(),
-        s.new_blobs,
-        bytesize::ByteSize::b(s.new_bytes).to_string_as(true),
-        s.present_blobs,
-    );
-    for tag in &s.tags {
-        out.push_str(&format!("\ntagged {tag}"));
-    }
-    for pin in &s.pins {
-        out.push_str(&format!("\npinned {pin}"));
-    }
-    for d in &s.unnamed {
-        out.push_str(&format!(
-            "\nno name for {d}: pull it by digest; not pinned (import with --repo to pin it)"
-        ));
-    }
-    if s.absent_children > 0 {
-        out.push_str(&format!("\n{} platform manifests of multi-platform images are not in the archive (exported with --platform)", s.absent_children));
-    }
-    if s.unreferenced > 0 {
-        out.push_str(&format!(
-            "\n{} blobs in the archive belong to no image and were left out",
-            s.unreferenced
-        ));
-    }
-    Ok(out)
+    Ok(s.report(&archive.display().to_string(), started.elapsed()))
 }
 
 /// Opens the cache for an offline command on its own runtime and runs
@@ -177,7 +148,7 @@ where
 {
     let _lock = crate::pins::CacheLock::acquire(&config.cache_dir).map_err(|e| match e {
         crate::pins::LockError::Busy(dir) => format!(
-            "the cache directory {} is in use by another hoard process (a running `hoard serve`?): export and import work on a stopped server's cache: stop it first, or export from it with `hoard export --server http://127.0.0.1:PORT`",
+            "the cache directory {} is in use by another hoard process (a running `hoard serve`?): export and import work on a stopped server's cache: stop it first, or go through it with `hoard export --server http://127.0.0.1:PORT` / `hoard import --server ...`",
             dir.display()
         ),
         other => other.to_string(),

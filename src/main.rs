@@ -68,7 +68,8 @@ enum Command {
     },
     /// Load an OCI-layout tar (from `hoard export` or `skopeo copy ...
     /// oci-archive:`) into the cache, verifying every digest, and pin it.
-    /// Run it on a stopped server's cache.
+    /// Complete or nothing. Into a stopped server's cache, or with
+    /// `--server` into a running hoard (it keeps serving).
     Import {
         /// The archive.
         archive: PathBuf,
@@ -79,12 +80,9 @@ enum Command {
         /// images only by a tag).
         #[arg(long)]
         repo: Option<String>,
-        /// Configuration file (cache_dir, upstreams); default: the embedded mirror.toml.
-        #[arg(long, short)]
-        config: Option<PathBuf>,
-        /// Cache directory (overrides the config).
-        #[arg(long)]
-        cache_dir: Option<PathBuf>,
+        /// A stopped server's cache, or with `--server` a running hoard.
+        #[command(flatten)]
+        place: Place,
     },
     /// Fetch whole images ahead of need and pin them (air-gap). Exits 1 when
     /// an image failed.
@@ -241,8 +239,23 @@ fn main() -> ExitCode {
             archive,
             upstream,
             repo,
-            config,
-            cache_dir,
+            place: place @ Place {
+                server: Some(_), ..
+            },
+        } => air(place, |target| async move {
+            let hoard::commands::Site::Server(url) = target else {
+                return Err("import --server needs the server's address".into());
+            };
+            let placement = hoard::bundle::import::Placement { upstream, repo };
+            hoard::admin::client::import(&url, &archive, &placement).await
+        }),
+        Command::Import {
+            archive,
+            upstream,
+            repo,
+            place: Place {
+                config, cache_dir, ..
+            },
         } => offline(config, cache_dir, false, |c| {
             let placement = hoard::bundle::import::Placement { upstream, repo };
             hoard::commands::import(c, &archive, &placement)

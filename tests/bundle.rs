@@ -197,6 +197,18 @@ async fn assert_serves(m: &TestMirror, repo: &str, reference: &str, want: &[u8])
     assert_eq!(&got[..], want, "{repo}:{reference}");
 }
 
+/// `m` serves both images of `w` by tag, and every blob of `team/app`.
+async fn assert_serves_both(m: &TestMirror, w: &Warm) {
+    assert_serves(m, "library/multi", "latest", &w.index.1).await;
+    assert_serves(m, "team/app", "v1", &w.app.manifest).await;
+    for blob in w.app.blobs() {
+        assert_eq!(
+            m.get_ok(&blob_path("team/app", &blob.digest)).await,
+            blob.data
+        );
+    }
+}
+
 #[tokio::test]
 async fn exported_images_import_into_an_empty_cache_and_serve_offline() {
     let w = warm(false).await;
@@ -682,14 +694,7 @@ async fn export_through_a_running_server_imports_and_serves() {
     r.expect("import");
     drop(cache);
     let m = offline_mirror(fresh.path()).await;
-    assert_serves(&m, "library/multi", "latest", &w.index.1).await;
-    assert_serves(&m, "team/app", "v1", &w.app.manifest).await;
-    for blob in w.app.blobs() {
-        assert_eq!(
-            m.get_ok(&blob_path("team/app", &blob.digest)).await,
-            blob.data
-        );
-    }
+    assert_serves_both(&m, &w).await;
     // A missing image is refused before any byte, naming it.
     let missing = out_dir.path().join("missing.tar");
     let err = client
@@ -721,4 +726,61 @@ async fn export_through_a_running_server_imports_and_serves() {
         .expect_err("damaged layer");
     assert!(err.contains("broke off"), "{err}");
     assert!(files_below(broken.path()).is_empty());
+}
+
+/// Issue 16 section 2: `hoard import --server` loads an archive into a
+/// running mirror, which serves it at once and keeps serving meanwhile;
+/// complete or not at all, as offline.
+#[tokio::test]
+async fn import_into_a_running_server_serves_at_once_and_a_cut_archive_changes_nothing() {
+    let w = warm(false).await;
+    let out = tempfile::tempdir().unwrap();
+    let archive = out.path().join("bundle.tar");
+    hoard::admin::client::Client::new(&w.env.mirror.url(""))
+        .unwrap()
+        .export(
+            serde_json::json!({"images": ["multi", "docker.io/team/app:v1"]}),
+            &archive,
+        )
+        .await
+        .expect("export");
+
+    // The disconnected site's mirror, running, its upstream unreachable.
+    let site = tempfile::tempdir().unwrap();
+    let m = offline_mirror(site.path()).await;
+    let client = hoard::admin::client::Client::new(&m.url("")).unwrap();
+
+    // Cut in the middle of its blobs: refused, and nothing reached the cache.
+    let whole = std::fs::read(&archive).unwrap();
+    let cut = out.path().join("cut.tar");
+    std::fs::write(&cut, &whole[..whole.len() * 2 / 3]).unwrap();
+    let blobs_before = files_below(&site.path().join("blobs"));
+    let err = client
+        .import(&cut, &Placement::default())
+        .await
+        .expect_err("a cut archive");
+    assert!(
+        err.contains("400") && err.contains("nothing was imported"),
+        "{err}"
+    );
+    assert_eq!(files_below(&site.path().join("blobs")), blobs_before);
+    assert!(files_below(&site.path().join("tmp")).is_empty());
+    assert_ne!(m.get(&manifest_path("team/app", "v1")).await.status(), 200);
+
+    // The whole archive: served at once, without a restart, and pinned.
+    let s = client
+        .import(&archive, &Placement::default())
+        .await
+        .expect("import");
+    assert_eq!(s.images, 2, "{s:?}");
+    assert!(s.new_blobs >= 9 && s.present_blobs == 0, "{s:?}");
+    assert_serves_both(&m, &w).await;
+    let pins: serde_json::Value = serde_json::from_slice(&m.get_ok("/_hoard/pins").await).unwrap();
+    assert_eq!(pins["pins"].as_array().map(Vec::len), Some(2), "{pins}");
+    // Again: everything is there already.
+    let again = client
+        .import(&archive, &Placement::default())
+        .await
+        .expect("import again");
+    assert_eq!((again.new_blobs, again.present_blobs), (0, s.new_blobs));
 }

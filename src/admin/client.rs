@@ -10,6 +10,7 @@ use hyper_util::rt::TokioExecutor;
 use serde::de::DeserializeOwned;
 
 use crate::prefetch::Event;
+use crate::upstream::auth::encode_query;
 
 /// A client of one server's `/_hoard/` API (plain HTTP: the API answers
 /// loopback peers only, so it is reached as `http://127.0.0.1:PORT`).
@@ -52,18 +53,7 @@ impl Client {
         if resp.status() == StatusCode::OK {
             return Ok(resp);
         }
-        let status = resp.status();
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map(|b| b.to_bytes())
-            .unwrap_or_default();
-        let message = serde_json::from_slice::<serde_json::Value>(&body)
-            .ok()
-            .and_then(|v| v["errors"][0]["message"].as_str().map(str::to_owned))
-            .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
-        Err(format!("hoard answered {status}: {message}"))
+        Err(refused(resp).await)
     }
 
     /// A request whose answer is one JSON document.
@@ -73,15 +63,7 @@ impl Client {
         what: &str,
         body: Option<serde_json::Value>,
     ) -> Result<T, String> {
-        let resp = self.send(method, what, body).await?;
-        let bytes = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| format!("reading hoard's answer: {e}"))?
-            .to_bytes();
-        serde_json::from_slice(&bytes)
-            .map_err(|e| format!("hoard's answer is not the expected JSON: {e}"))
+        answer(self.send(method, what, body).await?).await
     }
 
     /// Streams the archive of `body` (an [`super::export::ExportRequest`])
@@ -106,6 +88,50 @@ impl Client {
             .await
             .map_err(|e| e.to_string())?;
         Ok((summary, n))
+    }
+
+    /// Sends `archive` to the server's `POST /_hoard/import`, streamed
+    /// from the file, and returns the server's summary once all of it is
+    /// in. Complete or nothing: the server commits only a whole, verified
+    /// archive, so a failure at any point leaves its cache as it was.
+    pub async fn import(
+        &self,
+        archive: &std::path::Path,
+        placement: &crate::bundle::import::Placement,
+    ) -> Result<crate::bundle::import::Summary, String> {
+        use futures_util::TryStreamExt;
+        use http_body_util::{combinators::BoxBody, StreamBody};
+        let cannot = |e: std::io::Error| format!("{}: {e}", archive.display());
+        let file = tokio::fs::File::open(archive).await.map_err(cannot)?;
+        let len = file.metadata().await.map_err(cannot)?.len();
+        let frames = tokio_util::io::ReaderStream::with_capacity(file, 1 << 20)
+            .map_ok(hyper::body::Frame::data);
+        let body: BoxBody<Bytes, std::io::Error> = BodyExt::boxed(StreamBody::new(frames));
+        let mut url = format!("{}/_hoard/import", self.base);
+        let query: Vec<String> = [("upstream", &placement.upstream), ("repo", &placement.repo)]
+            .into_iter()
+            .filter_map(|(k, v)| Some(format!("{k}={}", encode_query(v.as_deref()?))))
+            .collect();
+        if !query.is_empty() {
+            url = format!("{url}?{}", query.join("&"));
+        }
+        let req = Request::builder()
+            .method(Method::POST)
+            .uri(&url)
+            .header(http::header::CONTENT_TYPE, "application/x-tar")
+            .header(http::header::CONTENT_LENGTH, len)
+            .body(body)
+            .map_err(|e| format!("{url}: {e}"))?;
+        // A client of its own: this one's requests stream a body.
+        let http = HyperClient::builder(TokioExecutor::new()).build_http();
+        let resp = http
+            .request(req)
+            .await
+            .map_err(|e| format!("cannot reach hoard at {}: {e}", self.base))?;
+        if resp.status() != StatusCode::OK {
+            return Err(refused(resp).await);
+        }
+        answer(resp).await
     }
 
     /// Starts a prefetch and hands each progress event to `on_event` as it
@@ -141,6 +167,37 @@ impl Client {
     }
 }
 
+/// The one JSON document of an answer.
+async fn answer<T: DeserializeOwned>(
+    resp: hyper::Response<hyper::body::Incoming>,
+) -> Result<T, String> {
+    let bytes = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| format!("reading hoard's answer: {e}"))?
+        .to_bytes();
+    serde_json::from_slice(&bytes)
+        .map_err(|e| format!("hoard's answer is not the expected JSON: {e}"))
+}
+
+/// What hoard said when it refused a request: the OCI error's message,
+/// else the body as text, with the status.
+async fn refused<B: hyper::body::Body>(resp: hyper::Response<B>) -> String {
+    let status = resp.status();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let message = serde_json::from_slice::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| v["errors"][0]["message"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
+    format!("hoard answered {status}: {message}")
+}
+
 /// `hoard export --server URL`: the archive streamed from a running hoard
 /// (see [`crate::bundle::stream`]). Prints the summary line on stderr.
 pub async fn export(
@@ -164,5 +221,19 @@ pub async fn export(
     let started = std::time::Instant::now();
     let (s, _) = Client::new(url)?.export(body, output).await?;
     eprintln!("{} (from {url})", s.line(output, started.elapsed()));
+    Ok(true)
+}
+
+/// `hoard import --server URL`: the archive sent to a running hoard, which
+/// imports it complete or not at all. Prints the summary on stderr.
+pub async fn import(
+    url: &str,
+    archive: &std::path::Path,
+    placement: &crate::bundle::import::Placement,
+) -> Result<bool, String> {
+    let started = std::time::Instant::now();
+    let s = Client::new(url)?.import(archive, placement).await?;
+    let report = s.report(&archive.display().to_string(), started.elapsed());
+    eprintln!("{report} (into {url})");
     Ok(true)
 }

@@ -9,6 +9,7 @@
 //! | `GET /_hoard/ls`           |                                       | `{"images":[..]}` |
 //! | `POST /_hoard/check`       | `{"images":[..],"platforms":[..]}`    | `{"ready":bool,"images":[..]}` |
 //! | `POST /_hoard/export`      | `{"images":[..],"platforms":[..],"pinned":false}` | the OCI-layout tar `hoard export` writes, streamed |
+//! | `POST /_hoard/import[?upstream=&repo=]` | the OCI-layout tar `hoard import` reads | the import's summary, once all of it is in |
 //!
 //! Only loopback peers may call it for now: it makes hoard download and
 //! keep whatever is asked. TODO(issue 7): an admin permission from the
@@ -19,6 +20,7 @@
 
 pub mod client;
 pub mod export;
+pub mod import;
 pub mod ls;
 
 use std::sync::Arc;
@@ -53,6 +55,9 @@ pub enum AdminError {
     /// The image is not pinned / not cached.
     #[error("{0}")]
     Conflict(String),
+    /// The server could not do it (its disk, its store).
+    #[error("{0}")]
+    Failed(String),
 }
 
 impl From<AdminError> for ApiError {
@@ -62,6 +67,7 @@ impl From<AdminError> for ApiError {
             AdminError::NotFound => (StatusCode::NOT_FOUND, "NOT_FOUND"),
             AdminError::BadRequest(_) => (StatusCode::BAD_REQUEST, "UNSUPPORTED"),
             AdminError::Conflict(_) => (StatusCode::CONFLICT, "UNSUPPORTED"),
+            AdminError::Failed(_) => (StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN"),
         };
         ApiError::new(status, code, e.to_string())
     }
@@ -201,6 +207,7 @@ impl Admin {
                 let body: export::ExportRequest = read_json(req).await?;
                 export::export(&self.engine, body).await
             }
+            ("import", Method::POST) => import::import(&self.engine, req).await,
             ("check", Method::POST) => {
                 let body: ImagesRequest = read_json(req).await?;
                 let platforms = platforms(&body.platforms)?;

@@ -48,8 +48,8 @@ pub struct Placement {
     pub repo: Option<String>,
 }
 
-/// What an import did.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
+/// What an import did (also the JSON answer of `POST /_hoard/import`).
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Summary {
     /// Images (`index.json` entries) imported.
     pub images: usize,
@@ -72,6 +72,42 @@ pub struct Summary {
     pub pins: Vec<String>,
 }
 
+impl Summary {
+    /// What the import did, for the operator: a line of totals, then a
+    /// line per tag, pin, unnamed image and what was left out.
+    pub fn report(&self, archive: &str, elapsed: std::time::Duration) -> String {
+        let mut out = format!(
+            "imported {} images from {archive} in {:.1}s: {} blobs new ({}), {} already cached",
+            self.images,
+            elapsed.as_secs_f64(),
+            self.new_blobs,
+            bytesize::ByteSize::b(self.new_bytes).to_string_as(true),
+            self.present_blobs,
+        );
+        for tag in &self.tags {
+            out.push_str(&format!("\ntagged {tag}"));
+        }
+        for pin in &self.pins {
+            out.push_str(&format!("\npinned {pin}"));
+        }
+        for d in &self.unnamed {
+            out.push_str(&format!(
+                "\nno name for {d}: pull it by digest; not pinned (import with --repo to pin it)"
+            ));
+        }
+        if self.absent_children > 0 {
+            out.push_str(&format!("\n{} platform manifests of multi-platform images are not in the archive (exported with --platform)", self.absent_children));
+        }
+        if self.unreferenced > 0 {
+            out.push_str(&format!(
+                "\n{} blobs in the archive belong to no image and were left out",
+                self.unreferenced
+            ));
+        }
+        out
+    }
+}
+
 /// An image to import: where it goes and what `index.json` says it is.
 struct Image {
     entry: String,
@@ -92,13 +128,28 @@ pub async fn import(
     pins: &Pins,
     quiet: bool,
 ) -> Result<Summary, Error> {
-    let total = std::fs::metadata(archive)
-        .map_err(Error::file(archive))?
-        .len();
+    let file = std::fs::File::open(archive).map_err(Error::file(archive))?;
+    let total = file.metadata().map_err(Error::file(archive))?.len();
+    import_from(cache, config, file, total, placement, pins, quiet).await
+}
+
+/// Imports the archive `reader` yields (`total` bytes, for the progress
+/// bar; a running server's `POST /_hoard/import` reads it from the request
+/// body), as [`import`] does: complete or not at all, since nothing reaches
+/// the cache before the whole archive was read and checked.
+pub async fn import_from(
+    cache: Arc<Cache>,
+    config: &Config,
+    reader: impl io::Read + Send + 'static,
+    total: u64,
+    placement: &Placement,
+    pins: &Pins,
+    quiet: bool,
+) -> Result<Summary, Error> {
     let progress = Arc::new(Progress::new("importing", total, quiet));
     let staged = {
-        let (cache, path, p) = (cache.clone(), archive.to_owned(), progress.clone());
-        blocking(move || stage(&cache, &path, &p)).await?
+        let (cache, p) = (cache.clone(), progress.clone());
+        blocking(move || stage(&cache, reader, &p)).await?
     };
     progress.finish();
     let mut summary = Summary::default();

@@ -3,7 +3,6 @@
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
-use std::path::Path;
 use std::sync::Arc;
 
 use crate::bundle::layout::{self, Index, LayoutFile};
@@ -42,12 +41,16 @@ pub(super) struct Staged {
     pub(super) layout_seen: bool,
 }
 
-/// Phase 1: reads the whole archive, staging and verifying every blob.
-/// Runs on a blocking thread of the runtime (it reads the tar with std I/O).
-pub(super) fn stage(cache: &Cache, archive: &Path, progress: &Progress) -> Result<Staged, Error> {
-    let file = std::fs::File::open(archive).map_err(Error::file(archive))?;
+/// Phase 1: reads the whole archive (a file, or a request body bridged to
+/// std I/O), staging and verifying every blob. Runs on a blocking thread of
+/// the runtime (it reads the tar with std I/O).
+pub(super) fn stage(
+    cache: &Cache,
+    archive: impl Read,
+    progress: &Progress,
+) -> Result<Staged, Error> {
     let counted = Counted {
-        inner: io::BufReader::with_capacity(1 << 20, file),
+        inner: io::BufReader::with_capacity(1 << 20, archive),
         progress,
     };
     let mut tar = tar::Archive::new(counted);
