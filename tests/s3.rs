@@ -592,3 +592,94 @@ async fn an_https_endpoint_with_a_private_ca_is_trusted_through_ca_file_only() {
     records.put(&key, Bytes::from_static(b"{}")).await.unwrap();
     assert_eq!(records.list("pins/").await.unwrap(), vec![key]);
 }
+
+/// `[storage] redirect` (issue 13 item 5): a blob only the bucket holds is
+/// answered with a `307` to a presigned URL that works without any
+/// credentials and serves the verified bytes; a miss is never redirected
+/// (it is filled and streamed), a blob on this node's disk is served from
+/// it, and the redirect never carries the client's `Authorization`. Off,
+/// the default, nothing is redirected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bucket_hits_are_redirected_to_presigned_urls_when_asked() {
+    let Some(weed) = Weed::start().await else {
+        return;
+    };
+    let hub = FakeRegistry::start().await;
+    let blob = hub.add_blob("library/app", pseudo_random(30, 700_000));
+    let path = blob_path("library/app", &blob.digest);
+    let redirecting = weed.storage_toml("redirect") + "redirect = true\nredirect_expiry = \"2m\"\n";
+
+    // A miss: filled from the upstream and streamed, not redirected.
+    let disk1 = tempfile::tempdir().unwrap();
+    let cfg = Cfg::new(disk1.path()).upstream("docker.io", &hub.url());
+    let mirror = TestMirror::start(&(cfg.toml() + &redirecting)).await;
+    let resp = mirror.get(&path).await;
+    assert_eq!(resp.status(), 200, "a miss is streamed");
+    assert!(resp.bytes().await.unwrap() == blob.data);
+    mirror.settle().await;
+    // On this node's disk now: served from it.
+    let resp = mirror.get(&path).await;
+    assert_eq!(
+        resp.status(),
+        200,
+        "a blob on the local disk is served from it"
+    );
+    mirror.stop().await;
+
+    // Off (the default), a replica with an empty disk streams from the bucket.
+    let plain = tempfile::tempdir().unwrap();
+    let cfg = Cfg::new(plain.path()).upstream("docker.io", &hub.url());
+    let mirror = TestMirror::start(&(cfg.toml() + &weed.storage_toml("redirect"))).await;
+    assert_eq!(
+        mirror.get(&path).await.status(),
+        200,
+        "no redirect unless asked"
+    );
+    mirror.stop().await;
+
+    // On, a replica with an empty disk redirects to the bucket.
+    let disk2 = tempfile::tempdir().unwrap();
+    let cfg = Cfg::new(disk2.path()).upstream("docker.io", &hub.url());
+    let mirror = TestMirror::start(&(cfg.toml() + &redirecting)).await;
+    let upstream_before = hub.log().len();
+    let resp = mirror
+        .client
+        .get(mirror.url(&path))
+        .header("Authorization", "Basic c2VjcmV0OnNlY3JldA==")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 307, "a bucket hit is redirected");
+    assert_eq!(header(&resp, "docker-content-digest"), blob.digest);
+    let location = header(&resp, "location");
+    assert!(
+        location.starts_with(&format!("{}/", weed.endpoint())),
+        "to the bucket's endpoint: {location}"
+    );
+    assert!(location.contains("X-Amz-Signature=") && location.contains("X-Amz-Expires=120"));
+    assert!(
+        !location.contains("c2VjcmV0") && !location.to_lowercase().contains("authorization"),
+        "the client's credentials stay out of the URL: {location}"
+    );
+    let direct = reqwest::Client::new().get(&location).send().await.unwrap();
+    assert_eq!(
+        direct.status(),
+        200,
+        "the presigned URL works without credentials"
+    );
+    assert!(
+        direct.bytes().await.unwrap() == blob.data,
+        "and serves the verified bytes"
+    );
+    assert!(
+        !hub.log()[upstream_before..]
+            .iter()
+            .any(|s| s.path.contains("/blobs/")),
+        "nothing from the upstream"
+    );
+    // A HEAD still answers here, and a forwarded miss is not a thing a
+    // client can ask for: only the cluster's secret makes one.
+    let head = mirror.head(&path).await;
+    assert_eq!(head.status(), 200);
+    mirror.stop().await;
+}

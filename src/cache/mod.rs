@@ -231,6 +231,16 @@ impl Cache {
         }
     }
 
+    /// A URL the client may fetch `digest` from instead of this node (a
+    /// presigned bucket URL, `[storage] redirect`); `None` to serve it here.
+    /// A store that cannot sign one now costs a log line, not the request.
+    pub async fn redirect(&self, digest: &Digest) -> Option<String> {
+        self.store.redirect(digest).await.unwrap_or_else(|e| {
+            tracing::warn!(%digest, error = %e, "cannot sign a bucket redirect; serving through this node");
+            None
+        })
+    }
+
     /// Joins the fill of `digest`, or makes the caller its leader: the
     /// cache coalesces, the caller fetches (see [`FillPermit`]). `None` when
     /// the blob got committed meanwhile (serve it from the cache).

@@ -8,6 +8,7 @@
 //! file `credentials_file` names, so a config can be shown or committed.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -51,7 +52,27 @@ pub struct StorageConfig {
     /// `aws_secret_access_key` under `[default]`); when absent the two
     /// `AWS_*` environment variables are read.
     pub credentials_file: Option<PathBuf>,
+    /// Answer a `GET` of a blob that is in the bucket but not on this
+    /// node's disk with a `307` to a presigned bucket URL, so the bytes
+    /// skip the mirror. Off by default: clients must be able to reach the
+    /// bucket, and it hands them a URL that works for `redirect_expiry`.
+    #[serde(default)]
+    pub redirect: bool,
+    /// The endpoint clients reach the bucket at, when it differs from
+    /// `endpoint` (an internal name or address); the URL is signed for it.
+    pub redirect_endpoint: Option<String>,
+    /// How long a presigned URL works.
+    #[serde(default = "default_redirect_expiry", with = "humantime_serde")]
+    pub redirect_expiry: Duration,
 }
+
+fn default_redirect_expiry() -> Duration {
+    Duration::from_secs(300)
+}
+
+/// The longest a presigned URL may work (SigV4's limit is 7 days; a URL
+/// that outlives a credential rotation is a leak, so far less).
+const MAX_REDIRECT_EXPIRY: Duration = Duration::from_secs(3600);
 
 fn default_region() -> String {
     "us-east-1".into()
@@ -79,6 +100,18 @@ impl StorageConfig {
             if !(e.starts_with("http://") || e.starts_with("https://")) {
                 return Err(invalid("endpoint", "must be an http:// or https:// URL"));
             }
+        }
+        if let Some(e) = &self.redirect_endpoint {
+            if !(e.starts_with("http://") || e.starts_with("https://")) {
+                return Err(invalid(
+                    "redirect_endpoint",
+                    "must be an http:// or https:// URL",
+                ));
+            }
+        }
+        let expiry = self.redirect_expiry;
+        if self.redirect && (expiry < Duration::from_secs(1) || expiry > MAX_REDIRECT_EXPIRY) {
+            return Err(invalid("redirect_expiry", "must be between 1s and 1h"));
         }
         if let Some(p) = &self.prefix {
             let ok = p
@@ -119,5 +152,24 @@ mod tests {
         assert!(err.contains("storage.endpoint"), "{err}");
         let err = parse("kind = \"s3\"\nbucket = \"b\"\nsecret_access_key = \"x\"").unwrap_err();
         assert!(err.contains("unknown field"), "{err}");
+    }
+
+    #[test]
+    fn redirects_are_off_by_default_and_bounded() {
+        let c = parse("kind = \"s3\"\nbucket = \"b\"").unwrap();
+        assert!(!c.redirect);
+        assert_eq!(c.redirect_expiry, Duration::from_secs(300));
+        let s3 = "kind = \"s3\"\nbucket = \"b\"\nredirect = true\n";
+        let c = parse(&format!(
+            "{s3}redirect_endpoint = \"https://s3.example.com\""
+        ))
+        .unwrap();
+        assert!(c.redirect);
+        let err = parse(&format!("{s3}redirect_endpoint = \"s3.example.com\"")).unwrap_err();
+        assert!(err.contains("storage.redirect_endpoint"), "{err}");
+        let err = parse(&format!("{s3}redirect_expiry = \"2h\"")).unwrap_err();
+        assert!(err.contains("storage.redirect_expiry"), "{err}");
+        let err = parse(&format!("{s3}redirect_expiry = \"0s\"")).unwrap_err();
+        assert!(err.contains("storage.redirect_expiry"), "{err}");
     }
 }

@@ -61,6 +61,12 @@ async fn serve(
             if head {
                 return Ok((headers_only(digest, size, range), Outcome::Hit));
             }
+            // A peer that forwarded a miss wants the bytes, not a URL.
+            if !forwarded {
+                if let Some(url) = reg.cache.redirect(digest).await {
+                    return Ok((redirect(digest, &url)?, Outcome::Hit));
+                }
+            }
             if let Some(r) = from_store(reg, digest, size, range, Source::Cache).await? {
                 return Ok((r, Outcome::Hit));
             }
@@ -215,6 +221,9 @@ pub async fn get_local(
     if head {
         return Ok(headers_only(&digest, size, range));
     }
+    if let Some(url) = reg.cache.redirect(&digest).await {
+        return redirect(&digest, &url);
+    }
     from_store(reg, &digest, size, range, Source::Local)
         .await?
         .ok_or_else(unknown)
@@ -233,6 +242,23 @@ async fn upstream_size(target: &Target, digest: &Digest) -> Result<u64, ApiError
                 format!("{name}: upstream sent no Content-Length for {digest}"),
             )
         })
+}
+
+/// `307` to where the blob can be fetched without this node (a presigned
+/// bucket URL, issue 13 item 5). Only for blobs already verified into the
+/// store, never for a miss; the URL names one object and expires.
+fn redirect(digest: &Digest, url: &str) -> Result<Response<Body>, ApiError> {
+    let location = HeaderValue::from_str(url)
+        .map_err(|_| ApiError::internal("the presigned URL is not a header value", digest))?;
+    let mut r = Response::new(body::empty());
+    *r.status_mut() = StatusCode::TEMPORARY_REDIRECT;
+    let h = r.headers_mut();
+    h.insert(header::LOCATION, location);
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+    if let Ok(v) = HeaderValue::from_str(&digest.to_string()) {
+        h.insert("docker-content-digest", v);
+    }
+    Ok(r)
 }
 
 fn bounds(range: Option<ByteRange>, size: u64) -> (u64, u64) {

@@ -120,6 +120,13 @@ pub trait BlobStore: Send + Sync {
     fn shared(&self) -> bool {
         false
     }
+    /// A URL a client may fetch `digest` from directly instead of through
+    /// this node (a presigned bucket URL), `None` when this store has none
+    /// to give or serving it here is as cheap (the blob is on local disk).
+    fn redirect<'a>(&'a self, digest: &'a Digest) -> BoxFuture<'a, io::Result<Option<String>>> {
+        let _ = digest;
+        Box::pin(async { Ok(None) })
+    }
 }
 
 /// A blob being written: obtained from [`BlobStore::stage`], finished by
@@ -283,8 +290,10 @@ impl Storage {
             StorageKind::Disk => Ok(disk),
             StorageKind::S3 => {
                 let bucket = s3::connect(config).await?;
+                let presigner = s3::presigner(config, &bucket)?;
+                let tiered = Tiered::new(disk.blobs, s3::S3Blobs::new(bucket.clone()), presigner);
                 Ok(Storage {
-                    blobs: Arc::new(Tiered::new(disk.blobs, s3::S3Blobs::new(bucket.clone()))),
+                    blobs: Arc::new(tiered),
                     records: Arc::new(s3::S3Records::new(bucket)),
                 })
             }

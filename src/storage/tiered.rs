@@ -22,7 +22,7 @@ use bytes::Bytes;
 use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
 
-use super::s3::S3Blobs;
+use super::s3::{Presigner, S3Blobs};
 use super::{BlobInfo, BlobReader, BlobStore, BoxFuture, Listing, Staging};
 use crate::oci::{Digest, Hasher};
 
@@ -33,12 +33,19 @@ const UPLOAD_READ: usize = 1024 * 1024;
 pub struct Tiered {
     disk: Arc<dyn BlobStore>,
     bucket: S3Blobs,
+    /// Signs redirects to bucket objects (`[storage] redirect`).
+    presigner: Option<Presigner>,
 }
 
 impl Tiered {
-    /// `disk` in front of `bucket`.
-    pub fn new(disk: Arc<dyn BlobStore>, bucket: S3Blobs) -> Tiered {
-        Tiered { disk, bucket }
+    /// `disk` in front of `bucket`; with a `presigner`, blobs only the
+    /// bucket holds are offered as redirects.
+    pub fn new(disk: Arc<dyn BlobStore>, bucket: S3Blobs, presigner: Option<Presigner>) -> Tiered {
+        Tiered {
+            disk,
+            bucket,
+            presigner,
+        }
     }
 
     /// Streams a blob from the bucket, keeping it on disk when the whole
@@ -71,6 +78,22 @@ impl Tiered {
 }
 
 impl BlobStore for Tiered {
+    /// Blobs on the disk tier are served from it (no cheaper path exists);
+    /// a blob only the bucket holds is offered as a presigned URL, so its
+    /// bytes skip this node.
+    fn redirect<'a>(&'a self, digest: &'a Digest) -> BoxFuture<'a, io::Result<Option<String>>> {
+        Box::pin(async move {
+            let Some(presigner) = &self.presigner else {
+                return Ok(None);
+            };
+            if self.disk.stat(digest).await?.is_some() || self.bucket.stat(digest).await?.is_none()
+            {
+                return Ok(None);
+            }
+            presigner.url(digest).await.map(Some)
+        })
+    }
+
     fn stat<'a>(&'a self, digest: &'a Digest) -> BoxFuture<'a, io::Result<Option<BlobInfo>>> {
         Box::pin(async move {
             match self.disk.stat(digest).await? {
@@ -328,7 +351,11 @@ mod tests {
         let dir = CacheDir::open(&tmp.path().join("cache")).await.unwrap();
         let mem = Arc::new(InMemory::new());
         let bucket = Bucket::new(mem.clone(), None, Guarantees::FULL);
-        let store = Tiered::new(Arc::new(FsBlobs::new(dir)), S3Blobs::new(bucket.clone()));
+        let store = Tiered::new(
+            Arc::new(FsBlobs::new(dir)),
+            S3Blobs::new(bucket.clone()),
+            None,
+        );
         let data = Bytes::from(vec![42u8; 100_000]);
         let digest = Digest::of(&data);
         let size = data.len() as u64;

@@ -8,10 +8,10 @@ use std::io;
 use std::path::Path;
 use std::sync::Arc;
 
-use object_store::aws::AmazonS3Builder;
+use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::{Certificate, ClientOptions};
 
-use super::Bucket;
+use super::{Bucket, Presigner};
 use crate::config::StorageConfig;
 
 /// An access key pair.
@@ -24,6 +24,31 @@ struct Keys {
 /// Builds the client for `[storage]` and probes what the server
 /// guarantees (logged once). Fails when the bucket cannot be written.
 pub async fn connect(config: &StorageConfig) -> io::Result<Bucket> {
+    let store = client(config, config.endpoint.as_deref())?;
+    super::probe(Arc::new(store), config.prefix.as_deref()).await
+}
+
+/// What signs redirect URLs when `[storage] redirect` is on: the same
+/// bucket, keys and layout as `bucket`, signed for `redirect_endpoint` (or
+/// `endpoint`).
+pub fn presigner(config: &StorageConfig, bucket: &Bucket) -> io::Result<Option<Presigner>> {
+    if !config.redirect {
+        return Ok(None);
+    }
+    let endpoint = config
+        .redirect_endpoint
+        .as_deref()
+        .or(config.endpoint.as_deref());
+    let signer = client(config, endpoint)?;
+    Ok(Some(Presigner::new(
+        signer,
+        bucket.clone(),
+        config.redirect_expiry,
+    )))
+}
+
+/// An S3 client for `config`'s bucket at `endpoint` (AWS's when `None`).
+fn client(config: &StorageConfig, endpoint: Option<&str>) -> io::Result<AmazonS3> {
     let bucket = config
         .bucket
         .as_deref()
@@ -52,13 +77,12 @@ pub async fn connect(config: &StorageConfig) -> io::Result<Bucket> {
     if let Some(token) = keys.token {
         builder = builder.with_token(token);
     }
-    if let Some(endpoint) = &config.endpoint {
+    if let Some(endpoint) = endpoint {
         builder = builder
             .with_endpoint(endpoint)
             .with_allow_http(endpoint.starts_with("http://"));
     }
-    let store = builder.build().map_err(super::io_error)?;
-    super::probe(Arc::new(store), config.prefix.as_deref()).await
+    builder.build().map_err(super::io_error)
 }
 
 fn invalid(msg: &str) -> io::Error {

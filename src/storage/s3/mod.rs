@@ -20,6 +20,7 @@
 
 mod blobs;
 mod connect;
+mod presign;
 mod records;
 
 use std::io;
@@ -30,7 +31,8 @@ use object_store::ObjectStore;
 
 use crate::oci::Digest;
 pub use blobs::{S3Blobs, S3Staging, PARTS_IN_FLIGHT, PART_SIZE};
-pub use connect::connect;
+pub use connect::{connect, presigner};
+pub use presign::Presigner;
 pub use records::S3Records;
 
 /// What the server guarantees for conditional writes, as [`probe`] found.
