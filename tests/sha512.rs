@@ -294,3 +294,43 @@ async fn sha512_on_a_mirrored_repository_is_a_clear_not_found() {
     assert_eq!(resp.status(), 200);
     assert_eq!(header(&resp, "Docker-Content-Digest"), image.digest);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_sha512_manifest_and_its_blobs_are_collected() {
+    let env = Env::start_with(|c| {
+        c.local("delete", "true")
+            .local("gc_grace", "\"0s\"")
+            .local("gc_interval", "\"100ms\"")
+    })
+    .await;
+    let m = &env.mirror;
+    let repo = "team/gone";
+    let config = b"{}".to_vec();
+    let layer = pseudo_random(51, 20_000);
+    let cd = push_blob_512(m, repo, &config).await;
+    let ld = push_blob_512(m, repo, &layer).await;
+    let manifest = image((&cd, config.len()), (&ld, layer.len()), None);
+    let md = sha512_digest(&manifest);
+    let resp = put(m, &manifest_path(repo, &md), OCI_MANIFEST, &manifest).await;
+    assert_eq!(resp.status(), 201);
+    let file = blob_file(env.dir.path(), &ld);
+    assert!(file.is_file());
+
+    let resp = m
+        .client
+        .delete(m.url(&manifest_path(repo, &md)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    wait_for(
+        "the sha512 layer to be collected",
+        || std::future::ready(!file.exists()),
+        || format!("{} still there", file.display()),
+    )
+    .await;
+    assert!(!blob_file(env.dir.path(), &md).exists());
+    assert_eq!(m.head(&blob_path(repo, &ld)).await.status(), 404);
+    let resp = m.get(&manifest_path(repo, &md)).await;
+    assert_oci_error(resp, 404, &["MANIFEST_UNKNOWN"]).await;
+}
