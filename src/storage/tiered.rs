@@ -335,6 +335,20 @@ mod tests {
     use object_store::ObjectStore;
     use tokio::io::AsyncReadExt;
 
+    /// A tiered store on a fresh disk and an in-memory bucket.
+    async fn tiered() -> (tempfile::TempDir, Arc<InMemory>, Bucket, Tiered) {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = CacheDir::open(&tmp.path().join("cache")).await.unwrap();
+        let mem = Arc::new(InMemory::new());
+        let bucket = Bucket::new(mem.clone(), None, Guarantees::FULL);
+        let store = Tiered::new(
+            Arc::new(FsBlobs::new(dir)),
+            S3Blobs::new(bucket.clone()),
+            None,
+        );
+        (tmp, mem, bucket, store)
+    }
+
     async fn read_all(store: &Tiered, digest: &Digest, size: u64) -> io::Result<Vec<u8>> {
         let mut out = Vec::new();
         store
@@ -346,16 +360,35 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_bucket_gets_only_verified_blobs_and_refills_the_disk() {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = CacheDir::open(&tmp.path().join("cache")).await.unwrap();
-        let mem = Arc::new(InMemory::new());
-        let bucket = Bucket::new(mem.clone(), None, Guarantees::FULL);
-        let store = Tiered::new(
-            Arc::new(FsBlobs::new(dir)),
-            S3Blobs::new(bucket.clone()),
-            None,
+    async fn sha512_blobs_go_through_both_tiers_under_their_own_key() {
+        let (_tmp, mem, bucket, store) = tiered().await;
+        let data = Bytes::from(vec![7u8; 50_000]);
+        let digest = crate::oci::Algorithm::Sha512.digest(&data);
+        let size = data.len() as u64;
+        // Through `write` (hashed with sha256 as it came): re-checked.
+        let mut staged = store.stage().await.unwrap();
+        staged.write(data.clone()).await.unwrap();
+        staged.commit(digest.clone(), size).await.unwrap();
+        assert!(bucket.blob(&digest).as_ref().starts_with("blobs/sha512/"));
+        assert!(
+            mem.head(&bucket.blob(&digest)).await.is_ok(),
+            "in the bucket"
         );
+        // Evicted from disk, read back from the bucket, verified, kept.
+        store.remove(&digest).await.unwrap();
+        assert!(read_all(&store, &digest, size).await.unwrap() == data[..]);
+        assert!(store.disk.stat(&digest).await.unwrap().is_some(), "kept");
+        // Bytes that are not its content never land.
+        let other = crate::oci::Algorithm::Sha512.digest(b"other");
+        let mut wrong = store.stage().await.unwrap();
+        wrong.write(data.clone()).await.unwrap();
+        assert!(wrong.commit(other.clone(), size).await.is_err());
+        assert!(mem.head(&bucket.blob(&other)).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn the_bucket_gets_only_verified_blobs_and_refills_the_disk() {
+        let (_tmp, mem, bucket, store) = tiered().await;
         let data = Bytes::from(vec![42u8; 100_000]);
         let digest = Digest::of(&data);
         let size = data.len() as u64;
