@@ -683,3 +683,50 @@ async fn bucket_hits_are_redirected_to_presigned_urls_when_asked() {
     assert_eq!(head.status(), 200);
     mirror.stop().await;
 }
+
+/// The bucket going away (issue 13 item 4): what is on the disk tier is
+/// still served, a miss streams from the upstream without waiting on the
+/// dead bucket's retries, `/readyz` stays `200` but says "degraded", and
+/// `hoard_storage_reachable` drops to 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_bucket_down_the_disk_tier_serves_and_misses_stream_through() {
+    let Some(weed) = Weed::start().await else {
+        return;
+    };
+    let hub = FakeRegistry::start().await;
+    let cached = hub.add_blob("library/app", pseudo_random(40, 300_000));
+    let later = hub.add_blob("library/app", pseudo_random(41, 300_000));
+    let disk = tempfile::tempdir().unwrap();
+    let cfg = Cfg::new(disk.path()).upstream("docker.io", &hub.url());
+    let mirror = TestMirror::start(&(cfg.toml() + &weed.storage_toml("down"))).await;
+    let path = |b: &Blob| blob_path("library/app", &b.digest);
+    assert!(mirror.get_ok(&path(&cached)).await == cached.data);
+    mirror.settle().await;
+    let ready = mirror.get("/readyz").await;
+    assert_eq!(ready.status(), 200);
+    assert!(ready.text().await.unwrap().contains("\"ready\""));
+    assert_eq!(mirror.metric("hoard_storage_reachable").await, 1.0);
+
+    drop(weed);
+    let ready = mirror.get("/readyz").await;
+    assert_eq!(ready.status(), 200, "a dead bucket does not take every replica out");
+    let body = ready.text().await.unwrap();
+    assert!(body.contains("degraded") && body.contains("bucket"), "{body}");
+    assert_eq!(mirror.metric("hoard_storage_reachable").await, 0.0);
+
+    let started = Instant::now();
+    assert!(
+        mirror.get_ok(&path(&cached)).await == cached.data,
+        "the disk tier serves"
+    );
+    assert!(
+        mirror.get_ok(&path(&later)).await == later.data,
+        "a miss streams from the upstream"
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "without waiting on the bucket's retries: {:?}",
+        started.elapsed()
+    );
+    mirror.stop().await;
+}

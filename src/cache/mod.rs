@@ -200,6 +200,17 @@ impl Cache {
             .map_err(|e| format!("the cache directory is not writable: {e}"))
     }
 
+    /// Why the mirror serves with less than its whole store, when it does:
+    /// the bucket cannot be reached, so hits come from the disk tier and
+    /// misses stream from the upstream without being kept. Not a reason to
+    /// be unready (every replica shares the bucket: all would go at once),
+    /// but `/readyz` and `hoard_storage_reachable` say so.
+    pub async fn degraded(&self) -> Option<String> {
+        let health = self.store.health().await;
+        self.metrics.set_storage_reachable(health.is_ok());
+        health.err()
+    }
+
     /// Size of a blob being filled, once its origin announced it.
     pub fn filling_size(&self, digest: &Digest) -> Option<u64> {
         self.fills.size_of(digest)

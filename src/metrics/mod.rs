@@ -35,6 +35,7 @@ pub struct Metrics {
     evictions: IntCounter,
     evicted_bytes: IntCounter,
     disk_full: IntGauge,
+    storage_reachable: IntGauge,
     ratelimit_remaining: IntGaugeVec,
     ratelimit_limit: IntGaugeVec,
     connections_open: IntGauge,
@@ -166,6 +167,11 @@ impl Metrics {
             evictions: plain_counter("hoard_evictions_total", "Blobs evicted to stay within max_size or to free a full disk."),
             evicted_bytes: plain_counter("hoard_evicted_bytes_total", "Bytes evicted."),
             disk_full: gauge("hoard_disk_full", "1 while the cache's last write failed for lack of space, else 0."),
+            storage_reachable: {
+                let g = gauge("hoard_storage_reachable", "0 while the shared store (the bucket) failed its last health check, else 1.");
+                g.set(1);
+                g
+            },
             ratelimit_remaining: gauge_vec(
                 "hoard_upstream_ratelimit_remaining",
                 "Last ratelimit-remaining header an upstream sent (Docker Hub pulls left in the window).",
@@ -333,6 +339,11 @@ impl Metrics {
     /// Sets the disk-full flag.
     pub fn set_disk_full(&self, full: bool) {
         self.disk_full.set(i64::from(full));
+    }
+
+    /// Whether the shared store answered its last health check.
+    pub fn set_storage_reachable(&self, reachable: bool) {
+        self.storage_reachable.set(i64::from(reachable));
     }
 
     /// Records an upstream's rate-limit headers (`100;w=21600` -> 100).

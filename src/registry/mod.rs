@@ -194,7 +194,13 @@ impl Registry {
             // Not ready means "send pulls elsewhere": the cache cannot store
             // what it fetches. 503 with the reason, so a probe log says why.
             Route::Ready => match self.cache.readiness().await {
-                Ok(()) => Ok(json_response(b"{\"status\":\"ready\"}".to_vec(), head)),
+                Ok(()) => Ok(match self.cache.degraded().await {
+                    None => json_response(b"{\"status\":\"ready\"}".to_vec(), head),
+                    Some(why) => {
+                        let body = serde_json::json!({"status": "degraded", "reason": why});
+                        json_response(body.to_string().into_bytes(), head)
+                    }
+                }),
                 Err(why) => Err(ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "UNAVAILABLE",

@@ -120,6 +120,12 @@ pub trait BlobStore: Send + Sync {
     fn shared(&self) -> bool {
         false
     }
+    /// Whether the store can be reached now; `Err` says why not. A local
+    /// disk always can (its own failures show as failed writes); a bucket
+    /// is asked.
+    fn health(&self) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async { Ok(()) })
+    }
     /// A URL a client may fetch `digest` from directly instead of through
     /// this node (a presigned bucket URL), `None` when this store has none
     /// to give or serving it here is as cheap (the blob is on local disk).

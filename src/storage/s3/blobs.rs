@@ -17,6 +17,7 @@ use futures_util::{StreamExt, TryStreamExt};
 use object_store::path::Path;
 use object_store::{GetOptions, GetRange, PutMode, PutOptions, WriteMultipart};
 
+use super::read::idle_bounded;
 use super::{io_error, Bucket};
 use crate::oci::{Algorithm, Digest, Hasher};
 use crate::storage::{BlobInfo, BlobReader, BlobStore, BoxFuture, Listing, Staging};
@@ -65,7 +66,7 @@ impl S3Blobs {
         };
         let got = self
             .bucket
-            .store()
+            .reader()
             .get_opts(&self.bucket.blob(digest), opts)
             .await
             .map_err(io_error)?;
@@ -73,7 +74,10 @@ impl S3Blobs {
         if end <= start {
             return Ok((futures_util::stream::empty().boxed(), size));
         }
-        Ok((got.into_stream().map_err(io_error).boxed(), size))
+        Ok((
+            idle_bounded(got.into_stream().map_err(io_error).boxed()),
+            size,
+        ))
     }
 }
 

@@ -7,9 +7,10 @@
 use std::io;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use object_store::aws::{AmazonS3, AmazonS3Builder};
-use object_store::{Certificate, ClientOptions};
+use object_store::{BackoffConfig, Certificate, ClientOptions, RetryConfig};
 
 use super::{Bucket, Presigner};
 use crate::config::StorageConfig;
@@ -21,11 +22,30 @@ struct Keys {
     token: Option<String>,
 }
 
-/// Builds the client for `[storage]` and probes what the server
+/// How long to wait for a TCP (and TLS) connection to the bucket.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// The longest a request other than a blob read may take, each attempt.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Retries of a failed request, and the time after which none is tried:
+/// object_store's defaults (10 retries within 3 minutes) would hold a
+/// client's request, or hoard's start, for minutes while the bucket is
+/// down; a mirror should rather serve from its disk and stream misses.
+const RETRIES: usize = 3;
+const RETRY_WITHIN: Duration = Duration::from_secs(15);
+
+/// Builds the clients for `[storage]` and probes what the server
 /// guarantees (logged once). Fails when the bucket cannot be written.
+///
+/// Blob reads get a client of their own without a total request timeout:
+/// a large layer may take longer than any fixed limit to stream, and
+/// object_store would cut it there. A stalled read is bounded instead by
+/// [`S3Blobs`](super::S3Blobs)' idle timeout between chunks.
 pub async fn connect(config: &StorageConfig) -> io::Result<Bucket> {
-    let store = client(config, config.endpoint.as_deref())?;
-    super::probe(Arc::new(store), config.prefix.as_deref()).await
+    let endpoint = config.endpoint.as_deref();
+    let store = client(config, endpoint, Some(REQUEST_TIMEOUT))?;
+    let reader = client(config, endpoint, None)?;
+    let bucket = super::probe(Arc::new(store), config.prefix.as_deref()).await?;
+    Ok(bucket.with_reader(Arc::new(reader)))
 }
 
 /// What signs redirect URLs when `[storage] redirect` is on: the same
@@ -39,7 +59,7 @@ pub fn presigner(config: &StorageConfig, bucket: &Bucket) -> io::Result<Option<P
         .redirect_endpoint
         .as_deref()
         .or(config.endpoint.as_deref());
-    let signer = client(config, endpoint)?;
+    let signer = client(config, endpoint, Some(REQUEST_TIMEOUT))?;
     Ok(Some(Presigner::new(
         signer,
         bucket.clone(),
@@ -47,8 +67,13 @@ pub fn presigner(config: &StorageConfig, bucket: &Bucket) -> io::Result<Option<P
     )))
 }
 
-/// An S3 client for `config`'s bucket at `endpoint` (AWS's when `None`).
-fn client(config: &StorageConfig, endpoint: Option<&str>) -> io::Result<AmazonS3> {
+/// An S3 client for `config`'s bucket at `endpoint` (AWS's when `None`),
+/// with `timeout` per request attempt (`None`: no limit on the whole).
+fn client(
+    config: &StorageConfig,
+    endpoint: Option<&str>,
+    timeout: Option<Duration>,
+) -> io::Result<AmazonS3> {
     let bucket = config
         .bucket
         .as_deref()
@@ -57,7 +82,11 @@ fn client(config: &StorageConfig, endpoint: Option<&str>) -> io::Result<AmazonS3
         Some(path) => read_credentials_file(path)?,
         None => from_env()?,
     };
-    let mut client = ClientOptions::new();
+    let mut client = ClientOptions::new().with_connect_timeout(CONNECT_TIMEOUT);
+    client = match timeout {
+        Some(t) => client.with_timeout(t),
+        None => client.with_timeout_disabled(),
+    };
     if let Some(ca) = &config.ca_file {
         let pem = std::fs::read(ca)
             .map_err(|e| invalid(&format!("storage.ca_file {}: {e}", ca.display())))?;
@@ -73,7 +102,12 @@ fn client(config: &StorageConfig, endpoint: Option<&str>) -> io::Result<AmazonS3
         .with_virtual_hosted_style_request(!config.path_style)
         .with_access_key_id(keys.id)
         .with_secret_access_key(keys.secret)
-        .with_client_options(client);
+        .with_client_options(client)
+        .with_retry(RetryConfig {
+            backoff: BackoffConfig::default(),
+            max_retries: RETRIES,
+            retry_timeout: RETRY_WITHIN,
+        });
     if let Some(token) = keys.token {
         builder = builder.with_token(token);
     }

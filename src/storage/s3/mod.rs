@@ -21,6 +21,7 @@
 mod blobs;
 mod connect;
 mod presign;
+mod read;
 mod records;
 
 use std::io;
@@ -56,6 +57,9 @@ impl Guarantees {
 #[derive(Clone)]
 pub struct Bucket {
     store: Arc<dyn ObjectStore>,
+    /// The client blob reads stream through (see `connect`); `store` by
+    /// default.
+    reader: Arc<dyn ObjectStore>,
     prefix: Option<String>,
     guarantees: Guarantees,
 }
@@ -68,15 +72,28 @@ impl Bucket {
             .map(|p| p.trim_matches('/').to_owned())
             .filter(|p| !p.is_empty());
         Bucket {
+            reader: store.clone(),
             store,
             prefix,
             guarantees,
         }
     }
 
+    /// The same bucket, with blob reads through `reader` (a client without
+    /// a total request timeout).
+    pub fn with_reader(mut self, reader: Arc<dyn ObjectStore>) -> Bucket {
+        self.reader = reader;
+        self
+    }
+
     /// The object store itself.
     pub fn store(&self) -> &Arc<dyn ObjectStore> {
         &self.store
+    }
+
+    /// The object store blob reads stream from.
+    pub fn reader(&self) -> &Arc<dyn ObjectStore> {
+        &self.reader
     }
 
     /// What the server was found to guarantee.
