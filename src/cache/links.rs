@@ -57,7 +57,16 @@ struct RepoLinks {
     loaded: tokio::sync::OnceCell<()>,
     /// std mutex: set operations only, never held across an await.
     sets: Mutex<Sets>,
+    /// When the records were last read again for a digest not held (a
+    /// shared store: other replicas link after this one loaded).
+    reread: Mutex<Option<std::time::Instant>>,
 }
+
+/// How often a repository's links may be read again from a shared store
+/// for digests it does not hold: often enough that what another replica
+/// linked is served within seconds, rarely enough that a client naming
+/// unlinked digests cannot turn each request into a bucket listing.
+const REREAD_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
 #[derive(Default)]
 struct Sets {
@@ -65,6 +74,13 @@ struct Sets {
     held: HashSet<Digest>,
     /// Manifests whose references were linked too.
     closed: HashSet<Digest>,
+}
+
+impl RepoLinks {
+    fn holds(&self, digest: &Digest) -> bool {
+        let sets = self.sets.lock().unwrap_or_else(|p| p.into_inner());
+        sets.held.contains(digest)
+    }
 }
 
 /// A link record.
@@ -100,9 +116,43 @@ fn repo_id(upstream: &str, repo: &RepoName) -> Digest {
 
 impl Cache {
     /// Whether `repo` of `upstream` is known to hold `digest`.
+    /// With a store that other replicas write too, a digest not held here
+    /// has the repository's records read again (at most every
+    /// [`REREAD_EVERY`]).
     pub async fn linked(&self, upstream: &str, repo: &RepoName, digest: &Digest) -> bool {
         let links = self.repo_links(upstream, repo).await;
-        let sets = links.sets.lock().unwrap_or_else(|p| p.into_inner());
+        if links.holds(digest) {
+            return true;
+        }
+        if !self.store.shared() {
+            return false;
+        }
+        // The link made for this very digest (a manifest's, or a blob's own).
+        let id = repo_id(upstream, repo);
+        let own = self.links.records.get(&RecordKey::link(&id, digest)).await;
+        if let Ok(Some(v)) = own {
+            if let Ok(f) = serde_json::from_slice::<LinkFile>(&v.bytes) {
+                links.add(&f.digests);
+                if f.manifest {
+                    links.close(digest);
+                }
+                return links.holds(digest);
+            }
+        }
+        {
+            let mut last = links.reread.lock().unwrap_or_else(|p| p.into_inner());
+            let now = std::time::Instant::now();
+            if last.is_some_and(|t| now.duration_since(t) < REREAD_EVERY) {
+                return false;
+            }
+            *last = Some(now);
+        }
+        let (held, closed) = self
+            .load_links(&repo_id(upstream, repo), upstream, repo)
+            .await;
+        let mut sets = links.sets.lock().unwrap_or_else(|p| p.into_inner());
+        sets.held.extend(held);
+        sets.closed.extend(closed);
         sets.held.contains(digest)
     }
 

@@ -131,6 +131,39 @@ impl Meta {
         self.tags.read().ok()?.get(key).cloned()
     }
 
+    /// The record of a tag, read from the records store when this process
+    /// has not seen it: replicas on one bucket write tags for each other
+    /// after start, and a replica must serve those offline too.
+    pub async fn tag_or_read(&self, key: &TagKey) -> Option<TagRecord> {
+        if let Some(rec) = self.tag(key) {
+            return Some(rec);
+        }
+        let value = self.records.get(&tag_key(key)).await.ok()??;
+        let (k, rec) = parse_tag(&value.bytes).filter(|(k, _)| k == key)?;
+        let mut tags = self.tags.write().unwrap_or_else(|p| p.into_inner());
+        Some(tags.entry(k).or_insert(rec).clone())
+    }
+
+    /// The media type of a stored manifest, read from the records store
+    /// when this process has not seen it (see [`Meta::tag_or_read`]).
+    pub async fn manifest_type_or_read(&self, digest: &Digest) -> Option<Arc<str>> {
+        if let Some(t) = self.types.get(digest) {
+            return Some(t);
+        }
+        let value = self
+            .records
+            .get(&RecordKey::media_type(digest))
+            .await
+            .ok()??;
+        let text = std::str::from_utf8(&value.bytes).ok()?.trim();
+        if text.is_empty() {
+            return None;
+        }
+        let t: Arc<str> = Arc::from(text);
+        self.types.insert(digest.clone(), t.clone());
+        Some(t)
+    }
+
     /// Records a tag durably.
     pub async fn put_tag(&self, key: &TagKey, record: &TagRecord) -> io::Result<()> {
         let file = TagFile {

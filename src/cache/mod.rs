@@ -270,7 +270,7 @@ impl Cache {
 
     /// A cached manifest: bytes and media type.
     pub async fn manifest(&self, digest: &Digest) -> Result<Option<(Bytes, Arc<str>)>, Error> {
-        let Some(media_type) = self.meta.manifest_type(digest) else {
+        let Some(media_type) = self.meta.manifest_type_or_read(digest).await else {
             return Ok(None);
         };
         Ok(self.read_small(digest).await?.map(|b| (b, media_type)))
@@ -290,9 +290,15 @@ impl Cache {
         Ok(self.meta.put_manifest_type(digest, media_type).await?)
     }
 
-    /// The cached record of a tag.
+    /// The cached record of a tag, as this process knows it.
     pub fn tag(&self, key: &TagKey) -> Option<TagRecord> {
         self.meta.tag(key)
+    }
+
+    /// The cached record of a tag, read from the records when this process
+    /// has not seen it (another replica on the bucket wrote it).
+    pub async fn tag_or_read(&self, key: &TagKey) -> Option<TagRecord> {
+        self.meta.tag_or_read(key).await
     }
 
     /// Records a tag durably, and links what it names to its repository.

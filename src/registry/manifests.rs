@@ -166,7 +166,7 @@ async fn by_tag(
     if let Some(served) = cached_tag(reg, &key, accept, checked_while_waiting).await? {
         return Ok(served);
     }
-    let cached = match reg.cache.tag(&key) {
+    let cached = match reg.cache.tag_or_read(&key).await {
         Some(rec) => reg.cache.manifest(&rec.digest).await?.map(|m| (rec, m)),
         None => None,
     };
@@ -294,7 +294,7 @@ async fn cached_tag(
     accept: &[String],
     mut usable: impl FnMut(&TagRecord) -> bool,
 ) -> Result<Option<Served>, ApiError> {
-    let Some(rec) = reg.cache.tag(key) else {
+    let Some(rec) = reg.cache.tag_or_read(key).await else {
         return Ok(None);
     };
     if !usable(&rec) {

@@ -98,12 +98,18 @@ pub fn client() -> reqwest::Client {
 impl TestMirror {
     /// Parses `config_toml`, binds 127.0.0.1:0 and spawns `hoard::run`.
     pub async fn start(config_toml: &str) -> TestMirror {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind mirror");
+        TestMirror::start_on(listener, config_toml).await
+    }
+
+    /// As [`TestMirror::start`], on a listener bound already (when the
+    /// address must be known before the config is written: cluster peers).
+    pub async fn start_on(listener: TcpListener, config_toml: &str) -> TestMirror {
         let config = match hoard::Config::from_toml(config_toml) {
             Ok(c) => c,
             Err(e) => panic!("config rejected: {e:?}\n---\n{config_toml}"),
         };
         sweep_at_exit(&config.cache_dir);
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind mirror");
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(hoard::run(listener, config, async move {

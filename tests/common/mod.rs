@@ -9,6 +9,7 @@
 //! - [`Server`] (`mirror.rs`): the requests both kinds of mirror answer, written once;
 //! - [`Cfg`] (`config.rs`): the one writer of a mirror's TOML, and `write_config` for a
 //!   child's file;
+//! - [`Weed`] (`weed.rs`): a real S3 server (SeaweedFS), for the bucket backend;
 //! - [`Metrics`], the cache directory as files (`files.rs`), and [`DEADLINE`] with the
 //!   one condition poll [`wait_for`].
 //!
@@ -36,6 +37,8 @@ pub mod files;
 pub mod metrics;
 #[allow(dead_code)]
 pub mod mirror;
+#[allow(dead_code)]
+pub mod weed;
 
 use std::future::Future;
 use std::time::Duration;
@@ -56,6 +59,8 @@ pub use files::*;
 pub use metrics::*;
 #[allow(unused_imports)]
 pub use mirror::*;
+#[allow(unused_imports)]
+pub use weed::*;
 
 /// How long anything a test waits on may take: a server to start or stop, a
 /// condition to hold, a response to come. Generous, because ~6 builds share 2 cores.
