@@ -208,7 +208,7 @@ pub fn import(data: &[u8]) {
     };
     config.cache_dir = dir.0.join("cache");
     let placement = crate::bundle::import::Placement::default();
-    let _ = crate::commands::import(&config, &archive, &placement);
+    let _ = crate::cli::import(&config, &archive, &placement);
 }
 
 /// `mirror.toml` as an operator writes it: TOML, then validation.

@@ -31,21 +31,25 @@
 //!   OCI-layout tar, to carry a warmed cache to a disconnected site.
 //! - [`pins`]: pinned images kept outside the budget.
 //! - [`prefetch`]: fetching whole images ahead of need, readiness checks.
-//! - [`admin`]: the operator API under `/_hoard/` (prefetch, pins, ls, check).
+//! - [`admin`]: the operator API under `/_hoard/` (prefetch, pins, ls, check)
+//!   (its client is in [`cli::client`]).
 //! - [`malloc`]: glibc malloc settings that keep streaming buffers resident.
 //! - [`logging`]: the log subscriber (colour only on a terminal, `NO_COLOR`).
 //! - [`cluster`]: `[cluster]` membership, rendezvous owners of digests and
 //!   one-hop forwarding of a blob miss to its owner.
 //! - [`body`]: the response body every handler returns (an error aborts it).
-//! - [`commands`]: the offline commands of the binary besides `serve`.
+//! - [`cli`]: the `hoard` command line, at the top (nothing imports it):
+//!   argument parsing, `serve`, the offline and air-gap commands, terminal
+//!   progress, the operator-API client, one typed error. `main.rs` only
+//!   parses and calls [`cli::run`].
 
 pub mod admin;
 pub mod auth;
 pub mod body;
 pub mod bundle;
 pub mod cache;
+pub mod cli;
 pub mod cluster;
-pub mod commands;
 pub mod config;
 pub mod error;
 /// Entry points of the fuzz targets and their corpus replay (not API).

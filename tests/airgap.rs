@@ -398,7 +398,7 @@ async fn ls_lists_cached_and_pinned_images_and_errors_are_named() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_works_through_the_server_or_on_a_stopped_servers_cache() {
-    use hoard::commands::{self, Site};
+    use hoard::cli::{self, Site};
     let hub = FakeRegistry::start().await;
     let dir = tempfile::tempdir().unwrap();
     let toml = Cfg::new(dir.path())
@@ -411,47 +411,38 @@ async fn cli_works_through_the_server_or_on_a_stopped_servers_cache() {
     let server = || Site::Server(mirror.url(""));
     let images = vec!["team/app:v1".to_string()];
 
-    assert_eq!(
-        commands::prefetch(server(), images.clone(), vec![], 2).await,
-        Ok(true)
-    );
-    assert_eq!(
-        commands::check(server(), images.clone(), vec![]).await,
-        Ok(true)
-    );
+    let r = cli::prefetch(server(), images.clone(), vec![], 2).await;
+    assert!(matches!(r, Ok(true)), "{r:?}");
+    let r = cli::check(server(), images.clone(), vec![]).await;
+    assert!(matches!(r, Ok(true)), "{r:?}");
     let missing = vec!["team/app:v1".to_string(), "late:1".to_string()];
-    assert_eq!(
-        commands::check(server(), missing.clone(), vec![]).await,
-        Ok(false)
-    );
-    let failed = commands::prefetch(server(), vec!["nope:1".into()], vec![], 2).await;
-    assert_eq!(failed, Ok(false), "an image failed: exit 1");
-    let busy = commands::check(config(), images.clone(), vec![]).await;
+    let r = cli::check(server(), missing.clone(), vec![]).await;
+    assert!(matches!(r, Ok(false)), "{r:?}");
+    let failed = cli::prefetch(server(), vec!["nope:1".into()], vec![], 2).await;
     assert!(
-        busy.as_ref().is_err_and(|e| e.contains("in use")),
+        matches!(failed, Ok(false)),
+        "an image failed: exit 1: {failed:?}"
+    );
+    let busy = cli::check(config(), images.clone(), vec![]).await;
+    assert!(
+        busy.as_ref()
+            .is_err_and(|e| e.to_string().contains("in use")),
         "{busy:?}"
     );
     mirror.stop().await;
 
     // On the stopped server's directory, in-process.
-    assert_eq!(
-        commands::check(config(), images.clone(), vec![]).await,
-        Ok(true)
-    );
-    assert_eq!(
-        commands::prefetch(config(), vec!["late:1".into()], vec![], 2).await,
-        Ok(true)
-    );
-    assert_eq!(
-        commands::check(config(), missing.clone(), vec![]).await,
-        Ok(true)
-    );
-    assert_eq!(commands::unpin(config(), "late:1".into()).await, Ok(()));
-    assert!(commands::unpin(config(), "late:1".into()).await.is_err());
-    assert_eq!(
-        commands::pin(config(), "late:1".into(), vec![]).await,
-        Ok(())
-    );
+    let r = cli::check(config(), images.clone(), vec![]).await;
+    assert!(matches!(r, Ok(true)), "{r:?}");
+    let r = cli::prefetch(config(), vec!["late:1".into()], vec![], 2).await;
+    assert!(matches!(r, Ok(true)), "{r:?}");
+    let r = cli::check(config(), missing.clone(), vec![]).await;
+    assert!(matches!(r, Ok(true)), "{r:?}");
+    let r = cli::unpin(config(), "late:1".into()).await;
+    assert!(matches!(r, Ok(())), "{r:?}");
+    assert!(cli::unpin(config(), "late:1".into()).await.is_err());
+    let r = cli::pin(config(), "late:1".into(), vec![]).await;
+    assert!(matches!(r, Ok(())), "{r:?}");
 
     hub.go_down().await;
     let mirror = TestMirror::start(&toml).await;

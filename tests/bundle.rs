@@ -117,7 +117,7 @@ async fn export_to(
         &refs(&config, images),
         &platforms,
         Output::File(out.to_owned()),
-        true,
+        Arc::new(hoard::bundle::progress::Silent),
     )
     .await
 }
@@ -131,7 +131,15 @@ async fn import_into(
     let config = config(dir, "http://127.0.0.1:9");
     let pins = pins_of(dir).await;
     let cache = open(dir).await;
-    let r = import::import(cache.clone(), &config, archive, placement, &pins, true).await;
+    let r = import::import(
+        cache.clone(),
+        &config,
+        archive,
+        placement,
+        &pins,
+        Arc::new(hoard::bundle::progress::Silent),
+    )
+    .await;
     (r, cache)
 }
 
@@ -594,7 +602,7 @@ async fn a_tag_only_archive_needs_repo_and_then_serves() {
 
 #[tokio::test]
 async fn export_pinned_writes_every_pin_with_its_platforms() {
-    use hoard::commands::{self, Site};
+    use hoard::cli::{self, Site};
     let Warm {
         env,
         children,
@@ -605,10 +613,10 @@ async fn export_pinned_writes_every_pin_with_its_platforms() {
     let config = config(env.dir.path(), &env.hub.url());
     let local = || Site::Local(Box::new(config.clone()));
     let arm64 = vec!["linux/arm64".to_string()];
-    commands::pin(local(), "multi".into(), arm64)
+    cli::pin(local(), "multi".into(), arm64)
         .await
         .expect("pin multi");
-    commands::pin(local(), "team/app:v1".into(), vec![])
+    cli::pin(local(), "team/app:v1".into(), vec![])
         .await
         .expect("pin app");
 
@@ -616,13 +624,13 @@ async fn export_pinned_writes_every_pin_with_its_platforms() {
     let archive = out.path().join("pinned.tar");
     let export = |images: Vec<String>, pinned: bool| {
         let (config, archive) = (config.clone(), archive.clone());
-        tokio::task::spawn_blocking(move || {
-            commands::export(&config, &images, pinned, None, &archive)
-        })
+        tokio::task::spawn_blocking(move || cli::export(&config, &images, pinned, None, &archive))
     };
     let neither = export(vec![], false).await.unwrap();
     assert!(
-        neither.as_ref().is_err_and(|e| e.contains("--pinned")),
+        neither
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("--pinned")),
         "{neither:?}"
     );
     assert!(!archive.exists());
@@ -670,7 +678,7 @@ async fn export_pinned_writes_every_pin_with_its_platforms() {
 #[tokio::test]
 async fn export_through_a_running_server_imports_and_serves() {
     let w = warm(false).await;
-    let client = hoard::admin::client::Client::new(&w.env.mirror.url("")).unwrap();
+    let client = hoard::cli::client::Client::new(&w.env.mirror.url("")).unwrap();
     let out_dir = tempfile::tempdir().unwrap();
     let body = serde_json::json!({"images": ["multi", "docker.io/team/app:v1"]});
     let archive = out_dir.path().join("bundle.tar");
@@ -701,7 +709,7 @@ async fn export_through_a_running_server_imports_and_serves() {
         .export(serde_json::json!({"images": ["team/nothere:v1"]}), &missing)
         .await
         .expect_err("not cached");
-    assert!(err.contains("409"), "{err}");
+    assert!(err.to_string().contains("409"), "{err}");
 
     // Damage a layer on the serving cache: the stream breaks off.
     let layer = &w.app.layers[0];
@@ -724,7 +732,7 @@ async fn export_through_a_running_server_imports_and_serves() {
         )
         .await
         .expect_err("damaged layer");
-    assert!(err.contains("broke off"), "{err}");
+    assert!(err.to_string().contains("broke off"), "{err}");
     assert!(files_below(broken.path()).is_empty());
 }
 
@@ -736,7 +744,7 @@ async fn import_into_a_running_server_serves_at_once_and_a_cut_archive_changes_n
     let w = warm(false).await;
     let out = tempfile::tempdir().unwrap();
     let archive = out.path().join("bundle.tar");
-    hoard::admin::client::Client::new(&w.env.mirror.url(""))
+    hoard::cli::client::Client::new(&w.env.mirror.url(""))
         .unwrap()
         .export(
             serde_json::json!({"images": ["multi", "docker.io/team/app:v1"]}),
@@ -748,7 +756,7 @@ async fn import_into_a_running_server_serves_at_once_and_a_cut_archive_changes_n
     // The disconnected site's mirror, running, its upstream unreachable.
     let site = tempfile::tempdir().unwrap();
     let m = offline_mirror(site.path()).await;
-    let client = hoard::admin::client::Client::new(&m.url("")).unwrap();
+    let client = hoard::cli::client::Client::new(&m.url("")).unwrap();
 
     // Cut in the middle of its blobs: refused, and nothing reached the cache.
     let whole = std::fs::read(&archive).unwrap();
@@ -758,7 +766,8 @@ async fn import_into_a_running_server_serves_at_once_and_a_cut_archive_changes_n
     let err = client
         .import(&cut, &Placement::default())
         .await
-        .expect_err("a cut archive");
+        .expect_err("a cut archive")
+        .to_string();
     assert!(
         err.contains("400") && err.contains("nothing was imported"),
         "{err}"

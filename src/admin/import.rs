@@ -54,7 +54,7 @@ where
         total,
         &placement,
         engine.pins(),
-        true,
+        std::sync::Arc::new(crate::bundle::progress::Silent),
     )
     .await
     .map_err(|e| match e {

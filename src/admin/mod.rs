@@ -18,7 +18,6 @@
 //! A prefetch runs in its own task: a client that hangs up stops seeing
 //! progress, not the prefetch.
 
-pub mod client;
 pub mod export;
 pub mod import;
 pub mod ls;

@@ -89,13 +89,13 @@ pub async fn export(
     images: &[ImageRef],
     platforms: &Platforms,
     out: Output,
-    quiet: bool,
+    progress: Arc<dyn Progress>,
 ) -> Result<Summary, Error> {
     let wanted: Vec<_> = images
         .iter()
         .map(|i| (i.clone(), platforms.clone()))
         .collect();
-    export_each(cache, &wanted, out, quiet).await
+    export_each(cache, &wanted, out, progress).await
 }
 
 /// The pinned set as export wants it: each pin by its pinned digest (so a
@@ -128,10 +128,10 @@ pub async fn export_each(
     cache: Arc<Cache>,
     images: &[(ImageRef, Platforms)],
     out: Output,
-    quiet: bool,
+    progress: Arc<dyn Progress>,
 ) -> Result<Summary, Error> {
     let planned = plan_each(&cache, images).await?;
-    write(cache, planned, out, quiet).await
+    write(cache, planned, out, progress).await
 }
 
 /// Plans the archive of `images` (see [`export_each`]): fails, naming the
@@ -156,13 +156,13 @@ pub async fn write(
     cache: Arc<Cache>,
     planned: Planned,
     out: Output,
-    quiet: bool,
+    progress: Arc<dyn Progress>,
 ) -> Result<Summary, Error> {
     let Planned { plan, summary } = planned;
-    let progress = Arc::new(Progress::new("exporting", summary.bytes, quiet));
+    progress.start(summary.bytes);
     let handle = tokio::runtime::Handle::current();
     let p = progress.clone();
-    blocking(move || write_archive(&cache, &handle, plan, out, &p)).await?;
+    blocking(move || write_archive(&cache, &handle, plan, out, &*p)).await?;
     progress.finish();
     Ok(summary)
 }
@@ -294,7 +294,7 @@ fn write_archive(
     handle: &tokio::runtime::Handle,
     plan: Plan,
     out: Output,
-    progress: &Progress,
+    progress: &dyn Progress,
 ) -> Result<(), Error> {
     let (sink, partial, target): (Box<dyn Write + Send>, _, _) = match out {
         Output::Stdout => (Box::new(io::stdout()), None, PathBuf::from("<stdout>")),
@@ -325,7 +325,7 @@ fn write_entries(
     cache: &Cache,
     handle: &tokio::runtime::Handle,
     plan: &Plan,
-    progress: &Progress,
+    progress: &dyn Progress,
     target: &Path,
 ) -> Result<(), Error> {
     let io = |e: io::Error| Error::File {
@@ -414,7 +414,7 @@ struct Hashing<'a, R> {
     inner: R,
     hasher: Hasher,
     read: u64,
-    progress: &'a Progress,
+    progress: &'a dyn Progress,
 }
 
 impl<R: Read> Read for Hashing<'_, R> {

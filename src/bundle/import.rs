@@ -126,11 +126,11 @@ pub async fn import(
     archive: &Path,
     placement: &Placement,
     pins: &Pins,
-    quiet: bool,
+    progress: Arc<dyn Progress>,
 ) -> Result<Summary, Error> {
     let file = std::fs::File::open(archive).map_err(Error::file(archive))?;
     let total = file.metadata().map_err(Error::file(archive))?.len();
-    import_from(cache, config, file, total, placement, pins, quiet).await
+    import_from(cache, config, file, total, placement, pins, progress).await
 }
 
 /// Imports the archive `reader` yields (`total` bytes, for the progress
@@ -144,12 +144,12 @@ pub async fn import_from(
     total: u64,
     placement: &Placement,
     pins: &Pins,
-    quiet: bool,
+    progress: Arc<dyn Progress>,
 ) -> Result<Summary, Error> {
-    let progress = Arc::new(Progress::new("importing", total, quiet));
+    progress.start(total);
     let staged = {
         let (cache, p) = (cache.clone(), progress.clone());
-        blocking(move || stage(&cache, reader, &p)).await?
+        blocking(move || stage(&cache, reader, &*p)).await?
     };
     progress.finish();
     let mut summary = Summary::default();

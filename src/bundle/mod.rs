@@ -18,7 +18,8 @@
 //! - [`export`]: cache -> archive, streaming each verified blob.
 //! - [`import`]: archive -> cache, verifying every digest while staging and
 //!   committing nothing until the whole archive checked out.
-//! - [`progress`]: a bar on a terminal, log lines otherwise.
+//! - [`progress`]: the trait export and import report progress to (the CLI
+//!   renders it).
 //! - [`stream`]: the archive as a response body from a running server
 //!   (`hoard export --server`), and its receiving end.
 

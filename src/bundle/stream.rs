@@ -66,7 +66,13 @@ pub fn archive(
     let (tx, rx) = mpsc::channel(CHUNKS_IN_FLIGHT);
     let (done_tx, done_rx) = oneshot::channel::<Result<(), String>>();
     tokio::spawn(async move {
-        let result = export::write(cache, planned, Output::Channel(tx), true).await;
+        let result = export::write(
+            cache,
+            planned,
+            Output::Channel(tx),
+            std::sync::Arc::new(super::progress::Silent),
+        )
+        .await;
         match &result {
             Ok(s) => tracing::info!(
                 images = s.images,

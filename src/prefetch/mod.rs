@@ -14,7 +14,6 @@
 //! The same engine runs inside the server (`POST /_hoard/prefetch`, the
 //! `[prefetch]` schedule) and in the CLI on a stopped server's cache.
 
-pub mod display;
 mod held;
 pub mod manifest;
 mod offline;

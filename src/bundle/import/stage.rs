@@ -47,7 +47,7 @@ pub(super) struct Staged {
 pub(super) fn stage(
     cache: &Cache,
     archive: impl Read,
-    progress: &Progress,
+    progress: &dyn Progress,
 ) -> Result<Staged, Error> {
     let counted = Counted {
         inner: io::BufReader::with_capacity(1 << 20, archive),
@@ -199,7 +199,7 @@ fn read_small(entry: &mut impl Read, name: &str, size: u64) -> Result<Vec<u8>, E
 /// Counts archive bytes as the tar reader consumes them.
 struct Counted<'a, R> {
     inner: R,
-    progress: &'a Progress,
+    progress: &'a dyn Progress,
 }
 
 impl<R: Read> Read for Counted<'_, R> {

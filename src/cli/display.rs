@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use super::{Event, Summary};
+use crate::prefetch::{Event, Summary};
 
 /// Renders events; [`Display::finish`] returns the summary seen.
 pub struct Display {

@@ -9,6 +9,7 @@ use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::rt::TokioExecutor;
 use serde::de::DeserializeOwned;
 
+use super::Error;
 use crate::prefetch::Event;
 use crate::upstream::auth::encode_query;
 
@@ -21,9 +22,9 @@ pub struct Client {
 
 impl Client {
     /// A client of the server at `url` (`http://127.0.0.1:5000`).
-    pub fn new(url: &str) -> Result<Client, String> {
+    pub fn new(url: &str) -> Result<Client, Error> {
         if !url.starts_with("http://") {
-            return Err(format!("--server {url}: give the server's plain-HTTP address, e.g. http://127.0.0.1:5000 (the operator API answers loopback clients only)"));
+            return Err(Error::ServerUrl(url.to_owned()));
         }
         Ok(Client {
             base: url.trim_end_matches('/').to_owned(),
@@ -36,7 +37,7 @@ impl Client {
         method: Method,
         what: &str,
         body: Option<serde_json::Value>,
-    ) -> Result<hyper::Response<hyper::body::Incoming>, String> {
+    ) -> Result<hyper::Response<hyper::body::Incoming>, Error> {
         let url = format!("{}/_hoard/{what}", self.base);
         let bytes = body.map(|b| b.to_string()).unwrap_or_default();
         let req = Request::builder()
@@ -44,12 +45,12 @@ impl Client {
             .uri(&url)
             .header(http::header::CONTENT_TYPE, "application/json")
             .body(Full::new(Bytes::from(bytes)))
-            .map_err(|e| format!("{url}: {e}"))?;
+            .map_err(|e| self.unreachable(e))?;
         let resp = self
             .http
             .request(req)
             .await
-            .map_err(|e| format!("cannot reach hoard at {}: {e}", self.base))?;
+            .map_err(|e| self.unreachable(e))?;
         if resp.status() == StatusCode::OK {
             return Ok(resp);
         }
@@ -62,11 +63,44 @@ impl Client {
         method: Method,
         what: &str,
         body: Option<serde_json::Value>,
-    ) -> Result<T, String> {
-        answer(self.send(method, what, body).await?).await
+    ) -> Result<T, Error> {
+        self.answer(self.send(method, what, body).await?).await
     }
 
-    /// Streams the archive of `body` (an [`super::export::ExportRequest`])
+    fn unreachable(&self, e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Error {
+        Error::Unreachable {
+            server: self.base.clone(),
+            source: e.into(),
+        }
+    }
+
+    /// The server's answer is broken or not what this CLI understands.
+    fn broken(&self, what: String) -> Error {
+        Error::Answer {
+            server: self.base.clone(),
+            what,
+        }
+    }
+
+    /// The one JSON document of an answer.
+    async fn answer<T: DeserializeOwned>(
+        &self,
+        resp: hyper::Response<hyper::body::Incoming>,
+    ) -> Result<T, Error> {
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| self.broken(format!("reading hoard's answer: {e}")))?
+            .to_bytes();
+        serde_json::from_slice(&bytes).map_err(|e| {
+            self.broken(format!(
+                "hoard's answer is not the expected JSON (a hoard of another version?): {e}"
+            ))
+        })
+    }
+
+    /// Streams the archive of `body` (an [`crate::admin::export::ExportRequest`])
     /// into `output` (`-`: standard output), complete or not at all (see
     /// [`crate::bundle::stream`]). Returns the server's summary and the
     /// bytes received.
@@ -74,7 +108,7 @@ impl Client {
         &self,
         body: serde_json::Value,
         output: &std::path::Path,
-    ) -> Result<(crate::bundle::export::Summary, u64), String> {
+    ) -> Result<(crate::bundle::export::Summary, u64), Error> {
         use crate::bundle::stream;
         let resp = self.send(Method::POST, "export", Some(body)).await?;
         let summary = stream::summary(resp.headers()).unwrap_or_default();
@@ -84,9 +118,7 @@ impl Client {
                 Err(e) => Some(Err(e)),
             }
         });
-        let n = stream::receive(Box::pin(frames), output)
-            .await
-            .map_err(|e| e.to_string())?;
+        let n = stream::receive(Box::pin(frames), output).await?;
         Ok((summary, n))
     }
 
@@ -98,10 +130,13 @@ impl Client {
         &self,
         archive: &std::path::Path,
         placement: &crate::bundle::import::Placement,
-    ) -> Result<crate::bundle::import::Summary, String> {
+    ) -> Result<crate::bundle::import::Summary, Error> {
         use futures_util::TryStreamExt;
         use http_body_util::{combinators::BoxBody, StreamBody};
-        let cannot = |e: std::io::Error| format!("{}: {e}", archive.display());
+        let cannot = |source| Error::ReadFile {
+            path: archive.to_owned(),
+            source,
+        };
         let file = tokio::fs::File::open(archive).await.map_err(cannot)?;
         let len = file.metadata().await.map_err(cannot)?.len();
         let frames = tokio_util::io::ReaderStream::with_capacity(file, 1 << 20)
@@ -121,17 +156,14 @@ impl Client {
             .header(http::header::CONTENT_TYPE, "application/x-tar")
             .header(http::header::CONTENT_LENGTH, len)
             .body(body)
-            .map_err(|e| format!("{url}: {e}"))?;
+            .map_err(|e| self.unreachable(e))?;
         // A client of its own: this one's requests stream a body.
         let http = HyperClient::builder(TokioExecutor::new()).build_http();
-        let resp = http
-            .request(req)
-            .await
-            .map_err(|e| format!("cannot reach hoard at {}: {e}", self.base))?;
+        let resp = http.request(req).await.map_err(|e| self.unreachable(e))?;
         if resp.status() != StatusCode::OK {
             return Err(refused(resp).await);
         }
-        answer(resp).await
+        self.answer(resp).await
     }
 
     /// Starts a prefetch and hands each progress event to `on_event` as it
@@ -140,21 +172,23 @@ impl Client {
         &self,
         body: serde_json::Value,
         mut on_event: impl FnMut(Event),
-    ) -> Result<(), String> {
+    ) -> Result<(), Error> {
         let resp = self.send(Method::POST, "prefetch", Some(body)).await?;
         let mut body = resp.into_body();
         let mut buf = Vec::new();
         let mut summary = false;
         while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|e| format!("the progress stream broke: {e}"))?;
+            let frame =
+                frame.map_err(|e| self.broken(format!("the progress stream broke: {e}")))?;
             let Ok(data) = frame.into_data() else {
                 continue;
             };
             buf.extend_from_slice(&data);
             while let Some(end) = buf.iter().position(|&b| b == b'\n') {
                 let line: Vec<u8> = buf.drain(..=end).collect();
-                let ev: Event = serde_json::from_slice(&line)
-                    .map_err(|e| format!("unexpected progress line from hoard: {e}"))?;
+                let ev: Event = serde_json::from_slice(&line).map_err(|e| {
+                    self.broken(format!("unexpected progress line from hoard: {e}"))
+                })?;
                 summary |= matches!(ev, Event::Summary(_));
                 on_event(ev);
             }
@@ -162,28 +196,15 @@ impl Client {
         if summary {
             Ok(())
         } else {
-            Err("the progress stream ended before the summary (did hoard stop?)".into())
+            Err(self
+                .broken("the progress stream ended before the summary (did hoard stop?)".into()))
         }
     }
 }
 
-/// The one JSON document of an answer.
-async fn answer<T: DeserializeOwned>(
-    resp: hyper::Response<hyper::body::Incoming>,
-) -> Result<T, String> {
-    let bytes = resp
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| format!("reading hoard's answer: {e}"))?
-        .to_bytes();
-    serde_json::from_slice(&bytes)
-        .map_err(|e| format!("hoard's answer is not the expected JSON: {e}"))
-}
-
 /// What hoard said when it refused a request: the OCI error's message,
 /// else the body as text, with the status.
-async fn refused<B: hyper::body::Body>(resp: hyper::Response<B>) -> String {
+async fn refused<B: hyper::body::Body>(resp: hyper::Response<B>) -> Error {
     let status = resp.status();
     let body = resp
         .into_body()
@@ -195,7 +216,7 @@ async fn refused<B: hyper::body::Body>(resp: hyper::Response<B>) -> String {
         .ok()
         .and_then(|v| v["errors"][0]["message"].as_str().map(str::to_owned))
         .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
-    format!("hoard answered {status}: {message}")
+    Error::Refused { status, message }
 }
 
 /// `hoard export --server URL`: the archive streamed from a running hoard
@@ -206,18 +227,18 @@ pub async fn export(
     pinned: bool,
     platform: Option<String>,
     output: &std::path::Path,
-) -> Result<bool, String> {
+) -> Result<bool, Error> {
     let platforms: Vec<String> = platform
         .iter()
         .flat_map(|p| p.split(','))
         .map(str::to_owned)
         .collect();
-    let req = super::export::ExportRequest {
+    let req = crate::admin::export::ExportRequest {
         images,
         platforms,
         pinned,
     };
-    let body = serde_json::to_value(&req).map_err(|e| e.to_string())?;
+    let body = serde_json::json!(req);
     let started = std::time::Instant::now();
     let (s, _) = Client::new(url)?.export(body, output).await?;
     eprintln!("{} (from {url})", s.line(output, started.elapsed()));
@@ -230,7 +251,7 @@ pub async fn import(
     url: &str,
     archive: &std::path::Path,
     placement: &crate::bundle::import::Placement,
-) -> Result<bool, String> {
+) -> Result<bool, Error> {
     let started = std::time::Instant::now();
     let s = Client::new(url)?.import(archive, placement).await?;
     let report = s.report(&archive.display().to_string(), started.elapsed());
