@@ -256,3 +256,6 @@ fn load(
     }
     Ok(config)
 }
+
+#[cfg(test)]
+mod tests;
