@@ -59,6 +59,7 @@ mod fs_blobs;
 mod fs_records;
 mod key;
 pub mod lock;
+mod outage;
 pub mod pagecache;
 pub mod s3;
 mod space;

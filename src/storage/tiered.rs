@@ -16,13 +16,13 @@
 
 use std::io;
 use std::os::unix::fs::FileExt;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
 
+use super::outage::Outage;
 use super::s3::{Presigner, S3Blobs};
 use super::{BlobInfo, BlobReader, BlobStore, BoxFuture, Listing, Staging};
 use crate::oci::{Digest, Hasher};
@@ -30,21 +30,14 @@ use crate::oci::{Digest, Hasher};
 /// Chunk read from the staged file when it is streamed into the bucket.
 const UPLOAD_READ: usize = 1024 * 1024;
 
-/// How long a bucket that failed is left alone before it is asked again:
-/// meanwhile lookups treat it as holding nothing (misses stream from the
-/// upstream at once instead of waiting on a dead bucket's retries).
-const OUTAGE_BACKOFF: Duration = Duration::from_secs(5);
-/// How long a health check waits for the bucket.
-const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
-
 /// A disk tier in front of a bucket.
 pub struct Tiered {
     disk: Arc<dyn BlobStore>,
     bucket: S3Blobs,
     /// Signs redirects to bucket objects (`[storage] redirect`).
     presigner: Option<Presigner>,
-    /// Until when the bucket is treated as down, and why.
-    outage: Mutex<Option<(Instant, String)>>,
+    /// Whether the bucket is being left alone after a failure.
+    outage: Outage,
 }
 
 impl Tiered {
@@ -55,43 +48,19 @@ impl Tiered {
             disk,
             bucket,
             presigner,
-            outage: Mutex::new(None),
-        }
-    }
-
-    /// Why the bucket is being left alone, while it is.
-    fn outage(&self) -> Option<String> {
-        let mut o = self.outage.lock().unwrap_or_else(|p| p.into_inner());
-        match &*o {
-            Some((until, why)) if Instant::now() < *until => Some(why.clone()),
-            Some(_) => {
-                *o = None;
-                None
-            }
-            None => None,
-        }
-    }
-
-    /// Notes a bucket failure (an answer like "not found" is none).
-    fn failed(&self, e: &io::Error) {
-        if e.kind() != io::ErrorKind::NotFound {
-            let mut o = self.outage.lock().unwrap_or_else(|p| p.into_inner());
-            if o.is_none() {
-                tracing::warn!(error = %e, "bucket unreachable: serving from the disk tier and streaming misses from the upstream");
-            }
-            *o = Some((Instant::now() + OUTAGE_BACKOFF, e.to_string()));
+            outage: Outage::default(),
         }
     }
 
     /// `stat` of the bucket, unless it is down (then: holds nothing).
     async fn bucket_stat(&self, digest: &Digest) -> io::Result<Option<BlobInfo>> {
-        if self.outage().is_some() {
+        if self.outage.active().is_some() {
             return Ok(None);
         }
         self.bucket
             .stat(digest)
             .await
-            .inspect_err(|e| self.failed(e))
+            .inspect_err(|e| self.outage.failed(e))
     }
 
     /// Streams a blob from the bucket, keeping it on disk when the whole
@@ -124,29 +93,10 @@ impl Tiered {
 }
 
 impl BlobStore for Tiered {
-    /// Asks the bucket for an object that is not there: any answer but an
-    /// error (or no answer in time) means it is reachable.
     fn health(&self) -> BoxFuture<'_, Result<(), String>> {
         Box::pin(async move {
             let nothing = Digest::of(b"");
-            let asked = tokio::time::timeout(HEALTH_TIMEOUT, self.bucket.stat(&nothing)).await;
-            let result = match asked {
-                Ok(Ok(_)) => Ok(()),
-                Ok(Err(e)) => Err(format!("the bucket is unreachable: {e}")),
-                Err(_) => Err(format!(
-                    "the bucket did not answer within {HEALTH_TIMEOUT:?}"
-                )),
-            };
-            let mut o = self.outage.lock().unwrap_or_else(|p| p.into_inner());
-            match &result {
-                Ok(()) => {
-                    if o.take().is_some() {
-                        tracing::info!("bucket reachable again");
-                    }
-                }
-                Err(why) => *o = Some((Instant::now() + OUTAGE_BACKOFF, why.clone())),
-            }
-            result
+            self.outage.check(self.bucket.stat(&nothing)).await
         })
     }
 
@@ -184,11 +134,11 @@ impl BlobStore for Tiered {
         Box::pin(async move {
             match self.disk.open(digest, start, end).await {
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    if let Some(why) = self.outage() {
+                    if let Some(why) = self.outage.active() {
                         return Err(io::Error::new(io::ErrorKind::NotFound, why));
                     }
                     let read = self.read_bucket(digest, start, end).await;
-                    read.inspect_err(|e| self.failed(e))
+                    read.inspect_err(|e| self.outage.failed(e))
                 }
                 other => other,
             }

@@ -150,20 +150,30 @@ impl Weed {
     }
 
     /// Waits until the bucket answers a listing (the S3 gateway is up and
-    /// the bucket was created).
+    /// the bucket was created) and has taken a first object: SeaweedFS
+    /// grows its volumes on the first write, which can take longer than a
+    /// request timeout, and a test should not depend on hoard's retries.
     async fn wait_for_bucket(&self) {
         let client = client();
-        let url = format!("{}/{BUCKET}?list-type=2", self.endpoint());
-        let deadline = Instant::now() + std::time::Duration::from_secs(60);
+        let list = format!("{}/{BUCKET}?list-type=2", self.endpoint());
+        let warm = format!("{}/{BUCKET}/warm-up", self.endpoint());
+        let deadline = Instant::now() + std::time::Duration::from_secs(120);
         loop {
-            if let Ok(r) = client.get(&url).send().await {
-                if r.status().is_success() {
+            let listed = client
+                .get(&list)
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success());
+            if listed {
+                let put = client.put(&warm).body("ok").send().await;
+                if put.is_ok_and(|r| r.status().is_success()) {
+                    let _ = client.delete(&warm).send().await;
                     return;
                 }
             }
             assert!(
                 Instant::now() < deadline,
-                "weed mini did not serve the bucket within 60 s:\n{}",
+                "weed mini did not take an object within 120 s:\n{}",
                 std::fs::read_to_string(self.dir.path().join("weed.log")).unwrap_or_default()
             );
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;

@@ -30,8 +30,10 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// object_store's defaults (10 retries within 3 minutes) would hold a
 /// client's request, or hoard's start, for minutes while the bucket is
 /// down; a mirror should rather serve from its disk and stream misses.
+/// Long enough for one retry after a request that timed out (a server's
+/// first write can be slow: SeaweedFS grows its volumes then).
 const RETRIES: usize = 3;
-const RETRY_WITHIN: Duration = Duration::from_secs(15);
+const RETRY_WITHIN: Duration = Duration::from_secs(60);
 
 /// Builds the clients for `[storage]` and probes what the server
 /// guarantees (logged once). Fails when the bucket cannot be written.
