@@ -95,15 +95,11 @@ pub fn run(cli: Cli) -> ExitCode {
             pinned,
             output,
             platform,
-            place: place @ Place {
-                server: Some(_), ..
+            place: Place {
+                server: Some(url), ..
             },
-        } => air_command(place, |target| async move {
-            match target {
-                Site::Server(url) => client::export(&url, images, pinned, platform, &output).await,
-                // `place.server` is set: air_command made a Server site.
-                Site::Local(_) => Ok(false),
-            }
+        } => on_site(Site::Server(url.clone()), |_| async move {
+            client::export(&url, images, pinned, platform, &output).await
         }),
         Command::Export {
             images,
@@ -120,16 +116,12 @@ pub fn run(cli: Cli) -> ExitCode {
             archive,
             upstream,
             repo,
-            place: place @ Place {
-                server: Some(_), ..
+            place: Place {
+                server: Some(url), ..
             },
-        } => air_command(place, |target| async move {
+        } => on_site(Site::Server(url.clone()), |_| async move {
             let placement = crate::bundle::import::Placement { upstream, repo };
-            match target {
-                Site::Server(url) => client::import(&url, &archive, &placement).await,
-                // `place.server` is set: air_command made a Server site.
-                Site::Local(_) => Ok(false),
-            }
+            client::import(&url, &archive, &placement).await
         }),
         Command::Import {
             archive,
@@ -186,9 +178,33 @@ fn offline_command(
     }
 }
 
-/// Runs an air-gap command: exit 0 when it returns `Ok(true)`, 1 for
-/// `Ok(false)` (an image failed or is missing), 2 for an error.
+/// Where `place` says a command works: the server, or the cache of the
+/// configuration it names (a bad one is reported: exit status 2).
+fn site(place: Place) -> Result<Site, ExitCode> {
+    match place.server {
+        Some(url) => Ok(Site::Server(url)),
+        None => match load(place.config, None, place.cache_dir) {
+            Ok(c) => Ok(Site::Local(Box::new(c))),
+            Err(e) => Err(fail(e, 2)),
+        },
+    }
+}
+
+/// Runs an air-gap command where `place` says (see [`on_site`]).
 fn air_command<F, Fut>(place: Place, run: F) -> ExitCode
+where
+    F: FnOnce(Site) -> Fut,
+    Fut: std::future::Future<Output = Result<bool, Error>>,
+{
+    match site(place) {
+        Ok(target) => on_site(target, run),
+        Err(code) => code,
+    }
+}
+
+/// Runs an air-gap command on `target`: exit 0 when it returns `Ok(true)`,
+/// 1 for `Ok(false)` (an image failed or is missing), 2 for an error.
+fn on_site<F, Fut>(target: Site, run: F) -> ExitCode
 where
     F: FnOnce(Site) -> Fut,
     Fut: std::future::Future<Output = Result<bool, Error>>,
@@ -196,13 +212,6 @@ where
     // Errors only: the display reports failures and warnings itself, and
     // log lines would tear through the progress bars.
     crate::logging::init(crate::config::LogFormat::Text, "error");
-    let target = match place.server {
-        Some(url) => Site::Server(url),
-        None => match load(place.config, None, place.cache_dir) {
-            Ok(c) => Site::Local(Box::new(c)),
-            Err(e) => return fail(e, 2),
-        },
-    };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => return fail(Error::Runtime(e), 2),
