@@ -75,7 +75,7 @@ pub enum Command {
     Import {
         /// The archive.
         archive: PathBuf,
-        /// Put every image under this upstream (a key of [upstreams]).
+        /// Put every image under this upstream (a key of `[upstreams]`).
         #[arg(long)]
         upstream: Option<String>,
         /// Put every image in this repository (needed when the archive names
