@@ -8,15 +8,10 @@ use super::{json_response, ApiError, Registry};
 use crate::body::Body;
 use crate::error::Subject;
 use crate::http::query_param;
-use crate::policy::Target;
-use crate::upstream;
+use crate::policy::{self, Target};
 
 /// Most entries one page returns.
 const MAX_PAGE: usize = 10_000;
-
-/// Upstream pages of a tag list followed at most, so a registry that pages
-/// in small steps cannot keep one request busy forever.
-const MAX_UPSTREAM_PAGES: usize = 20;
 
 /// `GET /v2/<name>/tags/list`. Online or offline, hoard pages the list
 /// itself: it takes the whole list from the upstream (following the
@@ -31,20 +26,9 @@ pub async fn tags(
     head: bool,
 ) -> Result<Response<Body>, ApiError> {
     let (n, last) = pagination(query)?;
-    let all = match upstream_tags(target).await {
-        Ok(all) => all,
-        Err(e) => {
-            let cached = reg.cache.tags_of(target.upstream.name(), &target.repo);
-            if cached.is_empty() || !e.is_transient() {
-                return Err(ApiError::upstream(
-                    e,
-                    target.upstream.name(),
-                    Subject::Repository(&client_name),
-                ));
-            }
-            cached
-        }
-    };
+    let all = policy::tags(&reg.cache, target).await.map_err(|e| {
+        ApiError::upstream(e, target.upstream.name(), Subject::Repository(&client_name))
+    })?;
     let (page, next) = paginate(all, n, last.as_deref());
     let json = serde_json::json!({ "name": client_name, "tags": page });
     let mut r = json_response(json.to_string().into_bytes(), head);
@@ -52,40 +36,6 @@ pub async fn tags(
         link_header(&mut r, &format!("/v2/{client_name}/tags/list"), &next, n);
     }
     Ok(r)
-}
-
-/// Every tag the upstream lists, sorted, its own pages followed.
-async fn upstream_tags(target: &Target) -> Result<Vec<String>, upstream::Error> {
-    let mut all = Vec::new();
-    let mut query = String::new();
-    for _ in 0..MAX_UPSTREAM_PAGES {
-        let (bytes, link) = target.upstream.tags_list(&target.repo, &query).await?;
-        let page: TagPage = serde_json::from_slice(&bytes)
-            .map_err(|e| upstream::Error::Protocol(format!("tag list is not JSON: {e}")))?;
-        let got = page.tags.unwrap_or_default();
-        let empty = got.is_empty();
-        all.extend(got);
-        match link.as_ref().and_then(|l| next_query(l.to_str().ok()?)) {
-            Some(q) if !empty && q != query => query = q,
-            _ => break,
-        }
-    }
-    all.sort();
-    all.dedup();
-    Ok(all)
-}
-
-/// The body of a tag list (`tags` is `null` for an empty repository on
-/// some registries).
-#[derive(serde::Deserialize)]
-struct TagPage {
-    tags: Option<Vec<String>>,
-}
-
-/// The query of a `Link: </v2/...?last=x&n=y>; rel="next"` header.
-fn next_query(link: &str) -> Option<String> {
-    let target = link.split('>').next()?.trim().strip_prefix('<')?;
-    Some(target.split_once('?')?.1.to_owned())
 }
 
 /// `GET /v2/<name>/tags/list` of a local repository.
@@ -205,14 +155,5 @@ mod tests {
             (vec!["c".into(), "d".into()], None)
         );
         assert_eq!(paginate(all, None, Some("d")), (vec![], None));
-    }
-
-    #[test]
-    fn next_query_of_a_link() {
-        assert_eq!(
-            next_query("</v2/a/tags/list?last=b&n=2>; rel=\"next\"").as_deref(),
-            Some("last=b&n=2")
-        );
-        assert_eq!(next_query("garbage"), None);
     }
 }
