@@ -28,6 +28,7 @@ benches/results/cluster-<timestamp>.json.
 """
 
 import argparse
+import atexit
 import json
 import os
 import shutil
@@ -76,9 +77,16 @@ class Weed:
                 f"-s3.port={self.port}", "-admin.ui=false", "-webdav=false", "-s3.port.iceberg=0",
                 "-s3.port.lance=0", f"-filer.localSocket={self.home}/filer.sock",
                 f"-s3.localSocket={self.home}/s3.sock"]
+        # weed puts its gRPC sockets at /tmp/seaweedfs-<service>-grpc-<port>.sock whatever
+        # TMPDIR says (no flag moves them) and a killed weed leaves them: removed at exit.
+        sockets = []
         for flag in ("master.port", "master.port.grpc", "volume.port", "volume.port.grpc",
                      "filer.port", "filer.port.grpc", "s3.port.grpc", "admin.port", "admin.port.grpc"):
-            args.append(f"-{flag}={free_port()}")
+            port = free_port()
+            if flag.endswith(".port.grpc"):
+                sockets.append(f"/tmp/seaweedfs-{flag[:-len('.port.grpc')]}-grpc-{port}.sock")
+            args.append(f"-{flag}={port}")
+        atexit.register(lambda: [os.path.exists(p) and os.remove(p) for p in sockets])
         self.daemon = sup.start(Daemon("weed", [weed_binary(), f"-logdir={self.home}", "mini", *args],
                                        os.path.join(self.home, "weed.log"), dict(env, TMPDIR=self.home)))
 

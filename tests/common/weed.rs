@@ -24,6 +24,10 @@ pub struct Weed {
     /// The HTTPS port, when started with a certificate.
     pub https_port: Option<u16>,
     pub dir: tempfile::TempDir,
+    /// The gRPC ports whose unix sockets weed puts in `/tmp` whatever
+    /// `TMPDIR` says (`/tmp/seaweedfs-<service>-grpc-<port>.sock`, no flag
+    /// moves them): removed on drop, so a run leaves nothing in `/tmp`.
+    grpc_sockets: Vec<PathBuf>,
 }
 
 /// `weed` from PATH or the venv `scripts/test` makes.
@@ -99,6 +103,7 @@ impl Weed {
             args.push(format!("-s3.cert.file={}", cert.display()));
             args.push(format!("-s3.key.file={}", key.display()));
         }
+        let mut grpc_sockets = Vec::new();
         for flag in [
             "master.port",
             "master.port.grpc",
@@ -110,7 +115,13 @@ impl Weed {
             "admin.port",
             "admin.port.grpc",
         ] {
-            args.push(format!("-{flag}={}", free_port()));
+            let port = free_port();
+            if let Some(service) = flag.strip_suffix(".port.grpc") {
+                grpc_sockets.push(PathBuf::from(format!(
+                    "/tmp/seaweedfs-{service}-grpc-{port}.sock"
+                )));
+            }
+            args.push(format!("-{flag}={port}"));
         }
         let log = std::fs::File::create(dir.path().join("weed.log")).unwrap();
         let child = Command::new(weed)
@@ -130,6 +141,7 @@ impl Weed {
             s3_port,
             https_port,
             dir,
+            grpc_sockets,
         };
         weed.wait_for_bucket().await;
         if let Some(port) = https_port {
@@ -222,5 +234,8 @@ impl Drop for Weed {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        for socket in &self.grpc_sockets {
+            let _ = std::fs::remove_file(socket);
+        }
     }
 }
