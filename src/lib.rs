@@ -37,6 +37,8 @@
 //! - [`logging`]: the log subscriber (colour only on a terminal, `NO_COLOR`).
 //! - [`cluster`]: `[cluster]` membership, rendezvous owners of digests and
 //!   one-hop forwarding of a blob miss to its owner.
+//! - [`upkeep`]: jobs one replica at a time runs for all on a bucket, under a
+//!   lease record: the bucket's budget for mirrored content.
 //! - [`body`]: the response body every handler returns (an error aborts it).
 //! - [`cli`]: the `hoard` command line, at the top (nothing imports it):
 //!   argument parsing, `serve`, the offline and air-gap commands, terminal
@@ -67,6 +69,7 @@ pub mod prefetch;
 pub mod registry;
 pub mod server;
 pub mod storage;
+pub mod upkeep;
 pub mod upstream;
 
 use std::future::Future;
@@ -173,6 +176,8 @@ pub async fn run_listeners(
     )
     .await?;
     local.spawn_background();
+    // One node at a time keeps the bucket's budget (`[storage] bucket_max_size`).
+    let upkeep = upkeep::Upkeep::from_config(&config, &storage).map(upkeep::Upkeep::spawn);
     let limits = server::Limits::from_config(&config);
     let auth = auth::Auth::from_config(config.auth.as_ref(), metrics.clone())?;
     let engine = Arc::new(prefetch::Prefetcher::new(
@@ -218,6 +223,9 @@ pub async fn run_listeners(
         task.abort();
     }
     if let Some(task) = membership {
+        task.abort();
+    }
+    if let Some(task) = upkeep {
         task.abort();
     }
     Ok(())

@@ -274,6 +274,7 @@ mod tests {
                 gate: gate.clone(),
             }),
             records: disk.records.clone(),
+            bucket: None,
         };
         let cache =
             Cache::open_serving(&storage, 1 << 20, Arc::new(Metrics::new()), &HashMap::new())

@@ -64,6 +64,27 @@ pub struct StorageConfig {
     /// How long a presigned URL works.
     #[serde(default = "default_redirect_expiry", with = "humantime_serde")]
     pub redirect_expiry: Duration,
+    /// The budget for mirrored content in the bucket: blobs no pin and no
+    /// local repository holds. Unset: the bucket keeps everything. One
+    /// node at a time (the holder of the upkeep lease) enforces it.
+    pub bucket_max_size: Option<bytesize::ByteSize>,
+    /// How often the lease holder checks the bucket budget.
+    #[serde(default = "default_bucket_check_interval", with = "humantime_serde")]
+    pub bucket_check_interval: Duration,
+    /// A blob written to the bucket less than this long ago is never
+    /// evicted: an upload whose manifest has not arrived yet, a fill some
+    /// replica is still announcing. The bucket knows when an object was
+    /// written, not when it was last read, so eviction goes oldest first.
+    #[serde(default = "default_bucket_grace", with = "humantime_serde")]
+    pub bucket_grace: Duration,
+}
+
+fn default_bucket_check_interval() -> Duration {
+    Duration::from_secs(600)
+}
+
+fn default_bucket_grace() -> Duration {
+    Duration::from_secs(3600)
 }
 
 fn default_redirect_expiry() -> Duration {
@@ -108,6 +129,9 @@ impl StorageConfig {
                     "must be an http:// or https:// URL",
                 ));
             }
+        }
+        if self.bucket_check_interval < Duration::from_secs(1) {
+            return Err(invalid("bucket_check_interval", "must be at least 1s"));
         }
         let expiry = self.redirect_expiry;
         if self.redirect && (expiry < Duration::from_secs(1) || expiry > MAX_REDIRECT_EXPIRY) {

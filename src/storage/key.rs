@@ -12,7 +12,15 @@ use crate::oci::Digest;
 /// Namespaces records live in (top-level directories of the disk layout).
 /// A new kind of record adds its namespace here (and a constructor below):
 /// its directory then belongs to the layout and is not quarantined at start.
-pub const NAMESPACES: &[&str] = &["manifests", "tags", "pins", "local", "uploads", "links"];
+pub const NAMESPACES: &[&str] = &[
+    "manifests",
+    "tags",
+    "pins",
+    "local",
+    "uploads",
+    "links",
+    "leases",
+];
 
 /// A validated record key.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -81,6 +89,11 @@ impl RecordKey {
     /// The prefix of one repository's links, for [`Records::list`](super::Records::list).
     pub fn links_of(repo: &Digest) -> String {
         format!("links/{}/", repo.hex())
+    }
+
+    /// A lease, by the job it is for (`upkeep`): `leases/<job>.json`.
+    pub fn lease(job: &str) -> Option<RecordKey> {
+        RecordKey::new(&format!("leases/{job}.json"))
     }
 
     /// An upload session, by its id (hex hoard made): `uploads/<id>.json`.

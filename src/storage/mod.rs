@@ -272,6 +272,10 @@ pub struct Storage {
     pub blobs: Arc<dyn BlobStore>,
     /// Small keyed records.
     pub records: Arc<dyn Records>,
+    /// The shared tier alone, when there is one (`kind = "s3"`): `blobs`
+    /// removes from the local tier only, so the one node that keeps the
+    /// bucket's budget (`crate::upkeep`) lists and removes here.
+    pub bucket: Option<Arc<dyn BlobStore>>,
 }
 
 impl Storage {
@@ -284,6 +288,7 @@ impl Storage {
         Ok(Storage {
             blobs: Arc::new(FsBlobs::new(dir.clone())),
             records: Arc::new(FsRecords::new(dir)),
+            bucket: None,
         })
     }
 
@@ -298,10 +303,12 @@ impl Storage {
             StorageKind::S3 => {
                 let bucket = s3::connect(config).await?;
                 let presigner = s3::presigner(config, &bucket)?;
-                let tiered = Tiered::new(disk.blobs, s3::S3Blobs::new(bucket.clone()), presigner);
+                let shared = s3::S3Blobs::new(bucket.clone());
+                let tiered = Tiered::new(disk.blobs, shared.clone(), presigner);
                 Ok(Storage {
                     blobs: Arc::new(tiered),
                     records: Arc::new(s3::S3Records::new(bucket)),
+                    bucket: Some(Arc::new(shared)),
                 })
             }
         }
