@@ -238,7 +238,7 @@ async fn plan_image(
             }
             Needs::Blobs(blobs) => {
                 for blob in blobs {
-                    match cache.blob_size(&blob.digest) {
+                    match cache.lookup(&blob.digest).await {
                         Some(size) => {
                             if blob.size.is_some_and(|s| s != size) {
                                 return Err(Error::Manifest {

@@ -150,13 +150,16 @@ where
 }
 
 /// The cache at `config.cache_dir` with its pins and a fresh metrics
-/// registry, evicting down to `budget`. The caller holds the lock.
+/// registry, evicting down to `budget`. The caller holds the lock. On
+/// `[storage] kind = "s3"` that is the disk tier in front of the bucket, as
+/// the server has it: an export reads what only the bucket holds, an import
+/// and a pin land in the bucket for every replica.
 pub(super) async fn open_cache(
     config: &crate::Config,
     budget: u64,
 ) -> Result<(Arc<Cache>, Arc<Pins>, Arc<crate::metrics::Metrics>), Error> {
     let dir = &config.cache_dir;
-    let storage = crate::storage::Storage::open_disk(dir)
+    let storage = crate::storage::Storage::open(dir, &config.storage)
         .await
         .map_err(|e| Error::open(dir, e))?;
     let pins = crate::load_pins(&storage)
