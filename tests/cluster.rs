@@ -13,67 +13,8 @@
 mod common;
 
 use common::*;
-use tokio::net::TcpListener;
 
 const REPO: &str = "library/app";
-const SECRET: &str = "cluster-test-secret-0123456789";
-
-/// A replica: the mirror, and the directory with its disk tier and the
-/// cluster secret's file.
-struct Replica {
-    mirror: TestMirror,
-    _dir: tempfile::TempDir,
-}
-
-/// `n` replicas named `hoard-0`.. on `weed`'s bucket under `prefix`, every
-/// one listing all of them as peers.
-async fn replicas(n: usize, weed: &Weed, prefix: &str, hub: &FakeRegistry) -> Vec<Replica> {
-    let mut listeners = Vec::new();
-    for _ in 0..n {
-        listeners.push(TcpListener::bind("127.0.0.1:0").await.unwrap());
-    }
-    let peers: Vec<String> = listeners
-        .iter()
-        .enumerate()
-        .map(|(i, l)| format!("\"hoard-{i}\" = \"http://{}\"", l.local_addr().unwrap()))
-        .collect();
-    let mut out = Vec::new();
-    for (i, listener) in listeners.into_iter().enumerate() {
-        let dir = tempfile::tempdir().unwrap();
-        let secret = dir.path().join("cluster-secret");
-        std::fs::write(&secret, SECRET).unwrap();
-        let cluster = format!(
-            "\n[cluster]\nnode = \"hoard-{i}\"\npeers = {{ {} }}\nrefresh = \"200ms\"\nsecret_file = \"{}\"\n",
-            peers.join(", "),
-            secret.display()
-        );
-        let cfg = Cfg::new(&dir.path().join("cache")).upstream("docker.io", &hub.url());
-        let text = cfg.toml() + &weed.storage_toml(prefix) + &cluster;
-        out.push(Replica {
-            mirror: TestMirror::start_on(listener, &text).await,
-            _dir: dir,
-        });
-    }
-    for r in &out {
-        let (client, url) = (r.mirror.client().clone(), r.mirror.url("/v2/"));
-        wait_for(
-            "a replica to answer /v2/",
-            || {
-                let (client, url) = (client.clone(), url.clone());
-                async move {
-                    client
-                        .get(&url)
-                        .send()
-                        .await
-                        .is_ok_and(|r| r.status() == 200)
-                }
-            },
-            || url.clone(),
-        )
-        .await;
-    }
-    out
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_replicas_on_one_bucket_fetch_each_blob_once_and_serve_it_everywhere() {

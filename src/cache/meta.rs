@@ -144,6 +144,33 @@ impl Meta {
         Some(tags.entry(k).or_insert(rec).clone())
     }
 
+    /// The record of a tag as the records store has it now, kept in memory
+    /// when it was checked later than what this process knew: the owner of
+    /// a tag (another replica) revalidates it and writes it there. Falls
+    /// back to what this process knows when the store has nothing newer or
+    /// cannot be read.
+    pub async fn reread_tag(&self, key: &TagKey) -> Option<TagRecord> {
+        let read = match self.records.get(&tag_key(key)).await {
+            Ok(v) => v
+                .and_then(|v| parse_tag(&v.bytes))
+                .filter(|(k, _)| k == key),
+            Err(e) => {
+                tracing::warn!(tag = %key.tag, error = %e, "cannot read a tag record");
+                None
+            }
+        };
+        let mut tags = self.tags.write().unwrap_or_else(|p| p.into_inner());
+        if let Some((k, rec)) = read {
+            let newer = tags
+                .get(&k)
+                .is_none_or(|old| old.checked_at < rec.checked_at);
+            if newer {
+                tags.insert(k, rec);
+            }
+        }
+        tags.get(key).cloned()
+    }
+
     /// The media type of a stored manifest, read from the records store
     /// when this process has not seen it (see [`Meta::tag_or_read`]).
     pub async fn manifest_type_or_read(&self, digest: &Digest) -> Option<Arc<str>> {

@@ -301,6 +301,13 @@ impl Cache {
         self.meta.tag_or_read(key).await
     }
 
+    /// The record of a tag, read again from the records (see
+    /// [`meta::Meta::reread_tag`]): what the tag's owner recorded for the
+    /// fleet.
+    pub async fn reread_tag(&self, key: &TagKey) -> Option<TagRecord> {
+        self.meta.reread_tag(key).await
+    }
+
     /// Records a tag durably, and links what it names to its repository.
     pub async fn put_tag(&self, key: TagKey, record: TagRecord) -> Result<(), Error> {
         self.meta.put_tag(&key, &record).await?;

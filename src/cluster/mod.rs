@@ -1,9 +1,13 @@
 //! Cluster mode: replicas on one bucket that agree which of them fetches a
-//! blob, so N replicas cost the upstream one `GET` per blob, not N.
+//! blob or revalidates a tag, so N replicas cost the upstream one `GET` per
+//! blob and one `HEAD` per stale tag, not N; and that hand an upload
+//! session's requests to the node holding it.
 //!
 //! - [`hash`]: rendezvous hashing, the owner of a key among the members.
 //! - [`auth`]: the shared secret and the headers that carry it.
 //! - [`peer`]: the HTTP client between nodes.
+//! - `forward`: asking a tag's owner to revalidate it, and handing an
+//!   upload session's request to the node that holds the session.
 //!
 //! Membership is the configured static peers plus the addresses of a DNS
 //! name (a Kubernetes headless Service), re-resolved every `refresh`; a
@@ -15,6 +19,7 @@
 //! Layers: `policy` and `registry` -> `cluster` -> (`config`, `http`).
 
 pub mod auth;
+mod forward;
 pub mod hash;
 pub mod peer;
 
@@ -25,6 +30,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 pub use auth::{admit, Caller, Refused, Secret};
+pub use forward::TagAnswer;
 pub use peer::PeerError;
 
 use crate::config::{ClusterConfig, ConfigError};

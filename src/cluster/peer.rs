@@ -4,13 +4,14 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, Empty};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 
 use super::auth::{Secret, FORWARDED_HEADER, SECRET_HEADER};
+use crate::body::{self, Body};
 
 /// How long a peer may take to connect and answer with headers: a peer
 /// slower than this is treated as down, and the node fetches itself.
@@ -24,6 +25,9 @@ pub enum PeerError {
     /// The URL built from a member's address did not parse.
     #[error("bad peer URL {0}")]
     Url(String),
+    /// The secret or the node name cannot be sent as a header value.
+    #[error("{0} is not a valid header value")]
+    Header(&'static str),
     /// Connecting or sending failed.
     #[error("peer request failed: {0}")]
     Request(#[from] hyper_util::client::legacy::Error),
@@ -38,10 +42,11 @@ pub enum PeerError {
     Body(#[from] hyper::Error),
 }
 
-/// A pooled HTTP client for peers.
+/// A pooled HTTP client for peers. Request bodies are [`Body`], so a
+/// forwarded upload streams through without being buffered.
 #[derive(Clone)]
 pub struct PeerClient {
-    client: Client<HttpConnector, Empty<Bytes>>,
+    client: Client<HttpConnector, Body>,
     secret: Secret,
     me: String,
 }
@@ -60,20 +65,53 @@ impl PeerClient {
     /// client request, which the peer serves itself (never forwards).
     /// Only a 200 counts as an answer.
     pub async fn get(&self, url: &str, forwarded: bool) -> Result<Response<Incoming>, PeerError> {
-        let mut req = Request::get(url).header(SECRET_HEADER, self.secret.header_value());
-        if forwarded {
-            req = req.header(FORWARDED_HEADER, self.me.as_str());
-        }
-        let req = req
-            .body(Empty::new())
+        self.ask(Method::GET, url, forwarded).await
+    }
+
+    /// `HEAD url`, forwarded, with the secret; only a 200 counts.
+    pub async fn head(&self, url: &str) -> Result<Response<Incoming>, PeerError> {
+        self.ask(Method::HEAD, url, true).await
+    }
+
+    async fn ask(
+        &self,
+        method: Method,
+        url: &str,
+        forwarded: bool,
+    ) -> Result<Response<Incoming>, PeerError> {
+        let req = Request::builder()
+            .method(method)
+            .uri(url)
+            .body(body::empty())
             .map_err(|_| PeerError::Url(url.to_owned()))?;
-        let resp = tokio::time::timeout(ANSWER_TIMEOUT, self.client.request(req))
+        let resp = tokio::time::timeout(ANSWER_TIMEOUT, self.send(req, forwarded))
             .await
             .map_err(|_| PeerError::Timeout)??;
         if resp.status() != StatusCode::OK {
             return Err(PeerError::Status(resp.status()));
         }
         Ok(resp)
+    }
+
+    /// Sends `req` with the secret (and, when `forwarded`, this node's name
+    /// as the forwarding mark) and returns whatever the peer answered. No
+    /// time limit of its own: a forwarded upload is answered only once its
+    /// whole chunk arrived, which takes as long as the client takes.
+    pub async fn send(
+        &self,
+        mut req: Request<Body>,
+        forwarded: bool,
+    ) -> Result<Response<Incoming>, PeerError> {
+        let h = req.headers_mut();
+        let secret = http::HeaderValue::from_str(self.secret.header_value())
+            .map_err(|_| PeerError::Header("the cluster secret"))?;
+        h.insert(SECRET_HEADER, secret);
+        if forwarded {
+            let me = http::HeaderValue::from_str(&self.me)
+                .map_err(|_| PeerError::Header("the node name"))?;
+            h.insert(FORWARDED_HEADER, me);
+        }
+        Ok(self.client.request(req).await?)
     }
 
     /// A whole (small) body, e.g. a ping's answer.

@@ -1,5 +1,8 @@
 //! Manifests: digests local-first, tags fresh within their TTL, revalidated
 //! with a `HEAD` after it, and served stale when the upstream cannot answer.
+//! In a cluster a stale tag is revalidated by its owner ([`owner`]).
+
+mod owner;
 
 use std::time::SystemTime;
 
@@ -23,10 +26,11 @@ pub async fn get(
     reference: Reference,
     accept: Vec<String>,
     head: bool,
+    forwarded: bool,
 ) -> Result<Response<Body>, ApiError> {
     let result = match reference {
         Reference::Digest(d) => by_digest(reg, target, &d, &accept).await,
-        Reference::Tag(t) => by_tag(reg, target, t, &accept).await,
+        Reference::Tag(t) => by_tag(reg, target, t, &accept, forwarded).await,
     };
     match result {
         Ok(served) => {
@@ -132,11 +136,16 @@ async fn by_digest(
     })
 }
 
+/// A tag: fresh from the cache; stale or missing, revalidated (or fetched)
+/// once per tag here, by the tag's owner in a cluster unless a peer
+/// `forwarded` the request (this node is then the owner, as the peer saw
+/// it, and never asks another).
 async fn by_tag(
     reg: &Registry,
     target: &Target,
     tag: Tag,
     accept: &[String],
+    forwarded: bool,
 ) -> Result<Served, ApiError> {
     let key = TagKey {
         upstream: target.upstream.name().to_owned(),
@@ -165,6 +174,11 @@ async fn by_tag(
     let checked_while_waiting = |r: &TagRecord| fresh(r) || r.checked_at >= asked_at;
     if let Some(served) = cached_tag(reg, &key, accept, checked_while_waiting).await? {
         return Ok(served);
+    }
+    if !forwarded {
+        if let Some(served) = owner::ask(reg, target, &key, accept, &fresh).await? {
+            return Ok(served);
+        }
     }
     let cached = match reg.cache.tag_or_read(&key).await {
         Some(rec) => reg.cache.manifest(&rec.digest).await?.map(|m| (rec, m)),

@@ -238,7 +238,7 @@ impl Registry {
                             resolve::mirrored(d, name, "MANIFEST_UNKNOWN")?;
                         }
                         let accept = accept_list(req.headers());
-                        manifests::get(self, &target, reference, accept, head)
+                        manifests::get(self, &target, reference, accept, head, forwarded)
                             .await
                             .map_err(|e| e.at_upstream(&target.upstream))
                     }

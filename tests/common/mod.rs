@@ -10,6 +10,7 @@
 //! - [`Cfg`] (`config.rs`): the one writer of a mirror's TOML, and `write_config` for a
 //!   child's file;
 //! - [`Weed`] (`weed.rs`): a real S3 server (SeaweedFS), for the bucket backend;
+//! - [`replicas`] (`cluster.rs`): hoard replicas on one bucket (`[cluster]`);
 //! - [`Metrics`], the cache directory as files (`files.rs`), and [`DEADLINE`] with the
 //!   one condition poll [`wait_for`].
 //!
@@ -25,6 +26,8 @@
 
 #[allow(dead_code)]
 pub mod child;
+#[allow(dead_code)]
+pub mod cluster;
 #[allow(dead_code)]
 pub mod config;
 #[allow(dead_code)]
@@ -47,6 +50,8 @@ use std::time::Duration;
 // otherwise be told the import is unused (the same per-binary view as dead code).
 #[allow(unused_imports)]
 pub use child::*;
+#[allow(unused_imports)]
+pub use cluster::*;
 #[allow(unused_imports)]
 pub use config::*;
 #[allow(unused_imports)]
