@@ -173,6 +173,7 @@ pub async fn run_listeners(
         storage.records.clone(),
         cache.clone(),
         metrics.clone(),
+        config.cluster.as_ref().map(|c| c.node.clone()),
     )
     .await?;
     local.spawn_background();

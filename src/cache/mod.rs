@@ -211,6 +211,12 @@ impl Cache {
         health.err()
     }
 
+    /// Whether the store is shared with other replicas (a bucket): what
+    /// this process keeps in memory about records may then be behind.
+    pub fn shared(&self) -> bool {
+        self.store.shared()
+    }
+
     /// Size of a blob being filled, once its origin announced it.
     pub fn filling_size(&self, digest: &Digest) -> Option<u64> {
         self.fills.size_of(digest)

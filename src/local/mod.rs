@@ -16,9 +16,11 @@
 //! uploaded blob" never interleave with "find unreferenced blobs and delete
 //! them", so the GC cannot delete a blob a push is about to reference.
 
+mod error;
 pub mod gc;
 pub mod manifest;
 pub mod records;
+mod shared;
 pub mod uploads;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -26,7 +28,7 @@ use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
 
-use crate::cache::{self, index::now_secs, Cache, Holder};
+use crate::cache::{index::now_secs, Cache, Holder};
 pub use crate::config::local::{LocalConfig, PushFrom};
 use crate::metrics::Metrics;
 use crate::oci::{Digest, Reference, RepoName};
@@ -34,52 +36,7 @@ use crate::storage::{Records, Staging, Version};
 use records::{ManifestRecord, RepoRecord};
 use uploads::Uploads;
 
-/// A failure of a local repository operation (mapped to an OCI error in
-/// `registry::push`).
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// Local disk.
-    #[error("local repository I/O: {0}")]
-    Io(#[from] std::io::Error),
-    /// The cache store.
-    #[error(transparent)]
-    Cache(#[from] cache::Error),
-    /// No such upload session (never started, finished, cancelled, expired).
-    #[error("upload session unknown or expired: start a new one")]
-    UploadUnknown,
-    /// A chunk does not continue the upload; `size` bytes are held.
-    #[error("chunk does not continue the upload")]
-    RangeInvalid {
-        /// Bytes received so far.
-        size: u64,
-    },
-    /// The uploaded bytes do not hash to the digest given.
-    #[error("uploaded content has digest {actual}, not {expected}")]
-    DigestInvalid {
-        /// Digest the client named.
-        expected: Digest,
-        /// Digest of what arrived.
-        actual: Digest,
-    },
-    /// The request body broke off.
-    #[error("request body: {0}")]
-    Body(String),
-    /// A manifest that cannot be parsed or does not match its reference.
-    #[error("{0}")]
-    ManifestInvalid(String),
-    /// A manifest references a blob the repository does not have.
-    #[error("blob {0} is not in this repository: push it first")]
-    ManifestBlobUnknown(Digest),
-    /// A manifest references a child manifest the repository does not have.
-    #[error("manifest {0} is not in this repository: push it first")]
-    ChildUnknown(Digest),
-    /// No such manifest or tag.
-    #[error("manifest {0} is not in this repository")]
-    ManifestUnknown(String),
-    /// No such blob in this repository.
-    #[error("blob {0} is not in this repository")]
-    BlobUnknown(Digest),
-}
+pub use error::Error;
 
 /// The local repositories.
 pub struct Local {
@@ -108,6 +65,10 @@ pub struct Local {
     confirmed: std::sync::Mutex<HashSet<Digest>>,
     /// Wakes the GC early (after a delete).
     gc_wake: Arc<tokio::sync::Notify>,
+    /// Repositories whose record a read that missed re-read recently (a
+    /// shared store, see `shared`): the entries expire after
+    /// [`shared::LEARN_EVERY`].
+    learned: moka::sync::Cache<RepoName, ()>,
 }
 
 /// Records read at start, before the cache opens (it must know what they
@@ -139,8 +100,10 @@ impl Local {
         records: Arc<dyn Records>,
         cache: Arc<Cache>,
         metrics: Arc<Metrics>,
+        node: Option<String>,
     ) -> Result<Arc<Local>, Error> {
-        let uploads = Uploads::open(records.clone(), cache.clone(), config.upload_timeout).await?;
+        let timeout = config.upload_timeout;
+        let uploads = Uploads::open(records.clone(), cache.clone(), timeout, node).await?;
         let missing: usize = loaded
             .repos
             .values()
@@ -175,6 +138,9 @@ impl Local {
             seen: std::sync::Mutex::new(HashMap::new()),
             confirmed: std::sync::Mutex::new(HashSet::new()),
             gc_wake: Arc::new(tokio::sync::Notify::new()),
+            learned: moka::sync::Cache::builder()
+                .time_to_live(shared::LEARN_EVERY)
+                .build(),
         }))
     }
 
@@ -216,8 +182,24 @@ impl Local {
         Some(size)
     }
 
-    /// A manifest of `name` by tag or digest: its digest, media type and bytes.
+    /// A manifest of `name` by tag or digest: its digest, media type and
+    /// bytes. On a shared store a miss re-reads the repository's record
+    /// (another replica may have pushed it) and looks once more.
     pub async fn manifest(
+        &self,
+        name: &RepoName,
+        reference: &Reference,
+    ) -> Result<(Digest, String, Bytes), Error> {
+        match self.manifest_known(name, reference).await {
+            Err(Error::ManifestUnknown(_)) if self.learn(name).await => {
+                self.manifest_known(name, reference).await
+            }
+            other => other,
+        }
+    }
+
+    /// [`Local::manifest`] from what this process knows.
+    async fn manifest_known(
         &self,
         name: &RepoName,
         reference: &Reference,
@@ -299,6 +281,7 @@ impl Local {
         digest: &Digest,
     ) -> Result<bool, Error> {
         let _order = self.commit.lock().await;
+        self.reload(from).await?;
         let Some(size) = self.blob(from, digest) else {
             return Ok(false);
         };
@@ -336,6 +319,7 @@ impl Local {
         }
         let record = manifest::parse(&bytes, content_type)?;
         let _order = self.commit.lock().await;
+        self.reload(name).await?;
         {
             let repos = self.read();
             let repo = repos.get(name);
@@ -357,13 +341,14 @@ impl Local {
             .store_bytes(&digest, bytes, Some(Holder::Local))
             .await?;
         let subject = record.subject.clone();
-        let mut repo = self.read().get(name).cloned().unwrap_or_default();
-        repo.link(digest.clone(), size, public);
-        repo.manifests.insert(digest.clone(), record);
-        if let Reference::Tag(t) = reference {
-            repo.tags.insert(t.as_str().to_owned(), digest.clone());
-        }
-        self.save(name, repo).await?;
+        self.update(name, |repo| {
+            repo.link(digest.clone(), size, public);
+            repo.manifests.insert(digest.clone(), record.clone());
+            if let Reference::Tag(t) = reference {
+                repo.tags.insert(t.as_str().to_owned(), digest.clone());
+            }
+        })
+        .await?;
         Ok((digest, subject))
     }
 
@@ -375,6 +360,7 @@ impl Local {
         reference: &Reference,
     ) -> Result<(), Error> {
         let _order = self.commit.lock().await;
+        self.reload(name).await?;
         let unknown = || Error::ManifestUnknown(reference.to_string());
         let mut repo = self.read().get(name).cloned().ok_or_else(unknown)?;
         match reference {
@@ -394,6 +380,7 @@ impl Local {
     /// Unlinks a blob from `name` (reclaimed by the GC if unreferenced).
     pub async fn delete_blob(&self, name: &RepoName, digest: &Digest) -> Result<(), Error> {
         let _order = self.commit.lock().await;
+        self.reload(name).await?;
         let mut repo = self
             .read()
             .get(name)
@@ -435,9 +422,8 @@ impl Local {
         size: u64,
         public: bool,
     ) -> Result<(), Error> {
-        let mut repo = self.read().get(name).cloned().unwrap_or_default();
-        repo.link(digest.clone(), size, public);
-        self.save(name, repo).await
+        self.update(name, |repo| repo.link(digest.clone(), size, public))
+            .await
     }
 
     /// Persists a repository's record, then makes it visible (caller holds

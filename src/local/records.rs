@@ -153,13 +153,7 @@ pub async fn load(records: &dyn Records) -> io::Result<BTreeMap<RepoName, (RepoR
         let Some(v) = records.get(&key).await? else {
             continue;
         };
-        let parsed = serde_json::from_slice::<RepoFile>(&v.bytes)
-            .ok()
-            .and_then(|f| Some((f.name.parse::<RepoName>().ok()?, f.record)))
-            .filter(|(name, rec)| {
-                key_of(name) == key && rec.tags.keys().all(|t| t.parse::<Tag>().is_ok())
-            });
-        match parsed {
+        match parse(&key, &v.bytes) {
             Some((name, record)) => {
                 out.insert(name, (record, v.version));
             }
@@ -169,6 +163,18 @@ pub async fn load(records: &dyn Records) -> io::Result<BTreeMap<RepoName, (RepoR
         }
     }
     Ok(out)
+}
+
+/// A record read under `key`: its repository and what it holds; `None`
+/// when it does not parse, names a repository whose key is not `key`, or
+/// holds a tag that is not one.
+pub fn parse(key: &RecordKey, bytes: &[u8]) -> Option<(RepoName, RepoRecord)> {
+    serde_json::from_slice::<RepoFile>(bytes)
+        .ok()
+        .and_then(|f| Some((f.name.parse::<RepoName>().ok()?, f.record)))
+        .filter(|(name, rec)| {
+            key_of(name) == *key && rec.tags.keys().all(|t| t.parse::<Tag>().is_ok())
+        })
 }
 
 /// Every blob some local repository links, for [`crate::cache::Cache::open_holding`].

@@ -11,6 +11,12 @@
 //! takes one request at a time: its state sits behind an async mutex held
 //! while a chunk streams in. Sessions idle for `upload_timeout` are dropped
 //! with their bytes by [`Uploads::sweep`].
+//!
+//! In a cluster a session's id names the node holding it
+//! (`<hex of the node's name>-<random hex>`, see [`session_node`]), so a
+//! replica that gets a request of a session it does not hold knows which
+//! member to hand it to; the name is only ever looked up among the current
+//! members, never used as an address.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -51,6 +57,8 @@ pub struct Uploads {
     records: Arc<dyn Records>,
     cache: Arc<Cache>,
     timeout: Duration,
+    /// This node's name in a cluster: the prefix of every id made here.
+    node: Option<String>,
     /// std lock: map operations only.
     sessions: Mutex<HashMap<String, Arc<Session>>>,
 }
@@ -59,25 +67,35 @@ impl Uploads {
     /// Sessions staged in `cache`'s blob store and recorded in
     /// `records`, whose leftover session records are deleted now (their
     /// bytes were never verified, and are gone with the previous run).
+    /// With `node` (a cluster), ids name this node, and only its own
+    /// leftovers are deleted: the other replicas' sessions are alive.
     pub async fn open(
         records: Arc<dyn Records>,
         cache: Arc<Cache>,
         timeout: Duration,
+        node: Option<String>,
     ) -> std::io::Result<Uploads> {
+        let mine = format!(
+            "uploads/{}",
+            node.as_deref().map(id_prefix).unwrap_or_default()
+        );
         for key in records.list("uploads/").await? {
-            records.delete(&key).await?;
+            if key.as_str().starts_with(&mine) {
+                records.delete(&key).await?;
+            }
         }
         Ok(Uploads {
             records,
             cache,
             timeout,
+            node,
             sessions: Mutex::new(HashMap::new()),
         })
     }
 
     /// Starts a session in `repo`.
     pub async fn start(&self, repo: RepoName) -> Result<Arc<Session>, Error> {
-        let id = new_id();
+        let id = new_id(self.node.as_deref());
         let key = RecordKey::upload(&id).ok_or(Error::UploadUnknown)?;
         let mut staging = self.cache.stage().await?;
         let file = staging.local_file().ok_or_else(|| {
@@ -333,9 +351,36 @@ impl State {
     }
 }
 
-/// A session id: 128 random bits from the kernel, as hex. Unguessable, so
-/// one client cannot write into another's session.
-fn new_id() -> String {
+/// How an id made on `node` starts: the name as hex (any name becomes a
+/// valid path segment and record key) and a `-`.
+fn id_prefix(node: &str) -> String {
+    format!("{}-", hex::encode(node.as_bytes()))
+}
+
+/// The node an upload id names, if it names one (an id made in a
+/// cluster); `None` for any other text. Says nothing about whether that
+/// node is a member, or holds the session.
+pub fn session_node(id: &str) -> Option<String> {
+    let (node, random) = id.split_once('-')?;
+    if random.len() != 32 || !random.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    String::from_utf8(hex::decode(node).ok()?).ok()
+}
+
+/// A session id: 128 random bits from the kernel, as hex, after
+/// [`id_prefix`] of `node` in a cluster. Unguessable, so one client cannot
+/// write into another's session.
+fn new_id(node: Option<&str>) -> String {
+    let random = random_hex();
+    match node {
+        Some(n) => id_prefix(n) + &random,
+        None => random,
+    }
+}
+
+/// 128 random bits as hex.
+fn random_hex() -> String {
     use std::io::Read;
     let mut raw = [0u8; 16];
     let random = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut raw));
@@ -347,4 +392,29 @@ fn new_id() -> String {
         raw.copy_from_slice(&Digest::of(seed.as_bytes()).hex().as_bytes()[..16]);
     }
     hex::encode(raw)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_name_their_node_and_nothing_else_parses_as_one() {
+        let id = new_id(Some("hoard-0"));
+        assert!(RecordKey::upload(&id).is_some(), "{id} is a record key");
+        assert!(
+            id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-'),
+            "{id}"
+        );
+        assert_eq!(session_node(&id).as_deref(), Some("hoard-0"));
+        let odd = new_id(Some("ä/../x y"));
+        assert_eq!(session_node(&odd).as_deref(), Some("ä/../x y"));
+        assert_eq!(session_node(&new_id(None)), None);
+        assert_eq!(
+            session_node("686f6172642d30-1234"),
+            None,
+            "short random part"
+        );
+        assert_eq!(session_node("zz-0123456789abcdef0123456789abcdef"), None);
+    }
 }

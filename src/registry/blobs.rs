@@ -215,7 +215,11 @@ pub async fn get_local(
             format!("blob {digest} is not in repository {name}"),
         )
     };
-    let size = reg.local.blob(name, &digest).ok_or_else(unknown)?;
+    let size = reg
+        .local
+        .blob_or_learn(name, &digest)
+        .await
+        .ok_or_else(unknown)?;
     let range = range::parse(range_header, size)?;
     reg.metrics.request(Kind::Blob, Outcome::Local);
     if head {

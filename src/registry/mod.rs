@@ -13,6 +13,7 @@ mod push;
 mod pushed;
 pub mod range;
 mod resolve;
+mod upload_owner;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -146,7 +147,7 @@ impl Registry {
         resp
     }
 
-    async fn dispatch<B: ReqBody>(
+    async fn dispatch<B: ReqBody + 'static>(
         &self,
         req: &Request<()>,
         body: B,
@@ -182,7 +183,7 @@ impl Registry {
         if route == Route::Token {
             return self.auth.token_endpoint(req).await;
         }
-        if let Some(resp) = self.write(req, &route, body, ns).await {
+        if let Some(resp) = self.write(req, &route, body, ns, forwarded).await {
             return resp;
         }
         if !(method == Method::GET || head) {
@@ -221,7 +222,7 @@ impl Registry {
                 Ok(r)
             }
             Route::Catalog => listing::catalog(self, req.uri().query(), head, &grant),
-            Route::Tags { name } => match resolve::place(self, name, ns)? {
+            Route::Tags { name } => match resolve::place(self, name, ns).await? {
                 Place::Local(repo) => listing::local_tags(self, &repo, req.uri().query(), head),
                 Place::Remote(target) => {
                     listing::tags(self, &target, name, req.uri().query(), head)
@@ -231,7 +232,7 @@ impl Registry {
             },
             Route::Manifest { name, reference } => {
                 let reference = parse_reference(reference)?;
-                match resolve::place(self, name, ns)? {
+                match resolve::place(self, name, ns).await? {
                     Place::Local(repo) => pushed::get(self, &repo, reference, head).await,
                     Place::Remote(target) => {
                         if let crate::oci::Reference::Digest(d) = &reference {
@@ -250,7 +251,7 @@ impl Registry {
                     .headers()
                     .get(header::RANGE)
                     .map(|v| v.to_str().unwrap_or("invalid"));
-                match resolve::place(self, name, ns)? {
+                match resolve::place(self, name, ns).await? {
                     Place::Local(repo) => blobs::get_local(self, &repo, digest, range, head).await,
                     // Before pushing a layer, clients HEAD it in the
                     // target repository: for a name a push would create
@@ -274,7 +275,7 @@ impl Registry {
             }
             Route::Referrers { name, digest } => {
                 let digest = digest.parse()?;
-                match resolve::place(self, name, ns)? {
+                match resolve::place(self, name, ns).await? {
                     Place::Local(repo) => {
                         pushed::referrers(self, &repo, digest, req.uri().query(), head)
                     }
@@ -299,12 +300,13 @@ impl Registry {
 
     /// Writes: uploads, manifest pushes, deletes. `None` when the request
     /// is not a write (the read path takes it).
-    async fn write<B: ReqBody>(
+    async fn write<B: ReqBody + 'static>(
         &self,
         req: &Request<()>,
         route: &Route<'_>,
         body: B,
         ns: Option<&str>,
+        forwarded: bool,
     ) -> Option<Result<Response<Body>, ApiError>> {
         let write = matches!(
             (route, req.method()),
@@ -316,18 +318,22 @@ impl Registry {
         if !write {
             return None;
         }
-        Some(self.write_local(req, route, body, ns).await)
+        Some(self.write_local(req, route, body, ns, forwarded).await)
     }
 
-    /// Every write lands in a local repository, or is refused here.
-    async fn write_local<B: ReqBody>(
+    /// Every write lands in a local repository, or is refused here. A
+    /// request a peer `forwarded` (with the cluster secret) passed the
+    /// peer's loopback check already: the client is not the peer.
+    async fn write_local<B: ReqBody + 'static>(
         &self,
         req: &Request<()>,
         route: &Route<'_>,
         body: B,
         ns: Option<&str>,
+        forwarded: bool,
     ) -> Result<Response<Body>, ApiError> {
         if !self.auth.is_on()
+            && !forwarded
             && self.local.config().push_from == crate::local::PushFrom::Loopback
             && !crate::http::ConnInfo::is_local(req)
         {
@@ -340,7 +346,16 @@ impl Registry {
         let repo = |name: &str| resolve::push_target(self, name, ns);
         match route {
             Route::Uploads { name } => push::start(self, req, repo(name)?, body).await,
-            Route::Upload { name, id } => push::session(self, req, repo(name)?, id, body).await,
+            Route::Upload { name, id } => {
+                let repo = repo(name)?;
+                match upload_owner::holder(self, id, forwarded) {
+                    upload_owner::Holder::Here => push::session(self, req, repo, id, body).await,
+                    upload_owner::Holder::Peer(m) => {
+                        upload_owner::forward(self, req, &m, body).await
+                    }
+                    upload_owner::Holder::Nobody => Err(crate::local::Error::UploadUnknown.into()),
+                }
+            }
             Route::Manifest { name, reference } if req.method() == Method::PUT => {
                 pushed::put(self, req, repo(name)?, reference.parse()?, body).await
             }

@@ -31,11 +31,16 @@ pub enum Place {
     Remote(Target),
 }
 
-/// Resolves a read (`GET`/`HEAD`) of `name` with `ns`.
-pub fn place(reg: &super::Registry, name: &str, ns: Option<&str>) -> Result<Place, ApiError> {
+/// Resolves a read (`GET`/`HEAD`) of `name` with `ns`. On a store shared
+/// by replicas, a name not known here as local is looked up in the store
+/// first (another replica may have created it by a push), at most once a
+/// second per name (`Local::learn`).
+pub async fn place(reg: &super::Registry, name: &str, ns: Option<&str>) -> Result<Place, ApiError> {
     if ns.is_none() {
         let parsed: RepoName = name.parse()?;
-        if reg.local.exists(&parsed) {
+        if reg.local.exists(&parsed)
+            || (reg.local.learn(&parsed).await && reg.local.exists(&parsed))
+        {
             return Ok(Place::Local(parsed));
         }
     }
