@@ -271,6 +271,33 @@ async fn a_push_spread_over_replicas_lands_and_pulls_back_from_a_third() {
         let got = c.get_ok(&blob_path(PUSHED, digest)).await;
         assert!(got == *data, "{digest} from C");
     }
+    // A tag pushed through A later: C serves it once it has re-read the
+    // repository's record (at most a second later).
+    let resp = a
+        .client()
+        .put(a.url(&manifest_path(PUSHED, "v2")))
+        .header("Content-Type", OCI_MANIFEST)
+        .body(manifest.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201, "the second tag through A");
+    let (client, url) = (c.client().clone(), c.url(&manifest_path(PUSHED, "v2")));
+    wait_for(
+        "C to serve a tag pushed through A",
+        || {
+            let (client, url) = (client.clone(), url.clone());
+            async move {
+                client
+                    .get(&url)
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status() == 200)
+            }
+        },
+        || url.clone(),
+    )
+    .await;
     assert_eq!(hub.content_requests(), 0, "a push asks no upstream");
     for n in nodes {
         n.mirror.stop().await;

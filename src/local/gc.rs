@@ -44,6 +44,10 @@ impl Local {
             .values()
             .flat_map(|r| r.blobs.keys().cloned())
             .collect();
+        // On a shared store, what every replica linked (see `shared`): a
+        // blob linked only by a repository another replica changed or made
+        // stays, and one whose repository is gone everywhere goes.
+        self.reload_all().await?;
         let changed: Vec<_> = self
             .read()
             .iter()

@@ -139,6 +139,7 @@ impl Local {
             confirmed: std::sync::Mutex::new(HashSet::new()),
             gc_wake: Arc::new(tokio::sync::Notify::new()),
             learned: moka::sync::Cache::builder()
+                .max_capacity(100_000)
                 .time_to_live(shared::LEARN_EVERY)
                 .build(),
         }))
@@ -190,6 +191,10 @@ impl Local {
         name: &RepoName,
         reference: &Reference,
     ) -> Result<(Digest, String, Bytes), Error> {
+        if matches!(reference, Reference::Tag(_)) {
+            // A tag may have moved through another replica (`shared`).
+            self.learn(name).await;
+        }
         match self.manifest_known(name, reference).await {
             Err(Error::ManifestUnknown(_)) if self.learn(name).await => {
                 self.manifest_known(name, reference).await

@@ -12,6 +12,12 @@
 //!   [`LEARN_EVERY`] per repository, so naming repositories that do not
 //!   exist cannot turn every request into a store read.
 //!
+//! - a read by tag re-reads the record too (at most once per
+//!   [`LEARN_EVERY`]), so a tag pushed again through another replica is
+//!   served at most that much behind;
+//! - the GC reads every record before its mark ([`Local::reload_all`]): it
+//!   must not delete a blob that a repository this replica never saw links.
+//!
 //! A record learned this way holds its blobs on this replica too (they are
 //! in the bucket: the replica that committed them put them there first).
 
@@ -66,6 +72,30 @@ impl Local {
         Ok(())
     }
 
+    /// Reads every repository's record from a shared store: those changed
+    /// or new replace what this process knew, those gone are forgotten.
+    /// The GC's mark then sees what every replica linked.
+    pub(super) async fn reload_all(&self) -> Result<(), Error> {
+        if !self.cache.shared() {
+            return Ok(());
+        }
+        let all = records::load(&*self.records).await?;
+        for record in all.values() {
+            for digest in record.0.blobs.keys() {
+                self.hold_shared(digest).await;
+            }
+        }
+        let mut versions = self.versions();
+        let mut repos = self.repos.write().unwrap_or_else(|p| p.into_inner());
+        versions.clear();
+        repos.clear();
+        for (name, (record, version)) in all {
+            versions.insert(name.clone(), version);
+            repos.insert(name, record);
+        }
+        Ok(())
+    }
+
     /// Holds a blob another replica linked, once this replica's index
     /// knows it (a lookup in the shared store finds it).
     async fn hold_shared(&self, digest: &Digest) {
@@ -78,7 +108,9 @@ impl Local {
     }
 
     /// After a read missed: re-reads `name`'s record, at most once per
-    /// [`LEARN_EVERY`]; `true` when it did (the caller looks again).
+    /// [`LEARN_EVERY`]; `true` when it did (the caller looks again). Names
+    /// that are no repository are remembered for as long, so a client
+    /// repeating one costs one store read a second, not one a request.
     pub async fn learn(&self, name: &RepoName) -> bool {
         if !self.cache.shared() || self.learned.contains_key(name) {
             return false;

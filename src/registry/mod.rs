@@ -223,7 +223,11 @@ impl Registry {
             }
             Route::Catalog => listing::catalog(self, req.uri().query(), head, &grant),
             Route::Tags { name } => match resolve::place(self, name, ns).await? {
-                Place::Local(repo) => listing::local_tags(self, &repo, req.uri().query(), head),
+                Place::Local(repo) => {
+                    // Tags pushed through another replica (a shared store).
+                    self.local.learn(&repo).await;
+                    listing::local_tags(self, &repo, req.uri().query(), head)
+                }
                 Place::Remote(target) => {
                     listing::tags(self, &target, name, req.uri().query(), head)
                         .await
