@@ -199,7 +199,7 @@ pub async fn run_listeners(
             .with_pins(pins.clone());
     let mut membership = None;
     if let Some(c) = cluster {
-        tracing::info!(node = c.me(), "cluster mode: blob misses go to their owner");
+        tracing::info!(node = c.me(), "cluster mode: blob misses and stale tags go to their owner, upload requests to their session's node");
         membership = Some(c.spawn());
         registry = registry.with_cluster(c);
     }

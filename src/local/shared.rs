@@ -15,8 +15,10 @@
 //! - a read by tag re-reads the record too (at most once per
 //!   [`LEARN_EVERY`]), so a tag pushed again through another replica is
 //!   served at most that much behind;
-//! - the GC reads every record before its mark ([`Local::reload_all`]): it
-//!   must not delete a blob that a repository this replica never saw links.
+//! - the GC reads every record before its mark ([`Local::reload_all`]): its
+//!   sweep saves records with compare-and-swap, which fails on a version
+//!   another replica replaced, and it must not drop from this replica's
+//!   disk tier a blob that a repository it never saw links.
 //!
 //! A record learned this way holds its blobs on this replica too (they are
 //! in the bucket: the replica that committed them put them there first).
