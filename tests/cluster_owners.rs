@@ -4,7 +4,8 @@
 //! - 150 pulls of one tag (GET and HEAD, round-robin over three replicas)
 //!   cost the upstream exactly one manifest request when the tag is new,
 //!   and exactly one more when it has gone stale: the tag's owner asks,
-//!   the other replicas ask the owner.
+//!   the other replicas ask the owner; with the upstream down every replica
+//!   serves the tag stale; with the owner gone, the next owner asks once.
 //! - A push whose requests land on different replicas (chunked, with the
 //!   final chunk in the `PUT`, monolithic, a cancel) succeeds: each request
 //!   of a session goes to the replica that opened it, and the image pulls
@@ -72,7 +73,12 @@ async fn pull_tag_everywhere(nodes: &[Replica], tag: &str, n: usize, image: &Ima
             .await
             .expect("pull finished")
             .expect("pull task");
-        assert_eq!(status, 200, "pull {i} on replica {}: {body:?}", i % 3);
+        assert_eq!(
+            status,
+            200,
+            "pull {i} on replica {}: {body:?}",
+            i % nodes.len()
+        );
         assert_eq!(digest, image.digest, "pull {i}");
         if i % 2 == 0 {
             assert!(body == image.manifest, "pull {i}: wrong manifest bytes");
@@ -90,7 +96,7 @@ async fn a_tag_is_revalidated_by_its_owner_once_for_the_fleet() {
     let image = hub.add_simple_image(REPO, "v1", 70);
     // Long enough for 150 pulls on a busy machine, short enough to wait out.
     let ttl = Duration::from_secs(5);
-    let nodes = replicas_with(3, &weed, "owners-tags", &hub, |c| c.tag_ttl("5s")).await;
+    let mut nodes = replicas_with(3, &weed, "owners-tags", &hub, |c| c.tag_ttl("5s")).await;
 
     // A tag no replica has seen: one upstream GET, fleet-wide.
     pull_tag_everywhere(&nodes, "v1", 150, &image).await;
@@ -109,6 +115,59 @@ async fn a_tag_is_revalidated_by_its_owner_once_for_the_fleet() {
         "150 pulls of a stale tag over 3 replicas: one upstream HEAD"
     );
 
+    // Stale again, the upstream down: every replica serves the tag stale
+    // (the owner could not revalidate it, the others pass that on).
+    tokio::time::sleep(ttl + Duration::from_millis(300)).await;
+    hub.go_down().await;
+    for (i, n) in nodes.iter().enumerate() {
+        let resp = n.mirror.get(&manifest_path(REPO, "v1")).await;
+        assert_eq!(resp.status(), 200, "replica {i}, upstream down");
+        assert!(
+            header(&resp, "Warning").starts_with("110"),
+            "replica {i}: stale"
+        );
+        assert!(resp.bytes().await.unwrap() == image.manifest, "replica {i}");
+    }
+    hub.come_up().await;
+
+    // The owner goes: the two left agree on another owner, which
+    // revalidates the (still stale) tag once for both.
+    let names = ["hoard-0", "hoard-1", "hoard-2"];
+    let owner = hoard::cluster::hash::owner(&format!("docker.io/{REPO}:v1"), names).unwrap();
+    let gone: usize = owner["hoard-".len()..].parse().unwrap();
+    nodes.remove(gone).mirror.stop().await;
+    for n in &nodes {
+        let (client, url) = (
+            n.mirror.client().clone(),
+            n.mirror.url("/_hoard/cluster/ping"),
+        );
+        wait_for(
+            "the replicas left to see two members",
+            || {
+                let (client, url) = (client.clone(), url.clone());
+                async move {
+                    let resp = client
+                        .get(&url)
+                        .header("x-hoard-cluster-secret", CLUSTER_SECRET)
+                        .send()
+                        .await;
+                    let Ok(resp) = resp else { return false };
+                    let body = resp.bytes().await.unwrap_or_default();
+                    let body: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+                    body["members"].as_array().is_some_and(|m| m.len() == 2)
+                }
+            },
+            || url.clone(),
+        )
+        .await;
+    }
+    pull_tag_everywhere(&nodes, "v1", 60, &image).await;
+    assert_eq!(
+        tag_requests(&hub, "v1"),
+        (1, 2),
+        "the owner gone: the next owner revalidates the stale tag once for the two left"
+    );
+
     // The owner's answer is the upstream's: a tag it does not have is a
     // 404 on every replica.
     for n in &nodes {
@@ -117,7 +176,7 @@ async fn a_tag_is_revalidated_by_its_owner_once_for_the_fleet() {
     }
     assert_eq!(
         tag_requests(&hub, "nope").0,
-        3,
+        nodes.len(),
         "an unknown tag is not recorded: each pull asks again (through the owner)"
     );
 

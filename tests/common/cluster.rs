@@ -1,9 +1,11 @@
 //! Hoard replicas on one bucket (issue 13): real in-process nodes, each with
 //! its own disk tier, `[cluster]` naming all of them, one SeaweedFS bucket.
 
+use std::time::Duration;
+
 use tokio::net::TcpListener;
 
-use super::{wait_for, Cfg, FakeRegistry, Server, TestMirror, Weed};
+use super::{Cfg, FakeRegistry, Server, TestMirror, Weed, DEADLINE};
 
 /// The shared secret every replica reads from its file.
 pub const CLUSTER_SECRET: &str = "cluster-test-secret-0123456789";
@@ -38,6 +40,8 @@ pub async fn replicas_with(
         .enumerate()
         .map(|(i, l)| format!("\"hoard-{i}\" = \"http://{}\"", l.local_addr().unwrap()))
         .collect();
+    // One at a time: each start probes the bucket, and starts side by side
+    // on a busy machine were seen to leave one replica not answering.
     let mut out = Vec::new();
     for (i, listener) in listeners.into_iter().enumerate() {
         let dir = tempfile::tempdir().unwrap();
@@ -50,28 +54,30 @@ pub async fn replicas_with(
         );
         let cfg = tweak(Cfg::new(&dir.path().join("cache")).upstream("docker.io", &hub.url()));
         let text = cfg.toml() + &weed.storage_toml(prefix) + &cluster;
-        out.push(Replica {
-            mirror: TestMirror::start_on(listener, &text).await,
-            _dir: dir,
-        });
-    }
-    for r in &out {
-        let (client, url) = (r.mirror.client().clone(), r.mirror.url("/v2/"));
-        wait_for(
-            "a replica to answer /v2/",
-            || {
-                let (client, url) = (client.clone(), url.clone());
-                async move {
-                    client
-                        .get(&url)
-                        .send()
-                        .await
-                        .is_ok_and(|r| r.status() == 200)
-                }
-            },
-            || url.clone(),
-        )
-        .await;
+        let mut mirror = TestMirror::start_on(listener, &text).await;
+        answering(&mut mirror).await;
+        out.push(Replica { mirror, _dir: dir });
     }
     out
+}
+
+/// Waits until `mirror` answers `/v2/`; fails with `run`'s own error if it
+/// ended instead (a start-up failure), or after the deadline.
+async fn answering(mirror: &mut TestMirror) {
+    let url = mirror.url("/v2/");
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let resp = mirror.client().get(&url).send().await;
+        if resp.is_ok_and(|r| r.status() == 200) {
+            return;
+        }
+        if let Some(why) = mirror.ended().await {
+            panic!("a replica at {url} ended while starting: {why}");
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {DEADLINE:?} waiting for a replica to answer {url}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
