@@ -13,6 +13,8 @@
 //! - An upload id naming a node that is not a member, a forged id, and a
 //!   forwarded request naming a third node are `404 BLOB_UPLOAD_UNKNOWN`,
 //!   and nothing connects anywhere else.
+//! - Layers pushed at once through every replica into one new repository
+//!   all stay linked (their record's compare-and-swap is retried).
 
 mod common;
 
@@ -437,6 +439,72 @@ async fn upload_ids_naming_no_member_are_unknown_and_go_nowhere() {
     let accepted = tokio::time::timeout(Duration::from_millis(200), canary.accept()).await;
     assert!(accepted.is_err(), "an upload id sent a request to {addr}");
     assert_eq!(hub.content_requests(), 0, "nothing was fetched upstream");
+    for n in nodes {
+        n.mirror.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn layers_pushed_at_once_through_every_replica_all_land_in_one_repository() {
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let Some(weed) = Weed::start().await else {
+        return;
+    };
+    let hub = FakeRegistry::start().await;
+    let nodes = replicas(3, &weed, "owners-race", &hub).await;
+    // Nine layers of a repository none of them knows yet, three through
+    // each replica, all at once: their links race for one record.
+    let layers: Vec<Vec<u8>> = (0..9).map(|i| pseudo_random(90 + i, 20_000)).collect();
+    let pushes: Vec<_> = layers
+        .iter()
+        .enumerate()
+        .map(|(i, data)| {
+            let m = &nodes[i % 3].mirror;
+            let digest = sha256_digest(data);
+            let url = m.url(&format!("/v2/{PUSHED}/blobs/uploads/?digest={digest}"));
+            let req = m.client().post(url).body(data.clone());
+            tokio::spawn(async move {
+                let resp = req.send().await.expect("send");
+                (
+                    resp.status().as_u16(),
+                    resp.text().await.unwrap_or_default(),
+                )
+            })
+        })
+        .collect();
+    for (i, p) in pushes.into_iter().enumerate() {
+        let (status, body) = p.await.expect("push task");
+        assert_eq!(status, 201, "layer {i} through replica {}: {body}", i % 3);
+    }
+    // Every link survived: a manifest naming all nine is accepted anywhere.
+    let config = br#"{"os":"linux"}"#.to_vec();
+    let config_digest = sha256_digest(&config);
+    push_blob_as(&nodes[1].mirror, PUSHED, &config, &config_digest).await;
+    let manifest = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": { "mediaType": OCI_CONFIG, "digest": config_digest, "size": config.len() },
+        "layers": layers.iter().map(|l| json!({
+            "mediaType": OCI_LAYER, "digest": sha256_digest(l), "size": l.len()
+        })).collect::<Vec<_>>(),
+    }))
+    .unwrap();
+    let c = &nodes[2].mirror;
+    let resp = c
+        .client()
+        .put(c.url(&manifest_path(PUSHED, "all")))
+        .header("Content-Type", OCI_MANIFEST)
+        .body(manifest.clone())
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status();
+    assert_eq!(status, 201, "{}", resp.text().await.unwrap_or_default());
+    let a = &nodes[0].mirror;
+    assert!(a.get_ok(&manifest_path(PUSHED, "all")).await == manifest);
+    for l in &layers {
+        assert!(a.get_ok(&blob_path(PUSHED, &sha256_digest(l))).await == *l);
+    }
     for n in nodes {
         n.mirror.stop().await;
     }

@@ -36,7 +36,7 @@ use crate::storage::RecordError;
 pub const LEARN_EVERY: Duration = Duration::from_secs(1);
 
 /// How often a change is applied again after losing a compare-and-swap.
-const ATTEMPTS: usize = 4;
+const ATTEMPTS: usize = 8;
 
 impl Local {
     /// Reads `name`'s record from the store again when the store is
