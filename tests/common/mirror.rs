@@ -123,19 +123,10 @@ impl TestMirror {
         }
     }
 
-    /// Why `run` ended, if it has (a start-up failure, say): `None` while
-    /// it runs. Lets a wait for the mirror to answer fail with the cause
-    /// rather than time out.
+    /// Why `run` ended, if it has (a failed start): `None` while it runs.
     pub async fn ended(&mut self) -> Option<String> {
-        if !self.task.as_ref().is_some_and(|t| t.is_finished()) {
-            return None;
-        }
-        let task = self.task.take()?;
-        Some(match task.await {
-            Ok(Ok(())) => "hoard::run returned Ok".to_owned(),
-            Ok(Err(e)) => format!("hoard::run returned an error: {e:?}"),
-            Err(e) => format!("hoard::run panicked: {e:?}"),
-        })
+        let task = self.task.take_if(|t| t.is_finished())?;
+        Some(format!("hoard::run ended: {:?}", task.await))
     }
 
     /// Resolves the shutdown future and waits for `run` to return `Ok`.
