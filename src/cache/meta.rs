@@ -255,3 +255,53 @@ fn parse_tag(bytes: &[u8]) -> Option<(TagKey, TagRecord)> {
         },
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::Storage;
+
+    fn key() -> TagKey {
+        TagKey {
+            upstream: "docker.io".into(),
+            repo: "library/app".parse().unwrap(),
+            tag: "v1".parse().unwrap(),
+        }
+    }
+
+    fn record(digest: &[u8], secs: u64) -> TagRecord {
+        TagRecord {
+            digest: Digest::of(digest),
+            checked_at: UNIX_EPOCH + Duration::from_secs(secs),
+        }
+    }
+
+    /// Two replicas on one records store: what the tag's owner wrote
+    /// later replaces what the other knew; an older record never does.
+    #[tokio::test]
+    async fn a_reread_takes_what_the_owner_checked_later() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open_disk(dir.path()).await.unwrap();
+        let (owner, _) = Meta::load(storage.records.clone()).await.unwrap();
+        let (other, _) = Meta::load(storage.records.clone()).await.unwrap();
+        assert_eq!(other.reread_tag(&key()).await, None);
+
+        owner.put_tag(&key(), &record(b"a", 100)).await.unwrap();
+        assert_eq!(other.tag(&key()), None, "not read yet");
+        assert_eq!(other.reread_tag(&key()).await, Some(record(b"a", 100)));
+
+        owner.put_tag(&key(), &record(b"b", 200)).await.unwrap();
+        assert_eq!(
+            other.tag(&key()),
+            Some(record(b"a", 100)),
+            "memory is behind"
+        );
+        assert_eq!(other.reread_tag(&key()).await, Some(record(b"b", 200)));
+
+        // This replica checked it later itself: the store's older record
+        // does not replace it.
+        other.put_tag(&key(), &record(b"c", 300)).await.unwrap();
+        owner.put_tag(&key(), &record(b"b", 250)).await.unwrap();
+        assert_eq!(other.reread_tag(&key()).await, Some(record(b"c", 300)));
+    }
+}
