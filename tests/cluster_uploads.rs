@@ -6,7 +6,7 @@
 //!   back by tag and digest from a replica that committed none of it.
 //! - An upload id naming a node that is not a member, a forged id, and a
 //!   forwarded request naming a third node are `404 BLOB_UPLOAD_UNKNOWN`,
-//!   and nothing connects anywhere else.
+//!   and nothing connects anywhere else; so is a session whose node stopped.
 //! - Layers pushed at once through every replica into one new repository
 //!   all stay linked (their record's compare-and-swap is retried).
 
@@ -213,7 +213,7 @@ async fn upload_ids_naming_no_member_are_unknown_and_go_nowhere() {
         return;
     };
     let hub = FakeRegistry::start().await;
-    let nodes = replicas(3, &weed, "owners-forged", &hub).await;
+    let mut nodes = replicas(3, &weed, "owners-forged", &hub).await;
     let a = &nodes[0].mirror;
     // A listener that must never see a connection: ids naming its address.
     let canary = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -270,6 +270,20 @@ async fn upload_ids_naming_no_member_are_unknown_and_go_nowhere() {
         .await
         .unwrap();
     assert_oci_error(r, 403, &["DENIED"]).await;
+
+    // The node holding a session goes: its requests are unknown elsewhere,
+    // whether or not the others have noticed yet.
+    let (loc, _) = open_session(&nodes[2].mirror).await;
+    nodes.remove(2).mirror.stop().await;
+    let r = send(
+        &nodes[0].mirror,
+        reqwest::Method::PATCH,
+        &loc,
+        None,
+        b"chunk",
+    )
+    .await;
+    assert_oci_error(r, 404, &["BLOB_UPLOAD_UNKNOWN"]).await;
 
     let accepted = tokio::time::timeout(Duration::from_millis(200), canary.accept()).await;
     assert!(accepted.is_err(), "an upload id sent a request to {addr}");
