@@ -89,6 +89,19 @@ pub struct Grant {
 }
 
 impl Grant {
+    /// What a request another replica forwarded is granted: everything.
+    /// The forwarding replica authorized its client for this very request
+    /// (same method and path) before forwarding it, and only a peer with
+    /// the cluster secret can mark a request forwarded; checking again
+    /// here would need the client's credentials, which a blob or tag
+    /// forwarded on a miss does not carry.
+    pub fn peer() -> Grant {
+        Grant {
+            policy: None,
+            user: None,
+        }
+    }
+
     /// Whether the client may pull `repository` (as named in `_catalog`).
     pub fn may_pull(&self, repository: &str) -> bool {
         self.policy.as_ref().is_none_or(|p| {

@@ -31,6 +31,19 @@ pub async fn replicas_with(
     hub: &FakeRegistry,
     tweak: impl Fn(Cfg) -> Cfg,
 ) -> Vec<Replica> {
+    replicas_with_sections(n, weed, prefix, hub, tweak, "").await
+}
+
+/// [`replicas_with`], with `sections` (TOML tables, an `[auth]` say)
+/// appended to every replica's config.
+pub async fn replicas_with_sections(
+    n: usize,
+    weed: &Weed,
+    prefix: &str,
+    hub: &FakeRegistry,
+    tweak: impl Fn(Cfg) -> Cfg,
+    sections: &str,
+) -> Vec<Replica> {
     let mut listeners = Vec::new();
     for _ in 0..n {
         listeners.push(TcpListener::bind("127.0.0.1:0").await.unwrap());
@@ -53,7 +66,7 @@ pub async fn replicas_with(
             secret.display()
         );
         let cfg = tweak(Cfg::new(&dir.path().join("cache")).upstream("docker.io", &hub.url()));
-        let text = cfg.toml() + &weed.storage_toml(prefix) + &cluster;
+        let text = cfg.toml() + &weed.storage_toml(prefix) + &cluster + sections;
         let mut mirror = TestMirror::start_on(listener, &text).await;
         answering(&mut mirror).await;
         out.push(Replica { mirror, _dir: dir });
@@ -68,7 +81,8 @@ async fn answering(mirror: &mut TestMirror) {
     let deadline = tokio::time::Instant::now() + DEADLINE;
     loop {
         let resp = mirror.client().get(&url).send().await;
-        if resp.is_ok_and(|r| r.status() == 200) {
+        // 401: serving, with `[auth]` refusing an anonymous `/v2/`.
+        if resp.is_ok_and(|r| r.status() == 200 || r.status() == 401) {
             return;
         }
         if let Some(why) = mirror.ended().await {
