@@ -52,8 +52,12 @@ def canonical(obj):
     return json.dumps(obj, indent=2, sort_keys=False).encode()
 
 
-def make_layer(files, media_type):
-    """A gzip'd tar of `files` ({path: bytes}) with parent directories; returns (Blob, diff_id)."""
+def make_layer(files, media_type, compresslevel=6):
+    """A gzip'd tar of `files` ({path: bytes}) with parent directories; returns (Blob, diff_id).
+
+    `compresslevel=0` stores instead of compressing: a valid gzip made in no time, for large
+    random layers that would not shrink anyway.
+    """
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
         dirs = sorted({os.path.dirname(p) for p in files if os.path.dirname(p)})
@@ -66,7 +70,7 @@ def make_layer(files, media_type):
             info.size, info.mode, info.mtime = len(content), 0o644, EPOCH
             tar.addfile(info, io.BytesIO(content))
     tar_bytes = raw.getvalue()
-    return Blob(media_type, gzip.compress(tar_bytes, compresslevel=6, mtime=0)), sha256(tar_bytes)
+    return Blob(media_type, gzip.compress(tar_bytes, compresslevel=compresslevel, mtime=0)), sha256(tar_bytes)
 
 
 def _with_parents(dirs):
@@ -81,14 +85,14 @@ def _with_parents(dirs):
 class Image:
     """One platform's image: config, layers, manifest. `markers` are file paths in its layers."""
 
-    def __init__(self, flavor, arch, layer_files):
+    def __init__(self, flavor, arch, layer_files, compresslevel=6):
         _, manifest_type, config_type, layer_type = FLAVORS[flavor]
         self.arch = arch
         self.layers = []
         diff_ids = []
         self.markers = []
         for files in layer_files:
-            blob, diff_id = make_layer(files, layer_type)
+            blob, diff_id = make_layer(files, layer_type, compresslevel)
             self.layers.append(blob)
             diff_ids.append(diff_id)
             self.markers.extend(files)
