@@ -51,7 +51,7 @@ from clients import (  # noqa: E402
     write_hosts_dir,
 )
 from harness import CheckFailed, Daemon, client_env, ensure, free_port, http, run, run_suite, wait_until  # noqa: E402
-from images import Image, Pusher, build_fixtures, small_files  # noqa: E402
+from images import Image, Pusher, build_fixtures  # noqa: E402
 from relay import Relay  # noqa: E402
 from tokenservice import TokenService  # noqa: E402
 from weed import Weed  # noqa: E402
