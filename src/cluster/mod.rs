@@ -181,6 +181,20 @@ impl Cluster {
         })
     }
 
+    /// Takes `member` out of the healthy set until the next ping round
+    /// answers for it: a request to it found it unreachable. Without this,
+    /// every retry before that round would forward to the dead node again,
+    /// fail, and fetch from the upstream itself; with it, the survivors
+    /// agree on the next owner at once (each computes it without the dead
+    /// one), so a dead owner costs the fleet one more upstream fetch.
+    pub fn suspect(&self, member: &Member) {
+        let mut healthy = self.healthy.write().unwrap_or_else(|p| p.into_inner());
+        if healthy.get(&member.name) == Some(&member.base) {
+            healthy.remove(&member.name);
+            tracing::warn!(node = %self.me, peer = %member.name, "peer unreachable; it owns nothing until it answers a ping again");
+        }
+    }
+
     /// The answer to a peer's ping: this node's name and the members it
     /// sees (itself included), e.g. `{"node":"a","members":["a","b"]}`.
     pub fn ping_body(&self) -> Vec<u8> {

@@ -42,6 +42,14 @@ pub enum PeerError {
     Body(#[from] hyper::Error),
 }
 
+impl PeerError {
+    /// Whether the peer could not be reached or did not answer at all (as
+    /// opposed to answering with an error): it may be gone.
+    pub fn unreachable(&self) -> bool {
+        matches!(self, PeerError::Request(_) | PeerError::Timeout)
+    }
+}
+
 /// A pooled HTTP client for peers. Request bodies are [`Body`], so a
 /// forwarded upload streams through without being buffered.
 #[derive(Clone)]

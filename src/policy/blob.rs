@@ -73,8 +73,10 @@ pub async fn size(
 /// In a cluster, when another node owns the digest, the blob comes from
 /// that owner (which runs its own single-flight fill and commits to the
 /// shared bucket); this node still verifies every byte in its own fill.
-/// If the owner fails before answering, this node fetches it itself: a
-/// dead owner costs one extra upstream fetch, never a failed pull.
+/// If the owner cannot be reached it is suspected (out of the members
+/// until it answers a ping) and the next owner is asked; if an owner
+/// answers with an error, this node fetches it itself: a dead owner costs
+/// one extra upstream fetch, never a failed pull.
 async fn fetch(
     permit: FillPermit,
     upstream: Arc<Upstream>,
@@ -83,7 +85,13 @@ async fn fetch(
     via: Option<Arc<Cluster>>,
 ) {
     let key = digest.to_string();
-    if let Some((cluster, owner)) = via.and_then(|c| c.owner(&key).map(|o| (c, o))) {
+    // At most two owners: the first, and (when it was unreachable) the one
+    // the survivors agree on without it; after that, the upstream.
+    for _ in 0..2 {
+        let Some((cluster, owner)) = via.as_ref().and_then(|c| c.owner(&key).map(|o| (c, o)))
+        else {
+            break;
+        };
         match cluster
             .get_blob(&owner, upstream.name(), repo.as_str(), &key)
             .await
@@ -96,10 +104,20 @@ async fn fetch(
                 permit.feed(size, Box::pin(body)).await;
                 return;
             }
-            Err(e) => tracing::warn!(
-                %digest, owner = %owner.name, error = %e,
-                "blob owner failed before answering; fetching from the upstream"
-            ),
+            Err(e) if e.unreachable() => {
+                tracing::warn!(
+                    %digest, owner = %owner.name, error = %e,
+                    "blob owner unreachable; asking the next owner"
+                );
+                cluster.suspect(&owner);
+            }
+            Err(e) => {
+                tracing::warn!(
+                    %digest, owner = %owner.name, error = %e,
+                    "blob owner failed before answering; fetching from the upstream"
+                );
+                break;
+            }
         }
     }
     match upstream.get_blob(&repo, &digest).await {

@@ -227,7 +227,9 @@ url = "{self.relay.url}"
 [cluster]
 node = "{r.name}"
 peers = {{ {peers} }}
-refresh = "250ms"
+# The default: a replica that finds the owner unreachable drops it at once, so the bound
+# of two upstream GETs after a kill does not depend on pings outrunning the clients' retries.
+refresh = "5s"
 """)
         env = dict(self.env, RUST_LOG="info", NO_COLOR="1", HOARD_CLUSTER_SECRET=CLUSTER_SECRET)
         r.daemon = self.sup.start(Daemon(r.name, [self.hoard_bin, "serve", "--config", config],

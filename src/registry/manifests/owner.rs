@@ -56,6 +56,10 @@ pub(super) async fn ask(
         Err(e) => {
             tracing::warn!(%tag, %repo, owner = %owner.name, error = %e,
                 "tag owner failed; revalidating the tag here");
+            if e.unreachable() {
+                // The next request picks the owner the survivors agree on.
+                cluster.suspect(&owner);
+            }
             return Ok(None);
         }
     };
