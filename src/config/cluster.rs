@@ -47,7 +47,7 @@ pub struct ClusterConfig {
 
 /// The kernel's host name (empty when it cannot be read, which `validate`
 /// then refuses, asking for `node`).
-fn host_name() -> String {
+pub(crate) fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_owned())
         .unwrap_or_default()

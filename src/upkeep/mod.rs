@@ -76,7 +76,11 @@ impl Upkeep {
         let budget = config.storage.bucket_max_size?.as_u64();
         let node = match &config.cluster {
             Some(c) => c.node.clone(),
-            None => format!("{}-{}", host_name(), std::process::id()),
+            None => {
+                let host = crate::config::cluster::host_name();
+                let host = if host.is_empty() { "hoard".into() } else { host };
+                format!("{host}-{}", std::process::id())
+            }
         };
         let interval = config.storage.bucket_check_interval;
         let key = RecordKey::lease("upkeep")?;
@@ -174,13 +178,4 @@ impl Upkeep {
             }
         })
     }
-}
-
-/// The kernel's host name, or `hoard` when it cannot be read.
-fn host_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .ok()
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "hoard".into())
 }
