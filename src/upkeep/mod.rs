@@ -78,7 +78,11 @@ impl Upkeep {
             Some(c) => c.node.clone(),
             None => {
                 let host = crate::config::cluster::host_name();
-                let host = if host.is_empty() { "hoard".into() } else { host };
+                let host = if host.is_empty() {
+                    "hoard".into()
+                } else {
+                    host
+                };
                 format!("{host}-{}", std::process::id())
             }
         };
