@@ -48,7 +48,29 @@ const DEPTH: usize = 3;
 /// The links of every repository, as far as they are in memory.
 pub struct Links {
     records: Arc<dyn Records>,
-    repos: moka::sync::Cache<Digest, Arc<RepoLinks>>,
+    repos: moka::sync::Cache<RepoKey, Arc<RepoLinks>>,
+}
+
+/// The in-memory key of a repository's links. Looked up by [`RepoRef`]
+/// without building a string: the record id (a SHA-256 of the name) is
+/// computed only when records are read or written, not on every request.
+#[derive(Clone, Hash, PartialEq, Eq)]
+struct RepoKey {
+    upstream: Box<str>,
+    repo: Box<str>,
+}
+
+/// A borrowed [`RepoKey`]; hashes the same (same fields, `str` each).
+#[derive(Hash)]
+struct RepoRef<'a> {
+    upstream: &'a str,
+    repo: &'a str,
+}
+
+impl hashbrown::Equivalent<RepoKey> for RepoRef<'_> {
+    fn equivalent(&self, key: &RepoKey) -> bool {
+        *self.upstream == *key.upstream && *self.repo == *key.repo
+    }
 }
 
 /// One repository's links.
@@ -127,6 +149,18 @@ impl Cache {
         if !self.store.shared() {
             return false;
         }
+        Box::pin(self.linked_elsewhere(&links, upstream, repo, digest)).await
+    }
+
+    /// Whether another replica linked `digest` to the repository since
+    /// its records were read (a shared store only).
+    async fn linked_elsewhere(
+        &self,
+        links: &RepoLinks,
+        upstream: &str,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> bool {
         // The link made for this very digest (a manifest's, or a blob's own).
         let id = repo_id(upstream, repo);
         let own = self.links.records.get(&RecordKey::link(&id, digest)).await;
@@ -183,15 +217,35 @@ impl Cache {
 
     /// `repo`'s links, loaded from the records on first use.
     async fn repo_links(&self, upstream: &str, repo: &RepoName) -> Arc<RepoLinks> {
-        let id = repo_id(upstream, repo);
-        let links = self.links.repos.get_with(id.clone(), Default::default);
+        let name = RepoRef {
+            upstream,
+            repo: repo.as_str(),
+        };
+        let links = match self.links.repos.get(&name) {
+            Some(links) => links,
+            None => {
+                let key = RepoKey {
+                    upstream: upstream.into(),
+                    repo: repo.as_str().into(),
+                };
+                self.links.repos.get_with(key, Default::default)
+            }
+        };
+        if links.loaded.initialized() {
+            return links;
+        }
+        // Boxed: loading happens once per repository, but its state
+        // would otherwise be part of every request's future.
         links
             .loaded
-            .get_or_init(|| async {
-                let (held, closed) = self.load_links(&id, upstream, repo).await;
-                let mut sets = links.sets.lock().unwrap_or_else(|p| p.into_inner());
-                sets.held.extend(held);
-                sets.closed.extend(closed);
+            .get_or_init(|| {
+                Box::pin(async {
+                    let id = repo_id(upstream, repo);
+                    let (held, closed) = self.load_links(&id, upstream, repo).await;
+                    let mut sets = links.sets.lock().unwrap_or_else(|p| p.into_inner());
+                    sets.held.extend(held);
+                    sets.closed.extend(closed);
+                })
             })
             .await;
         links

@@ -69,8 +69,12 @@ pub enum Refused {
 /// Classifies a request by its cluster headers; `secret` is `None` on a
 /// node without `[cluster]`, which admits no peer at all.
 pub fn admit(secret: Option<&Secret>, headers: &HeaderMap) -> Result<Caller, Refused> {
-    let given = headers.get(SECRET_HEADER);
-    let forwarded = headers.contains_key(FORWARDED_HEADER);
+    // Typed names: a `&str` name is parsed again on every lookup, and
+    // this runs on every request.
+    const SECRET: http::HeaderName = http::HeaderName::from_static(SECRET_HEADER);
+    const FORWARDED: http::HeaderName = http::HeaderName::from_static(FORWARDED_HEADER);
+    let given = headers.get(SECRET);
+    let forwarded = headers.contains_key(FORWARDED);
     if given.is_none() && !forwarded {
         return Ok(Caller::Client);
     }

@@ -6,7 +6,7 @@
 //! handlers through the `oci` newtypes; nothing here touches the disk.
 
 /// What a request asks for (strings still unvalidated).
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Route<'a> {
     /// `/v2/`: the API version check.
     Base,

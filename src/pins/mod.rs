@@ -108,6 +108,10 @@ impl Pins {
     /// The pinned digest of a tag: pulls serve it without asking upstream.
     pub fn tag(&self, key: &TagKey) -> Option<Digest> {
         let records = self.pins.read().ok()?;
+        // Most mirrors pin nothing: no key is built for every tag request.
+        if records.is_empty() {
+            return None;
+        }
         records
             .get(&format!("{}/{}:{}", key.upstream, key.repo, key.tag))
             .map(|p| p.digest.clone())

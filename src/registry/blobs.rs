@@ -72,23 +72,57 @@ async fn serve(
             }
             continue;
         }
+        // A miss: boxed, so its state (the fill, an upstream round trip)
+        // is not part of every hit's future.
+        let missed = Box::pin(miss(
+            reg,
+            target,
+            digest,
+            range_header,
+            head,
+            via,
+            &mut holds,
+        ));
+        if let Some(served) = missed.await? {
+            return Ok(served);
+        }
+    }
+    Err(ApiError::internal("blob lookup did not settle", digest))
+}
+
+/// A blob not in the store: a `HEAD` answered from a fill in flight or the
+/// upstream, a `GET` teed from the fill it leads or joins. `None` when the
+/// blob was committed meanwhile (the caller looks it up again).
+async fn miss(
+    reg: &Registry,
+    target: &Target,
+    digest: &Digest,
+    range_header: Option<&str>,
+    head: bool,
+    via: Option<&std::sync::Arc<crate::cluster::Cluster>>,
+    holds: &mut Holds,
+) -> Result<Option<(Response<Body>, Outcome)>, ApiError> {
+    {
         if head {
             // A fill in flight knows the size: no upstream round trip, and
             // none either between a fill's last byte and its commit.
             if let Some(size) = reg.cache.filling_size(digest) {
                 holds.confirm(reg, target, digest).await?;
                 let range = range::parse(range_header, size)?;
-                return Ok((headers_only(digest, size, range), Outcome::Coalesced));
+                return Ok(Some((
+                    headers_only(digest, size, range),
+                    Outcome::Coalesced,
+                )));
             }
             let size = upstream_size(target, digest).await?;
             holds.link(reg, target, digest).await;
             let range = range::parse(range_header, size)?;
-            return Ok((headers_only(digest, size, range), Outcome::Miss));
+            return Ok(Some((headers_only(digest, size, range), Outcome::Miss)));
         }
         let Some(policy::Filling { fill, leader }) =
             policy::fill(&reg.cache, &target.upstream, &target.repo, digest, via)
         else {
-            continue;
+            return Ok(None);
         };
         let outcome = if leader {
             Outcome::Miss
@@ -110,7 +144,7 @@ async fn serve(
                 fill.finished()
                     .await
                     .map_err(|e| ApiError::fill(e, digest, target.upstream.name()))?;
-                continue;
+                return Ok(None);
             }
             Err(FillError::Disk(e)) => {
                 // The cache could not even start the fill (disk full): the
@@ -130,9 +164,11 @@ async fn serve(
             end,
         };
         let stream = policy::read(fill, read, reg.metrics.clone());
-        return Ok((response(digest, size, range, body::stream(stream)), outcome));
+        Ok(Some((
+            response(digest, size, range, body::stream(stream)),
+            outcome,
+        )))
     }
-    Err(ApiError::internal("blob lookup did not settle", digest))
 }
 
 /// Whether the requested repository holds the blob (issue 14, defect 3):
@@ -158,8 +194,13 @@ impl Holds {
         }
         let (up, repo) = (target.upstream.name(), &target.repo);
         if !reg.cache.linked(up, repo, digest).await {
-            upstream_size(target, digest).await?;
-            reg.cache.link(up, repo, digest).await;
+            // Boxed: the upstream round trip's state stays out of every hit.
+            Box::pin(async {
+                upstream_size(target, digest).await?;
+                reg.cache.link(up, repo, digest).await;
+                Ok::<_, ApiError>(())
+            })
+            .await?;
         }
         self.0 = true;
         Ok(())

@@ -123,6 +123,18 @@ async fn by_digest(
             });
         }
     }
+    Box::pin(digest_miss(reg, target, digest, accept)).await
+}
+
+/// A manifest by digest not in the cache (or not in a form the client
+/// accepts): from the upstream. Boxed by the caller, so the upstream
+/// round trip's state is not part of every hit's future.
+async fn digest_miss(
+    reg: &Registry,
+    target: &Target,
+    digest: &Digest,
+    accept: &[String],
+) -> Result<Served, ApiError> {
     let m = policy::manifest::fetch_digest(&reg.cache, &origin(reg, target), digest, accept)
         .await
         .map_err(|e| map_upstream(e, target, digest))?;
@@ -134,6 +146,12 @@ async fn by_digest(
         media_type: m.media_type,
         digest: m.digest,
     })
+}
+
+/// Whether a tag record is fresh: checked within `ttl` (a zero TTL is
+/// never fresh).
+fn fresh(r: &TagRecord, ttl: std::time::Duration) -> bool {
+    r.checked_at.elapsed().map(|age| age < ttl).unwrap_or(true) && !ttl.is_zero()
 }
 
 /// A tag: fresh from the cache; stale or missing, revalidated (or fetched)
@@ -152,6 +170,25 @@ async fn by_tag(
         repo: target.repo.clone(),
         tag,
     };
+    // The common case, a fresh unpinned tag, stays small; the rest is
+    // boxed (see `Registry::dispatch` on why a future's size matters).
+    if reg.pinned_tag(&key).is_none() {
+        let ttl = reg.tag_ttl(&key.upstream);
+        if let Some(served) = cached_tag(reg, &key, accept, |r| fresh(r, ttl)).await? {
+            return Ok(served);
+        }
+    }
+    Box::pin(tag_slow(reg, target, key, accept, forwarded)).await
+}
+
+/// A tag that is pinned, stale or not cached.
+async fn tag_slow(
+    reg: &Registry,
+    target: &Target,
+    key: TagKey,
+    accept: &[String],
+    forwarded: bool,
+) -> Result<Served, ApiError> {
     // A pinned tag never moves, whatever the upstream says (src/pins).
     if let Some(digest) = reg.pinned_tag(&key) {
         // The pin names this repository: it holds the pinned image.
@@ -159,13 +196,7 @@ async fn by_tag(
         return by_digest(reg, target, &digest, accept).await;
     }
     let ttl = reg.tag_ttl(&key.upstream);
-    let fresh = |r: &TagRecord| {
-        r.checked_at.elapsed().map(|age| age < ttl).unwrap_or(true) && !ttl.is_zero()
-    };
-
-    if let Some(served) = cached_tag(reg, &key, accept, fresh).await? {
-        return Ok(served);
-    }
+    let fresh = |r: &TagRecord| fresh(r, ttl);
     // Stale or missing: one request per tag talks to the upstream; the others
     // wait and then find the record it refreshed.
     let asked_at = SystemTime::now();
@@ -272,11 +303,14 @@ async fn holds(reg: &Registry, target: &Target, digest: &Digest) -> Result<(), A
     if reg.cache.linked(up, repo, digest).await {
         return Ok(());
     }
-    policy::manifest::revalidate(&origin(reg, target), &digest.to_string())
-        .await
-        .map_err(|e| map_upstream(e, target, digest))?;
-    link(reg, target, digest).await;
-    Ok(())
+    Box::pin(async {
+        policy::manifest::revalidate(&origin(reg, target), &digest.to_string())
+            .await
+            .map_err(|e| map_upstream(e, target, digest))?;
+        link(reg, target, digest).await;
+        Ok(())
+    })
+    .await
 }
 
 /// Links a manifest the upstream served or confirmed for this repository,

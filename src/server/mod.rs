@@ -47,7 +47,7 @@ use tokio::time::Instant;
 use crate::admin::Admin;
 use crate::cache::Cache;
 use crate::config::Config;
-use crate::http::{ConnInfo, Route};
+use crate::http::ConnInfo;
 use crate::metrics::Metrics;
 use crate::registry::Registry;
 use sniff::Sniffed;
@@ -394,13 +394,14 @@ impl Front {
         req: hyper::Request<hyper::body::Incoming>,
     ) -> hyper::Response<crate::body::Body> {
         // The cluster ping is the registry's (it holds the cluster view).
-        if let (Route::Admin { rest }, Some(admin)) = (Route::parse(req.uri().path()), &self.admin)
+        if let (Some(rest), Some(admin)) = (req.uri().path().strip_prefix("/_hoard/"), &self.admin)
         {
             if rest == crate::cluster::PING_REST {
                 return self.registry.clone().handle(req).await;
             }
             let rest = rest.to_owned();
-            return admin.handle(req, &rest).await;
+            // Boxed, so the operator API's state does not size every request.
+            return Box::pin(admin.handle(req, &rest)).await;
         }
         self.registry.clone().handle(req).await
     }

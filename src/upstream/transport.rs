@@ -35,7 +35,10 @@ impl Upstream {
             tracing::debug!(upstream = %self.name, path, error = %e, "failed recently; not asking again yet");
             return Err(e);
         }
-        let result = self.request_now(method, repo, path, headers).await;
+        // Boxed: hyper's client future is about 4 KiB, and an inline one
+        // would make every caller's future (each request's, up to the
+        // server) that large, copied on every request, hit or miss.
+        let result = Box::pin(self.request_now(method, repo, path, headers)).await;
         match &result {
             Ok(_) => self.backoff.succeeded(path),
             Err(e) => self.backoff.failed(path, e, Instant::now()),
