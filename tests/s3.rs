@@ -200,6 +200,12 @@ async fn seaweedfs_probe_and_records_round_trip() {
         .finish();
     let bucket = {
         let _on_this_thread = tracing::subscriber::set_default(subscriber);
+        // Other tests of this binary reach the probe's log callsite on
+        // threads without a subscriber, at the same time; a callsite whose
+        // interest was computed then can stay "never" for this thread too
+        // (seen once in CI: nothing captured). Recompute it now that this
+        // thread's subscriber exists.
+        tracing::callsite::rebuild_interest_cache();
         weed.bucket("records").await
     };
     let line = String::from_utf8_lossy(&log.0.lock().unwrap()).into_owned();
