@@ -308,6 +308,10 @@ impl ConnCtx {
         let stop = async move {
             let _ = stopping.wait_for(|s| *s).await;
         };
+        // The TLS paths are boxed: a connection task is sized for its
+        // largest branch for its whole life, and rustls' handshake and
+        // stream state made every idle plain connection carry ~5 KB more
+        // (benches/scale.py).
         match tls {
             None => {
                 let sniffed = tokio::select! {
@@ -315,7 +319,7 @@ impl ConnCtx {
                     () = stop => return,
                 };
                 match sniffed {
-                    Sniffed::TlsHello => sniff::reject_tls(stream).await,
+                    Sniffed::TlsHello => Box::pin(sniff::reject_tls(stream)).await,
                     Sniffed::Http1 => self.http(stream, false, peer, false, watcher).await,
                     Sniffed::Http2 => self.http(stream, true, peer, false, watcher).await,
                     Sniffed::Closed => {}
@@ -325,25 +329,37 @@ impl ConnCtx {
                 }
             }
             Some(config) => {
-                let handshake = tokio::time::timeout(
-                    self.header_read_timeout,
-                    tokio_rustls::TlsAcceptor::from(config).accept(stream),
-                );
-                let done = tokio::select! {
-                    r = handshake => r,
-                    () = stop => return,
-                };
-                match done {
-                    Ok(Ok(tls)) => {
-                        let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
-                        self.http(tls, h2, peer, true, watcher).await;
-                    }
-                    // Scanners and clients that distrust the certificate end
-                    // here; their side of the story is in their own logs.
-                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-                }
+                Box::pin(self.tls_connection(stream, peer, config, stop, watcher)).await
             }
+        }
+    }
+
+    /// A connection on the TLS port: the handshake, then HTTP over it.
+    async fn tls_connection(
+        &self,
+        stream: TcpStream,
+        peer: SocketAddr,
+        config: Arc<ServerConfig>,
+        stop: impl std::future::Future<Output = ()>,
+        watcher: Watcher,
+    ) {
+        let handshake = tokio::time::timeout(
+            self.header_read_timeout,
+            tokio_rustls::TlsAcceptor::from(config).accept(stream),
+        );
+        let done = tokio::select! {
+            r = handshake => r,
+            () = stop => return,
+        };
+        match done {
+            Ok(Ok(tls)) => {
+                let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
+                self.http(tls, h2, peer, true, watcher).await;
+            }
+            // Scanners and clients that distrust the certificate end
+            // here; their side of the story is in their own logs.
+            Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+            Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
         }
     }
 
