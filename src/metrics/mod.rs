@@ -39,6 +39,7 @@ pub struct Metrics {
     ratelimit_remaining: IntGaugeVec,
     ratelimit_limit: IntGaugeVec,
     connections_open: IntGauge,
+    connections_parked: IntGauge,
     connections_rejected: IntCounter,
     auth_logins: IntCounterVec,
     auth_tokens: IntCounterVec,
@@ -183,6 +184,10 @@ impl Metrics {
                 &["upstream"],
             ),
             connections_open: gauge("hoard_connections_open", "Client connections open now."),
+            connections_parked: gauge(
+                "hoard_connections_parked",
+                "Idle plain HTTP/1 connections parked without HTTP state (counted in hoard_connections_open too).",
+            ),
             push_bytes: plain_counter("hoard_push_bytes_total", "Bytes received in blob uploads to local repositories."),
             blob_mounts: plain_counter("hoard_blob_mounts_total", "Cross-repository mounts answered by linking, copying no bytes."),
             gc_blobs: plain_counter("hoard_gc_reclaimed_blobs_total", "Local blobs deleted by the garbage collector."),
@@ -361,6 +366,11 @@ impl Metrics {
     /// Gauge of open client connections.
     pub fn connections_open(&self) -> &IntGauge {
         &self.connections_open
+    }
+
+    /// Idle plain HTTP/1 connections parked now (see `server::park`).
+    pub fn connections_parked(&self) -> &IntGauge {
+        &self.connections_parked
     }
 
     /// Counts a connection refused for being over max_connections.

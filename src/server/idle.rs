@@ -25,6 +25,8 @@ use crate::body::Body;
 #[derive(Debug)]
 pub struct Activity {
     in_flight: AtomicUsize,
+    /// Requests started since the connection opened.
+    started: AtomicUsize,
     /// std Mutex: held only to read or store an `Instant`, never across `.await`.
     last: Mutex<Instant>,
 }
@@ -34,6 +36,7 @@ impl Activity {
     pub fn new() -> Arc<Activity> {
         Arc::new(Activity {
             in_flight: AtomicUsize::new(0),
+            started: AtomicUsize::new(0),
             last: Mutex::new(Instant::now()),
         })
     }
@@ -41,8 +44,19 @@ impl Activity {
     /// Marks a request started; the returned guard ends it when dropped.
     pub fn start(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::SeqCst);
+        self.started.fetch_add(1, Ordering::SeqCst);
         self.touch();
         InFlight(self.clone())
+    }
+
+    /// Requests started so far on this connection.
+    pub fn started(&self) -> usize {
+        self.started.load(Ordering::SeqCst)
+    }
+
+    /// When the last request ended (or the connection opened).
+    pub fn idle_since(&self) -> Instant {
+        self.last()
     }
 
     fn touch(&self) {

@@ -23,6 +23,7 @@
 
 mod idle;
 mod log;
+mod park;
 mod per_addr;
 mod sniff;
 mod tls;
@@ -264,11 +265,22 @@ struct ConnCtx {
     h1: auto::Builder<TokioExecutor>,
     /// For the HTTP/2 preface or ALPN `h2`.
     h2: auto::Builder<TokioExecutor>,
+    /// For plain HTTP/1 connections, which are parked when idle (`park`).
+    h1_parking: hyper::server::conn::http1::Builder,
     header_read_timeout: Duration,
     /// Turns true at shutdown: connections still in their first steps
     /// (sniffing, TLS handshake) give up instead of holding the drain.
     stopping: watch::Receiver<bool>,
+    metrics: Arc<Metrics>,
 }
+
+/// A response on its way: boxed, so that hyper's per-connection slot for
+/// it is a pointer, not the whole request's state, and so that the plain
+/// HTTP/1 connection can be stopped at an idle point (`park` needs the
+/// future to be `Unpin`).
+type Responding = std::pin::Pin<
+    Box<dyn Future<Output = Result<hyper::Response<idle::TrackedBody>, Infallible>> + Send>,
+>;
 
 impl ConnCtx {
     fn new(shared: &Shared, limits: &Limits, stopping: watch::Receiver<bool>) -> ConnCtx {
@@ -282,6 +294,11 @@ impl ConnCtx {
             .http2()
             .timer(TokioTimer::new())
             .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+        let mut h1_parking = hyper::server::conn::http1::Builder::new();
+        h1_parking
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_read_timeout)
+            .max_buf_size(limits.max_header_bytes);
         ConnCtx {
             front: Arc::new(Front {
                 registry: shared.registry.clone(),
@@ -289,9 +306,39 @@ impl ConnCtx {
             }),
             h1: builder.clone().http1_only(),
             h2: builder.http2_only(),
+            h1_parking,
             header_read_timeout: limits.header_read_timeout,
             stopping,
+            metrics: shared.metrics.clone(),
         }
+    }
+
+    /// The service of one connection: requests counted in `activity`.
+    fn service(
+        &self,
+        peer: SocketAddr,
+        tls: bool,
+        activity: Arc<idle::Activity>,
+    ) -> impl hyper::service::Service<
+        hyper::Request<hyper::body::Incoming>,
+        Response = hyper::Response<idle::TrackedBody>,
+        Error = Infallible,
+        Future = Responding,
+    > + Clone
+           + Send
+           + 'static {
+        let front = self.front.clone();
+        service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+            let front = front.clone();
+            let in_flight = activity.start();
+            req.extensions_mut().insert(ConnInfo { peer, tls });
+            let line = log::Line::start(&req, peer);
+            let responding: Responding = Box::pin(async move {
+                let resp = line.finish(front.respond(req).await);
+                Ok::<_, Infallible>(resp.map(|b| idle::TrackedBody::new(b, in_flight)))
+            });
+            responding
+        })
     }
 
     /// Runs one connection to its end. `tls` is the certificate config that
@@ -308,10 +355,10 @@ impl ConnCtx {
         let stop = async move {
             let _ = stopping.wait_for(|s| *s).await;
         };
-        // The TLS paths are boxed: a connection task is sized for its
-        // largest branch for its whole life, and rustls' handshake and
-        // stream state made every idle plain connection carry ~5 KB more
-        // (benches/scale.py).
+        // Every path but the parked HTTP/1 one is boxed: a connection task
+        // is sized for its largest branch for its whole life, and rustls'
+        // state or hyper's HTTP/2 connection made every idle plain
+        // connection carry several KB more (benches/scale.py).
         match tls {
             None => {
                 let sniffed = tokio::select! {
@@ -320,8 +367,8 @@ impl ConnCtx {
                 };
                 match sniffed {
                     Sniffed::TlsHello => Box::pin(sniff::reject_tls(stream)).await,
-                    Sniffed::Http1 => self.http(stream, false, peer, false, watcher).await,
-                    Sniffed::Http2 => self.http(stream, true, peer, false, watcher).await,
+                    Sniffed::Http1 => self.http1_parking(stream, peer, watcher).await,
+                    Sniffed::Http2 => Box::pin(self.http(stream, true, peer, false, watcher)).await,
                     Sniffed::Closed => {}
                     Sniffed::TimedOut => {
                         tracing::debug!(%peer, "no request within header_read_timeout; closing");
@@ -368,19 +415,8 @@ impl ConnCtx {
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let front = self.front.clone();
         let activity = idle::Activity::new();
-        let counted = activity.clone();
-        let service = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-            let front = front.clone();
-            let in_flight = counted.start();
-            req.extensions_mut().insert(ConnInfo { peer, tls });
-            let line = log::Line::start(&req, peer);
-            async move {
-                let resp = line.finish(front.respond(req).await);
-                Ok::<_, Infallible>(resp.map(|b| idle::TrackedBody::new(b, in_flight)))
-            }
-        });
+        let service = self.service(peer, tls, activity.clone());
         let builder = if h2 { &self.h2 } else { &self.h1 };
         let conn = builder.serve_connection(TokioIo::new(io), service);
         tokio::select! {

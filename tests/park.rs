@@ -1,0 +1,142 @@
+//! Idle plain HTTP/1 connections are parked without hyper's state
+//! (issue 15, lean connections) and served again when the client speaks:
+//! a request split across packets, pipelined requests, repeatedly. A
+//! parked connection keeps its `max_connections` slot and is closed by the
+//! idle timeout. Each park is seen in `hoard_connections_parked`, polled
+//! over fresh connections that close at once (and so are never parked).
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use common::{raw_request, wait_for, Cfg, FakeRegistry, Hoard, Metrics, DEADLINE};
+
+fn config(dir: &std::path::Path, hub: &FakeRegistry, extra: &str) -> String {
+    let cfg = Cfg::new(&dir.join("cache")).upstream("docker.io", &hub.url());
+    format!("{extra}\n{}", cfg.toml())
+}
+
+async fn parked(addr: SocketAddr) -> f64 {
+    let resp = raw_request(addr, "GET", "/metrics", &[("connection", "close")]).await;
+    assert_eq!(resp.status, 200);
+    Metrics(String::from_utf8_lossy(&resp.body).into_owned())
+        .get("hoard_connections_parked", &[])
+        .unwrap_or(0.0)
+}
+
+async fn wait_parked(hoard: &Hoard, n: f64) {
+    let addr = hoard.addr;
+    wait_for(
+        &format!("{n} parked connection(s)"),
+        || async move { parked(addr).await == n },
+        || hoard.log_tail(20),
+    )
+    .await;
+}
+
+/// Reads one response to `GET /v2/` (status line, headers, a 2-byte body).
+async fn read_v2_answer(stream: &mut TcpStream, buf: &mut Vec<u8>) {
+    loop {
+        if let Some(end) = find(buf, b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+            assert!(head.starts_with("http/1.1 200"), "{head}");
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map(|v| v.trim().parse().expect("content-length"))
+                .expect("a content-length");
+            if buf.len() >= end + 4 + length {
+                assert_eq!(&buf[end + 4..end + 4 + length], b"{}");
+                buf.drain(..end + 4 + length);
+                return;
+            }
+        }
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout(DEADLINE, stream.read(&mut chunk))
+            .await
+            .expect("an answer in time")
+            .expect("read");
+        assert!(n > 0, "the server closed the connection");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+const GET_V2: &[u8] = b"GET /v2/ HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
+
+#[tokio::test]
+async fn an_idle_connection_is_parked_and_served_again_whatever_the_client_sends() {
+    let hub = FakeRegistry::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let hoard = Hoard::start(dir.path(), &config(dir.path(), &hub, ""), false).await;
+    let mut stream = TcpStream::connect(hoard.addr).await.unwrap();
+    let mut buf = Vec::new();
+
+    stream.write_all(GET_V2).await.unwrap();
+    read_v2_answer(&mut stream, &mut buf).await;
+    wait_parked(&hoard, 1.0).await;
+
+    // A request whose head arrives in two packets.
+    stream.write_all(&GET_V2[..11]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    stream.write_all(&GET_V2[11..]).await.unwrap();
+    read_v2_answer(&mut stream, &mut buf).await;
+    assert_eq!(parked(hoard.addr).await, 0.0, "served, so no longer parked");
+    wait_parked(&hoard, 1.0).await;
+
+    // Two pipelined requests in one write.
+    stream.write_all(&[GET_V2, GET_V2].concat()).await.unwrap();
+    read_v2_answer(&mut stream, &mut buf).await;
+    read_v2_answer(&mut stream, &mut buf).await;
+    wait_parked(&hoard, 1.0).await;
+
+    // Closed by the client while parked: the gauge goes back to zero.
+    drop(stream);
+    wait_parked(&hoard, 0.0).await;
+}
+
+#[tokio::test]
+async fn a_parked_connection_keeps_its_slot_and_is_closed_by_the_idle_timeout() {
+    let hub = FakeRegistry::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let extra = "max_connections = 3\nheader_read_timeout = \"4s\"";
+    let hoard = Hoard::start(dir.path(), &config(dir.path(), &hub, extra), false).await;
+
+    let mut idle = Vec::new();
+    for _ in 0..2 {
+        let mut stream = TcpStream::connect(hoard.addr).await.unwrap();
+        stream.write_all(GET_V2).await.unwrap();
+        read_v2_answer(&mut stream, &mut Vec::new()).await;
+        idle.push(stream);
+    }
+    wait_parked(&hoard, 2.0).await;
+
+    // Two parked and one open: a fourth connection is refused at once.
+    let third = TcpStream::connect(hoard.addr).await.unwrap();
+    let mut fourth = TcpStream::connect(hoard.addr).await.unwrap();
+    let mut byte = [0u8; 1];
+    let refused = tokio::time::timeout(DEADLINE, fourth.read(&mut byte))
+        .await
+        .expect("the fourth connection is closed in time");
+    assert!(
+        matches!(refused, Ok(0) | Err(_)),
+        "past max_connections: {refused:?}"
+    );
+    drop(third);
+
+    // No request for header_read_timeout: the server closes both.
+    for mut stream in idle {
+        let closed = tokio::time::timeout(DEADLINE, stream.read(&mut byte))
+            .await
+            .expect("a parked connection is closed by the idle timeout");
+        assert!(matches!(closed, Ok(0) | Err(_)), "{closed:?}");
+    }
+    wait_parked(&hoard, 0.0).await;
+}
