@@ -16,6 +16,8 @@ Two measurements, each against the real binary on 127.0.0.1:
 2. Connections. hoard on an empty cache; C keep-alive HTTP/1.1 connections that each made one
    `GET /v2/` and stay open, then C HTTP/2 connections (prior knowledge, one `GET /v2/` on
    stream 1) that stay open. Memory per connection = (RSS with C open - RSS before) / C.
+   With --tls, the same again on hoard's TLS port (a throwaway self-signed certificate), once
+   with ALPN http/1.1 and once with ALPN h2, counted after the handshake.
 
 Figures depend on the machine: compare them with the same script run on another build (the
 before/after tables in docs/benchmarks.md come from one machine, one session). The script
@@ -31,6 +33,7 @@ import resource
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -78,8 +81,9 @@ def build_cache(root, have, want):
 class Hoard:
     """One hoard process with its own config and JSON log."""
 
-    def __init__(self, binary, workdir, cache_dir, extra):
+    def __init__(self, binary, workdir, cache_dir, extra, tls=None):
         self.port = free_port()
+        self.tls_port = free_port() if tls else None
         os.makedirs(workdir, exist_ok=True)
         self.log_path = os.path.join(workdir, "hoard.log")
         config = os.path.join(workdir, "hoard.toml")
@@ -92,6 +96,9 @@ class Hoard:
                 f.write(line + "\n")
             # A dead loopback port: nothing in this benchmark reaches an upstream.
             f.write(f'\n[upstreams."docker.io"]\nurl = "http://127.0.0.1:{free_port()}"\n')
+            if tls:
+                cert, key = tls
+                f.write(f'\n[tls]\nlisten = "127.0.0.1:{self.tls_port}"\ncert = "{cert}"\nkey = "{key}"\n')
         self.log = open(self.log_path, "w")
         self.started = time.monotonic()
         self.proc = subprocess.Popen(
@@ -212,8 +219,8 @@ def h2_get(authority, path):
     return h2_frame(0x1, 0x5, 1, block)  # END_STREAM | END_HEADERS
 
 
-async def open_h1(port):
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+async def open_h1(port, ssl_context=None):
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=ssl_context)
     writer.write(b"GET /v2/ HTTP/1.1\r\nHost: bench\r\n\r\n")
     head = await reader.readuntil(b"\r\n\r\n")
     if not head.startswith(b"HTTP/1.1 200"):
@@ -226,8 +233,8 @@ async def open_h1(port):
     return reader, writer
 
 
-async def open_h2(port):
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+async def open_h2(port, ssl_context=None):
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=ssl_context)
     writer.write(H2_PREFACE + h2_frame(0x4, 0, 0) + h2_get(f"127.0.0.1:{port}", "/v2/"))
     while True:
         header = await reader.readexactly(9)
@@ -251,20 +258,44 @@ async def hold(opener, port, count):
     return conns
 
 
+def self_signed(workdir):
+    """A throwaway certificate for 127.0.0.1 (the client does not verify it)."""
+    cert, key = os.path.join(workdir, "tls.crt"), os.path.join(workdir, "tls.key")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                    "-nodes", "-keyout", key, "-out", cert, "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
+    return cert, key
+
+
+def client_tls(alpn):
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.set_alpn_protocols([alpn])
+    return ctx
+
+
 def connections(args, workdir, extra):
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     need = args.connections + 1024
     if soft < need:
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(need, hard), hard))
     rows = []
-    for proto, opener in (("http1", open_h1), ("http2", open_h2)):
-        h = Hoard(args.hoard, os.path.join(workdir, f"conn-{proto}"), os.path.join(workdir, f"conn-{proto}-cache"), extra)
+    cases = [("http1", open_h1, None), ("http2", open_h2, None)]
+    tls = self_signed(workdir) if args.tls else None
+    if tls:
+        # TLS connections are measured after the handshake, with the protocol chosen by ALPN.
+        cases += [("tls-http1", open_h1, "http/1.1"), ("tls-http2", open_h2, "h2")]
+    for proto, opener, alpn in cases:
+        h = Hoard(args.hoard, os.path.join(workdir, f"conn-{proto}"), os.path.join(workdir, f"conn-{proto}-cache"),
+                  extra, tls if alpn else None)
         try:
             h.wait_index()
             before = settle_rss(h)
+            port, ctx = (h.tls_port, client_tls(alpn)) if alpn else (h.port, None)
 
             async def measure():
-                conns = await hold(opener, h.port, args.connections)
+                conns = await hold(lambda p: opener(p, ctx), port, args.connections)
                 during = settle_rss(h, 2.0)
                 for _, w in conns:
                     w.close()
@@ -290,6 +321,8 @@ def main():
     ap.add_argument("--connections", type=int, default=4000)
     ap.add_argument("--skip-startup", action="store_true")
     ap.add_argument("--skip-connections", action="store_true")
+    ap.add_argument("--tls", action="store_true",
+                    help="also measure idle TLS connections (ALPN http/1.1 and h2; needs openssl)")
     ap.add_argument("--config-extra", action="append", default=[],
                     help="a line added to hoard's config (e.g. a per-address connection limit)")
     ap.add_argument("--workdir", help="where to build the caches (default: a temp dir on /var/tmp)")
