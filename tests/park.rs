@@ -140,3 +140,35 @@ async fn a_parked_connection_keeps_its_slot_and_is_closed_by_the_idle_timeout() 
     }
     wait_parked(&hoard, 0.0).await;
 }
+
+#[tokio::test]
+async fn a_request_head_trickled_in_is_cut_off_not_parked_for_ever() {
+    let hub = FakeRegistry::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let extra = "header_read_timeout = \"2s\"";
+    let hoard = Hoard::start(dir.path(), &config(dir.path(), &hub, extra), false).await;
+    let mut stream = TcpStream::connect(hoard.addr).await.unwrap();
+    let head = b"GET /v2/ HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ";
+    stream.write_all(head).await.unwrap();
+    // One byte every 300 ms, never finishing the head: however the
+    // connection is stopped and served again meanwhile (hyper, asked to
+    // stop at an idle point with a head half read, keeps reading it), it
+    // must be closed within the deadline, not kept alive by the trickle.
+    let started = std::time::Instant::now();
+    loop {
+        assert!(
+            started.elapsed() < DEADLINE,
+            "a trickled head held the connection for {DEADLINE:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        if stream.write_all(b"a").await.is_err() {
+            break;
+        }
+        let mut byte = [0u8; 512];
+        match tokio::time::timeout(Duration::from_millis(1), stream.read(&mut byte)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            // A 408 or similar before the close is fine too.
+            Ok(Ok(_)) | Err(_) => {}
+        }
+    }
+}

@@ -87,8 +87,15 @@ impl ConnCtx {
         let mut stopping = self.stopping.clone();
         let mut io = Replay::new(Bytes::new(), stream);
         loop {
+            // Bytes of a request head came back from hyper: serve them
+            // without another park, so hyper's header_read_timeout runs
+            // out on a trickled head instead of restarting with every
+            // stretch. (hyper does not stop at a half-read head anyway;
+            // this keeps the bound if that changes.)
+            let may_park = io.prefix.is_empty();
             // Boxed, so that a parked connection's task holds none of it.
-            let (back, idle_since) = match Box::pin(self.serve_stretch(io, peer)).await {
+            let stretch = Box::pin(self.serve_stretch(io, peer, may_park)).await;
+            let (back, idle_since) = match stretch {
                 Stretch::Parked(io, since) => (io, since),
                 Stretch::Closed => return,
             };
@@ -118,13 +125,14 @@ impl ConnCtx {
 
     /// Serves `io` with a fresh hyper connection until it is idle for
     /// [`PARK_AFTER`], ends, or shutdown begins.
-    async fn serve_stretch(&self, io: Replay, peer: SocketAddr) -> Stretch {
+    async fn serve_stretch(&self, io: Replay, peer: SocketAddr, may_park: bool) -> Stretch {
         let activity = idle::Activity::new();
         let service = self.service(peer, false, activity.clone());
         let mut conn = self.h1_parking.serve_connection(TokioIo::new(io), service);
         let mut stopping = self.stopping.clone();
         let idle_close = self.header_read_timeout;
         let park = PARK_AFTER.min(idle_close);
+        let parks = may_park && idle_close > PARK_AFTER;
         let why = tokio::select! {
             biased;
             ended = std::future::poll_fn(|cx| conn.poll_without_shutdown(cx)) => {
@@ -135,8 +143,8 @@ impl ConnCtx {
             }
             _ = stopping.wait_for(|s| *s) => None,
             // A timeout at or below PARK_AFTER closes instead of parking.
-            () = activity.idle_for(idle_close), if idle_close <= PARK_AFTER => None,
-            () = activity.idle_for(park) => Some(activity.started()),
+            () = activity.idle_for(idle_close), if !parks => None,
+            () = activity.idle_for(park), if parks => Some(activity.started()),
         };
         // Stop at the idle point: with nothing in flight hyper finishes at
         // once; a request that slipped in is answered (with
