@@ -102,73 +102,71 @@ async fn miss(
     via: Option<&std::sync::Arc<crate::cluster::Cluster>>,
     holds: &mut Holds,
 ) -> Result<Option<(Response<Body>, Outcome)>, ApiError> {
-    {
-        if head {
-            // A fill in flight knows the size: no upstream round trip, and
-            // none either between a fill's last byte and its commit.
-            if let Some(size) = reg.cache.filling_size(digest) {
-                holds.confirm(reg, target, digest).await?;
-                let range = range::parse(range_header, size)?;
-                return Ok(Some((
-                    headers_only(digest, size, range),
-                    Outcome::Coalesced,
-                )));
-            }
-            let size = upstream_size(target, digest).await?;
-            holds.link(reg, target, digest).await;
-            let range = range::parse(range_header, size)?;
-            return Ok(Some((headers_only(digest, size, range), Outcome::Miss)));
-        }
-        let Some(policy::Filling { fill, leader }) =
-            policy::fill(&reg.cache, &target.upstream, &target.repo, digest, via)
-        else {
-            return Ok(None);
-        };
-        let outcome = if leader {
-            Outcome::Miss
-        } else {
-            Outcome::Coalesced
-        };
-        let started = fill.started().await;
-        // The leader's upstream answered for this repository; a follower
-        // joined a fill that may be for another one.
-        if leader && started.is_ok() {
-            holds.link(reg, target, digest).await;
-        } else if !leader {
+    if head {
+        // A fill in flight knows the size: no upstream round trip, and
+        // none either between a fill's last byte and its commit.
+        if let Some(size) = reg.cache.filling_size(digest) {
             holds.confirm(reg, target, digest).await?;
+            let range = range::parse(range_header, size)?;
+            return Ok(Some((
+                headers_only(digest, size, range),
+                Outcome::Coalesced,
+            )));
         }
-        let size = match started {
-            Ok(Some(size)) => size,
-            Ok(None) => {
-                // No Content-Length upstream: wait for the verified blob.
-                fill.finished()
-                    .await
-                    .map_err(|e| ApiError::fill(e, digest, target.upstream.name()))?;
-                return Ok(None);
-            }
-            Err(FillError::Disk(e)) => {
-                // The cache could not even start the fill (disk full): the
-                // policy's reader passes the blob through from the upstream.
-                tracing::warn!(%digest, error = %e, "cache disk failed before the fill started; passing through");
-                upstream_size(target, digest).await?
-            }
-            Err(e) => return Err(ApiError::fill(e, digest, target.upstream.name())),
-        };
+        let size = upstream_size(target, digest).await?;
+        holds.link(reg, target, digest).await;
         let range = range::parse(range_header, size)?;
-        let (start, end) = bounds(range, size);
-        let read = policy::Read {
-            upstream: target.upstream.clone(),
-            repo: target.repo.clone(),
-            size,
-            start,
-            end,
-        };
-        let stream = policy::read(fill, read, reg.metrics.clone());
-        Ok(Some((
-            response(digest, size, range, body::stream(stream)),
-            outcome,
-        )))
+        return Ok(Some((headers_only(digest, size, range), Outcome::Miss)));
     }
+    let Some(policy::Filling { fill, leader }) =
+        policy::fill(&reg.cache, &target.upstream, &target.repo, digest, via)
+    else {
+        return Ok(None);
+    };
+    let outcome = if leader {
+        Outcome::Miss
+    } else {
+        Outcome::Coalesced
+    };
+    let started = fill.started().await;
+    // The leader's upstream answered for this repository; a follower
+    // joined a fill that may be for another one.
+    if leader && started.is_ok() {
+        holds.link(reg, target, digest).await;
+    } else if !leader {
+        holds.confirm(reg, target, digest).await?;
+    }
+    let size = match started {
+        Ok(Some(size)) => size,
+        Ok(None) => {
+            // No Content-Length upstream: wait for the verified blob.
+            fill.finished()
+                .await
+                .map_err(|e| ApiError::fill(e, digest, target.upstream.name()))?;
+            return Ok(None);
+        }
+        Err(FillError::Disk(e)) => {
+            // The cache could not even start the fill (disk full): the
+            // policy's reader passes the blob through from the upstream.
+            tracing::warn!(%digest, error = %e, "cache disk failed before the fill started; passing through");
+            upstream_size(target, digest).await?
+        }
+        Err(e) => return Err(ApiError::fill(e, digest, target.upstream.name())),
+    };
+    let range = range::parse(range_header, size)?;
+    let (start, end) = bounds(range, size);
+    let read = policy::Read {
+        upstream: target.upstream.clone(),
+        repo: target.repo.clone(),
+        size,
+        start,
+        end,
+    };
+    let stream = policy::read(fill, read, reg.metrics.clone());
+    Ok(Some((
+        response(digest, size, range, body::stream(stream)),
+        outcome,
+    )))
 }
 
 /// Whether the requested repository holds the blob (issue 14, defect 3):
