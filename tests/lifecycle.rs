@@ -12,11 +12,12 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
+use common::DEADLINE;
 use common::{blob_path, check_oci_error, client, pseudo_random, read_at_least, sha256_digest};
-use common::{wait_for, Cfg, FakeRegistry, Hoard, Metrics, Server, CHUNK, DEADLINE};
+use common::{closed_by_server, wait_for, Cfg, FakeRegistry, Hoard, Metrics, Server, CHUNK};
 
 /// A config with the fake as `docker.io`, caching into `dir/cache`, with
 /// `extra` top-level keys.
@@ -63,20 +64,6 @@ async fn metrics_on(sender: &mut SendRequest<Empty<Bytes>>) -> Metrics {
 /// Whether the port refuses connections (the listener is closed).
 async fn refuses(addr: SocketAddr) -> bool {
     TcpStream::connect(addr).await.is_err()
-}
-
-/// Reads until the server closes the connection (EOF or reset); returns
-/// how long that took since `start`. Panics if it stays open past the
-/// deadline.
-async fn closed_by_server(stream: &mut TcpStream, start: Instant) -> Duration {
-    let mut buf = [0u8; 1024];
-    loop {
-        match tokio::time::timeout(DEADLINE, stream.read(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => return start.elapsed(),
-            Ok(Ok(_)) => continue,
-            Err(_) => panic!("the server kept the connection open for {DEADLINE:?}"),
-        }
-    }
 }
 
 /// A 4 MiB layer in `library/big`, served by a fake whose gate is closed:

@@ -181,9 +181,7 @@ impl Cache {
             }
             *last = Some(now);
         }
-        let (held, closed) = self
-            .load_links(&repo_id(upstream, repo), upstream, repo)
-            .await;
+        let (held, closed) = self.load_links(&id, upstream, repo).await;
         let mut sets = links.sets.lock().unwrap_or_else(|p| p.into_inner());
         sets.held.extend(held);
         sets.closed.extend(closed);

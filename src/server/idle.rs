@@ -54,18 +54,14 @@ impl Activity {
         self.started.load(Ordering::SeqCst)
     }
 
-    /// When the last request ended (or the connection opened).
-    pub fn idle_since(&self) -> Instant {
-        self.last()
-    }
-
     fn touch(&self) {
         if let Ok(mut last) = self.last.lock() {
             *last = Instant::now();
         }
     }
 
-    fn last(&self) -> Instant {
+    /// When the last request started or ended (or the connection opened).
+    pub fn idle_since(&self) -> Instant {
         self.last
             .lock()
             .map(|l| *l)
@@ -79,10 +75,11 @@ impl Activity {
                 // Busy: look again later; the end of the request moves `last`.
                 Instant::now() + timeout
             } else {
-                self.last() + timeout
+                self.idle_since() + timeout
             };
             tokio::time::sleep_until(deadline).await;
-            if self.in_flight.load(Ordering::SeqCst) == 0 && self.last() + timeout <= Instant::now()
+            if self.in_flight.load(Ordering::SeqCst) == 0
+                && self.idle_since() + timeout <= Instant::now()
             {
                 return;
             }

@@ -94,3 +94,22 @@ where
         tokio::time::sleep(POLL).await;
     }
 }
+
+#[allow(dead_code)]
+/// Reads until the server closes the connection (EOF or reset); returns
+/// how long that took since `start`. Panics if it stays open past the
+/// deadline.
+pub async fn closed_by_server(
+    stream: &mut tokio::net::TcpStream,
+    start: std::time::Instant,
+) -> Duration {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 1024];
+    loop {
+        match tokio::time::timeout(DEADLINE, stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return start.elapsed(),
+            Ok(Ok(_)) => continue,
+            Err(_) => panic!("the server kept the connection open for {DEADLINE:?}"),
+        }
+    }
+}
