@@ -7,14 +7,14 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use common::{
-    closed_by_server, raw_request, wait_for, Cfg, FakeRegistry, Hoard, Metrics, DEADLINE,
+    closed_by_server, parked_connections as parked, read_v2_answer, wait_parked, Cfg, FakeRegistry,
+    Hoard, DEADLINE, GET_V2,
 };
 
 /// hoard with `extra` top-level keys and the fake as `docker.io`; the fake
@@ -27,57 +27,6 @@ async fn start(extra: &str) -> (FakeRegistry, tempfile::TempDir, Hoard) {
     let hoard = Hoard::start(dir.path(), &config, false).await;
     (hub, dir, hoard)
 }
-
-async fn parked(addr: SocketAddr) -> f64 {
-    let resp = raw_request(addr, "GET", "/metrics", &[("connection", "close")]).await;
-    assert_eq!(resp.status, 200);
-    Metrics(String::from_utf8_lossy(&resp.body).into_owned())
-        .get("hoard_connections_parked", &[])
-        .unwrap_or(0.0)
-}
-
-async fn wait_parked(hoard: &Hoard, n: f64) {
-    let addr = hoard.addr;
-    wait_for(
-        &format!("{n} parked connection(s)"),
-        || async move { parked(addr).await == n },
-        || hoard.log_tail(20),
-    )
-    .await;
-}
-
-/// Reads one response to `GET /v2/` (status line, headers, a 2-byte body).
-async fn read_v2_answer(stream: &mut TcpStream, buf: &mut Vec<u8>) {
-    loop {
-        if let Some(end) = find(buf, b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
-            assert!(head.starts_with("http/1.1 200"), "{head}");
-            let length: usize = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length:"))
-                .map(|v| v.trim().parse().expect("content-length"))
-                .expect("a content-length");
-            if buf.len() >= end + 4 + length {
-                assert_eq!(&buf[end + 4..end + 4 + length], b"{}");
-                buf.drain(..end + 4 + length);
-                return;
-            }
-        }
-        let mut chunk = [0u8; 4096];
-        let n = tokio::time::timeout(DEADLINE, stream.read(&mut chunk))
-            .await
-            .expect("an answer in time")
-            .expect("read");
-        assert!(n > 0, "the server closed the connection");
-        buf.extend_from_slice(&chunk[..n]);
-    }
-}
-
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
-}
-
-const GET_V2: &[u8] = b"GET /v2/ HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
 
 #[tokio::test]
 async fn an_idle_connection_is_parked_and_served_again_whatever_the_client_sends() {

@@ -261,11 +261,10 @@ impl Drop for Slot {
 /// Everything a connection task needs, shared by all of them.
 struct ConnCtx {
     front: Arc<Front>,
-    /// For clients that said HTTP/1.1 (by their first bytes or by ALPN).
-    h1: auto::Builder<TokioExecutor>,
     /// For the HTTP/2 preface or ALPN `h2`.
     h2: auto::Builder<TokioExecutor>,
-    /// For plain HTTP/1 connections, which are parked when idle (`park`).
+    /// For clients that said HTTP/1.1 (by their first bytes or by ALPN),
+    /// whose connections are parked when idle (`park`).
     h1_parking: hyper::server::conn::http1::Builder,
     header_read_timeout: Duration,
     /// Turns true at shutdown: connections still in their first steps
@@ -286,11 +285,6 @@ impl ConnCtx {
     fn new(shared: &Shared, limits: &Limits, stopping: watch::Receiver<bool>) -> ConnCtx {
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
-            .http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(limits.header_read_timeout)
-            .max_buf_size(limits.max_header_bytes);
-        builder
             .http2()
             .timer(TokioTimer::new())
             .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
@@ -304,7 +298,6 @@ impl ConnCtx {
                 registry: shared.registry.clone(),
                 admin: shared.admin.clone(),
             }),
-            h1: builder.clone().http1_only(),
             h2: builder.http2_only(),
             h1_parking,
             header_read_timeout: limits.header_read_timeout,
@@ -367,8 +360,8 @@ impl ConnCtx {
                 };
                 match sniffed {
                     Sniffed::TlsHello => Box::pin(sniff::reject_tls(stream)).await,
-                    Sniffed::Http1 => self.http1_parking(stream, peer, watcher).await,
-                    Sniffed::Http2 => Box::pin(self.http(stream, true, peer, false, watcher)).await,
+                    Sniffed::Http1 => self.http1_parking(stream, peer, false, watcher).await,
+                    Sniffed::Http2 => Box::pin(self.http2(stream, peer, false, watcher)).await,
                     Sniffed::Closed => {}
                     Sniffed::TimedOut => {
                         tracing::debug!(%peer, "no request within header_read_timeout; closing");
@@ -400,8 +393,11 @@ impl ConnCtx {
         };
         match done {
             Ok(Ok(tls)) => {
-                let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
-                self.http(tls, h2, peer, true, watcher).await;
+                if tls.get_ref().1.alpn_protocol() == Some(b"h2".as_slice()) {
+                    self.http2(tls, peer, true, watcher).await;
+                } else {
+                    self.http1_parking(tls, peer, true, watcher).await;
+                }
             }
             // Scanners and clients that distrust the certificate end
             // here; their side of the story is in their own logs.
@@ -410,15 +406,14 @@ impl ConnCtx {
         }
     }
 
-    /// Serves HTTP on an established stream under graceful shutdown.
-    async fn http<I>(&self, io: I, h2: bool, peer: SocketAddr, tls: bool, watcher: Watcher)
+    /// Serves HTTP/2 on an established stream under graceful shutdown.
+    async fn http2<I>(&self, io: I, peer: SocketAddr, tls: bool, watcher: Watcher)
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let activity = idle::Activity::new();
         let service = self.service(peer, tls, activity.clone());
-        let builder = if h2 { &self.h2 } else { &self.h1 };
-        let conn = builder.serve_connection(TokioIo::new(io), service);
+        let conn = self.h2.serve_connection(TokioIo::new(io), service);
         tokio::select! {
             ended = watcher.watch(conn) => {
                 if let Err(e) = ended {

@@ -1,4 +1,5 @@
-//! Parking idle plain HTTP/1 connections (issue 15, lean connections).
+//! Parking idle HTTP/1 connections, plain and over TLS (issue 15, lean
+//! connections).
 //!
 //! A large site keeps a keep-alive connection open from every node, and
 //! most of them are idle most of the time. hyper keeps an 8 KiB read
@@ -15,9 +16,15 @@
 //! same idle timeout (`header_read_timeout` without a request) and at
 //! shutdown. A request that raced the park is answered with
 //! `Connection: close` by hyper, and the connection is then closed, not
-//! parked. TLS and HTTP/2 connections are not parked: their state (the TLS
-//! session, HPACK tables, stream windows) cannot be dropped and rebuilt.
+//! parked.
+//!
+//! Over TLS the session stays (rustls keeps its keys and a 4 KiB receive
+//! buffer), and only hyper's state goes: the socket is watched for bytes,
+//! and plaintext rustls had already decrypted counts as bytes. HTTP/2
+//! connections are not parked: their state (HPACK tables, stream windows,
+//! settings) cannot be dropped and rebuilt.
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -31,6 +38,7 @@ use hyper_util::server::graceful::Watcher;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
+use tokio_rustls::server::TlsStream;
 
 use super::{idle, ConnCtx};
 
@@ -65,27 +73,62 @@ fn parked_one() {
     });
 }
 
+/// A connection that can be parked: a byte stream whose owner can wait for
+/// the peer to send without a read buffer.
+pub(super) trait Parkable: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// Resolves once the peer has sent something (or closed), so that a
+    /// fresh hyper connection has something to read.
+    fn until_readable(&mut self) -> impl Future<Output = io::Result<()>> + Send;
+}
+
+impl Parkable for TcpStream {
+    async fn until_readable(&mut self) -> io::Result<()> {
+        self.readable().await
+    }
+}
+
+impl Parkable for TlsStream<TcpStream> {
+    async fn until_readable(&mut self) -> io::Result<()> {
+        let (tcp, session) = self.get_mut();
+        // Records rustls has already taken off the socket wake nothing
+        // there: if they hold plaintext (or the close), read them now. An
+        // error also goes to hyper, which reads it and closes.
+        match session.process_new_packets() {
+            Ok(state) if state.plaintext_bytes_to_read() == 0 && !state.peer_has_closed() => {
+                tcp.readable().await
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
 /// How a served stretch of a connection ended.
-enum Stretch {
+enum Stretch<S> {
     /// Idle: the socket, with bytes read but not yet answered, and when
-    /// the last request ended.
-    Parked(Replay, Instant),
+    /// the last request ended (None: no request in this stretch).
+    Parked(Replay<S>, Option<Instant>),
     /// Closed by the client, an error, the idle timeout or shutdown.
     Closed,
 }
 
 impl ConnCtx {
-    /// Serves a plain HTTP/1 connection, parking it whenever it is idle.
-    pub(super) async fn http1_parking(
+    /// Serves an HTTP/1 connection, parking it whenever it is idle. `tls`
+    /// tells the service which port the request came in on.
+    pub(super) async fn http1_parking<S: Parkable>(
         &self,
-        stream: TcpStream,
+        stream: S,
         peer: SocketAddr,
+        tls: bool,
         watcher: Watcher,
     ) {
         // Held until the connection ends: graceful shutdown counts it.
         let _watcher = watcher;
         let mut stopping = self.stopping.clone();
         let mut io = Replay::new(Bytes::new(), stream);
+        // When the connection last had a request in flight: a stretch that
+        // served none (a TLS record without a request, say) does not move
+        // the idle timeout.
+        let mut idle_origin = Instant::now();
         loop {
             // Bytes of a request head came back from hyper: serve them
             // without another park, so hyper's header_read_timeout runs
@@ -94,21 +137,24 @@ impl ConnCtx {
             // this keeps the bound if that changes.)
             let may_park = io.prefix.is_empty();
             // Boxed, so that a parked connection's task holds none of it.
-            let stretch = Box::pin(self.serve_stretch(io, peer, may_park)).await;
+            let stretch = Box::pin(self.serve_stretch(io, peer, tls, may_park)).await;
             let (back, idle_since) = match stretch {
                 Stretch::Parked(io, since) => (io, since),
                 Stretch::Closed => return,
             };
             io = back;
+            if let Some(since) = idle_since {
+                idle_origin = since;
+            }
             if !io.prefix.is_empty() {
                 // A request had begun arriving: serve it at once.
                 continue;
             }
             let parked = ParkedGauge::new(self);
             parked_one();
-            let deadline = idle_since + self.header_read_timeout;
+            let deadline = idle_origin + self.header_read_timeout;
             tokio::select! {
-                ready = io.inner.readable() => {
+                ready = io.inner.until_readable() => {
                     if ready.is_err() {
                         return;
                     }
@@ -125,9 +171,15 @@ impl ConnCtx {
 
     /// Serves `io` with a fresh hyper connection until it is idle for
     /// [`PARK_AFTER`], ends, or shutdown begins.
-    async fn serve_stretch(&self, io: Replay, peer: SocketAddr, may_park: bool) -> Stretch {
+    async fn serve_stretch<S: Parkable>(
+        &self,
+        io: Replay<S>,
+        peer: SocketAddr,
+        tls: bool,
+        may_park: bool,
+    ) -> Stretch<S> {
         let activity = idle::Activity::new();
-        let service = self.service(peer, false, activity.clone());
+        let service = self.service(peer, tls, activity.clone());
         let mut conn = self.h1_parking.serve_connection(TokioIo::new(io), service);
         let mut stopping = self.stopping.clone();
         let idle_close = self.header_read_timeout;
@@ -162,7 +214,7 @@ impl ConnCtx {
             // hyper told that client the connection closes.
             return Stretch::Closed;
         }
-        let idle_since = activity.idle_since();
+        let idle_since = (started > 0).then(|| activity.idle_since());
         let parts = conn.into_parts();
         let Replay { prefix, inner } = parts.io.into_inner();
         let prefix = match (parts.read_buf.is_empty(), prefix.is_empty()) {
@@ -196,18 +248,18 @@ impl Drop for ParkedGauge<'_> {
 }
 
 /// A socket with bytes already taken off it that must be read first.
-pub struct Replay {
+pub struct Replay<S> {
     prefix: Bytes,
-    inner: TcpStream,
+    inner: S,
 }
 
-impl Replay {
-    fn new(prefix: Bytes, inner: TcpStream) -> Replay {
+impl<S> Replay<S> {
+    fn new(prefix: Bytes, inner: S) -> Replay<S> {
         Replay { prefix, inner }
     }
 }
 
-impl AsyncRead for Replay {
+impl<S: AsyncRead + Unpin> AsyncRead for Replay<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -223,7 +275,7 @@ impl AsyncRead for Replay {
     }
 }
 
-impl AsyncWrite for Replay {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Replay<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,

@@ -100,7 +100,7 @@ where
 /// how long that took since `start`. Panics if it stays open past the
 /// deadline.
 pub async fn closed_by_server(
-    stream: &mut tokio::net::TcpStream,
+    stream: &mut (impl tokio::io::AsyncRead + Unpin),
     start: std::time::Instant,
 ) -> Duration {
     use tokio::io::AsyncReadExt;
@@ -111,5 +111,63 @@ pub async fn closed_by_server(
             Ok(Ok(_)) => continue,
             Err(_) => panic!("the server kept the connection open for {DEADLINE:?}"),
         }
+    }
+}
+
+/// `hoard_connections_parked`, read over a connection that closes at once
+/// (and so is never parked itself).
+#[allow(dead_code)]
+pub async fn parked_connections(addr: std::net::SocketAddr) -> f64 {
+    let resp = raw_request(addr, "GET", "/metrics", &[("connection", "close")]).await;
+    assert_eq!(resp.status, 200);
+    Metrics(String::from_utf8_lossy(&resp.body).into_owned())
+        .get("hoard_connections_parked", &[])
+        .unwrap_or(0.0)
+}
+
+/// Waits until `n` connections are parked (issue 15, lean connections).
+#[allow(dead_code)]
+pub async fn wait_parked(hoard: &Hoard, n: f64) {
+    let addr = hoard.addr;
+    wait_for(
+        &format!("{n} parked connection(s)"),
+        || async move { parked_connections(addr).await == n },
+        || hoard.log_tail(20),
+    )
+    .await;
+}
+
+/// A keep-alive `GET /v2/`, as raw HTTP/1.1 bytes.
+#[allow(dead_code)]
+pub const GET_V2: &[u8] = b"GET /v2/ HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
+
+/// Reads one `200` answer to [`GET_V2`] (status line, headers, the `{}`
+/// body) off `stream`; `buf` carries bytes read past it to the next call.
+#[allow(dead_code)]
+pub async fn read_v2_answer(stream: &mut (impl tokio::io::AsyncRead + Unpin), buf: &mut Vec<u8>) {
+    use tokio::io::AsyncReadExt;
+    let find = |hay: &[u8], needle: &[u8]| hay.windows(needle.len()).position(|w| w == needle);
+    loop {
+        if let Some(end) = find(buf, b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+            assert!(head.starts_with("http/1.1 200"), "{head}");
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map(|v| v.trim().parse().expect("content-length"))
+                .expect("a content-length");
+            if buf.len() >= end + 4 + length {
+                assert_eq!(&buf[end + 4..end + 4 + length], b"{}");
+                buf.drain(..end + 4 + length);
+                return;
+            }
+        }
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout(DEADLINE, stream.read(&mut chunk))
+            .await
+            .expect("an answer in time")
+            .expect("read");
+        assert!(n > 0, "the server closed the connection");
+        buf.extend_from_slice(&chunk[..n]);
     }
 }
