@@ -186,7 +186,7 @@ impl Metrics {
             connections_open: gauge("hoard_connections_open", "Client connections open now."),
             connections_parked: gauge(
                 "hoard_connections_parked",
-                "Idle plain HTTP/1 connections parked without HTTP state (counted in hoard_connections_open too).",
+                "Idle HTTP/1 connections (plain or TLS) parked without HTTP state (counted in hoard_connections_open too).",
             ),
             push_bytes: plain_counter("hoard_push_bytes_total", "Bytes received in blob uploads to local repositories."),
             blob_mounts: plain_counter("hoard_blob_mounts_total", "Cross-repository mounts answered by linking, copying no bytes."),
@@ -368,7 +368,7 @@ impl Metrics {
         &self.connections_open
     }
 
-    /// Idle plain HTTP/1 connections parked now (see `server::park`).
+    /// Idle HTTP/1 connections, plain or TLS, parked now (see `server::park`).
     pub fn connections_parked(&self) -> &IntGauge {
         &self.connections_parked
     }

@@ -11,7 +11,8 @@
 //! 3. hand the stream to hyper, whose HTTP/1 side enforces
 //!    `header_read_timeout` and `max_header_bytes` on every request head;
 //! 4. close the connection, HTTP/1 or HTTP/2, once no request has been in
-//!    flight for `header_read_timeout` ([`idle`]).
+//!    flight for `header_read_timeout` ([`idle`]); meanwhile an HTTP/1
+//!    connection idle for a second gives up hyper's buffers ([`park`]).
 //!
 //! Step 1 also takes one of `max_connections_per_address` slots for the
 //! peer's address ([`per_addr`]), so one client cannot hold them all.
@@ -44,6 +45,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
+use tokio_rustls::server::TlsStream;
 
 use crate::admin::Admin;
 use crate::cache::Cache;
@@ -274,7 +276,7 @@ struct ConnCtx {
 }
 
 /// A response on its way: boxed, so that hyper's per-connection slot for
-/// it is a pointer, not the whole request's state, and so that the plain
+/// it is a pointer, not the whole request's state, and so that an
 /// HTTP/1 connection can be stopped at an idle point (`park` needs the
 /// future to be `Unpin`).
 type Responding = std::pin::Pin<
@@ -344,19 +346,16 @@ impl ConnCtx {
         watcher: Watcher,
     ) {
         let _ = stream.set_nodelay(true);
-        let mut stopping = self.stopping.clone();
-        let stop = async move {
-            let _ = stopping.wait_for(|s| *s).await;
-        };
         // Every path but the parked HTTP/1 one is boxed: a connection task
         // is sized for its largest branch for its whole life, and rustls'
         // state or hyper's HTTP/2 connection made every idle plain
         // connection carry several KB more (benches/scale.py).
         match tls {
             None => {
+                let mut stopping = self.stopping.clone();
                 let sniffed = tokio::select! {
                     s = sniff::sniff(&stream, self.header_read_timeout) => s,
-                    () = stop => return,
+                    _ = stopping.wait_for(|s| *s) => return,
                 };
                 match sniffed {
                     Sniffed::TlsHello => Box::pin(sniff::reject_tls(stream)).await,
@@ -368,9 +367,7 @@ impl ConnCtx {
                     }
                 }
             }
-            Some(config) => {
-                Box::pin(self.tls_connection(stream, peer, config, stop, watcher)).await
-            }
+            Some(config) => Box::pin(self.tls_connection(stream, peer, config, watcher)).await,
         }
     }
 
@@ -380,29 +377,52 @@ impl ConnCtx {
         stream: TcpStream,
         peer: SocketAddr,
         config: Arc<ServerConfig>,
-        stop: impl std::future::Future<Output = ()>,
         watcher: Watcher,
     ) {
+        // Boxed, so that the handshake's state is freed once it is done.
+        let Some(tls) = Box::pin(self.tls_handshake(stream, peer, config)).await else {
+            return;
+        };
+        if tls.get_ref().1.alpn_protocol() == Some(b"h2".as_slice()) {
+            // Boxed: hyper's HTTP/2 connection is several KB, and inline
+            // it would size every parked HTTP/1 connection too.
+            Box::pin(self.http2(tls, peer, true, watcher)).await;
+        } else {
+            self.http1_parking(tls, peer, true, watcher).await;
+        }
+    }
+
+    /// The TLS handshake within `header_read_timeout`, given up at
+    /// shutdown. The session comes back boxed: rustls' connection is
+    /// 1.2 KB, and a future that moves it from state to state (the park
+    /// loop does) keeps a slot for each.
+    async fn tls_handshake(
+        &self,
+        stream: TcpStream,
+        peer: SocketAddr,
+        config: Arc<ServerConfig>,
+    ) -> Option<Box<TlsStream<TcpStream>>> {
         let handshake = tokio::time::timeout(
             self.header_read_timeout,
             tokio_rustls::TlsAcceptor::from(config).accept(stream),
         );
+        let mut stopping = self.stopping.clone();
         let done = tokio::select! {
             r = handshake => r,
-            () = stop => return,
+            _ = stopping.wait_for(|s| *s) => return None,
         };
         match done {
-            Ok(Ok(tls)) => {
-                if tls.get_ref().1.alpn_protocol() == Some(b"h2".as_slice()) {
-                    self.http2(tls, peer, true, watcher).await;
-                } else {
-                    self.http1_parking(tls, peer, true, watcher).await;
-                }
-            }
+            Ok(Ok(tls)) => Some(Box::new(tls)),
             // Scanners and clients that distrust the certificate end
             // here; their side of the story is in their own logs.
-            Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-            Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                None
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "TLS handshake timed out");
+                None
+            }
         }
     }
 

@@ -102,6 +102,12 @@ impl Parkable for TlsStream<TcpStream> {
     }
 }
 
+impl<P: Parkable> Parkable for Box<P> {
+    fn until_readable(&mut self) -> impl Future<Output = io::Result<()>> + Send {
+        (**self).until_readable()
+    }
+}
+
 /// How a served stretch of a connection ended.
 enum Stretch<S> {
     /// Idle: the socket, with bytes read but not yet answered, and when
