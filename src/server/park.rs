@@ -91,14 +91,15 @@ impl Parkable for TlsStream<TcpStream> {
     async fn until_readable(&mut self) -> io::Result<()> {
         let (tcp, session) = self.get_mut();
         // Records rustls has already taken off the socket wake nothing
-        // there: if they hold plaintext (or the close), read them now. An
-        // error also goes to hyper, which reads it and closes.
-        match session.process_new_packets() {
-            Ok(state) if state.plaintext_bytes_to_read() == 0 && !state.peer_has_closed() => {
-                tcp.readable().await
-            }
-            _ => Ok(()),
+        // there: if they hold plaintext (or the close), read them now. A
+        // session that failed stays failed (rustls keeps the error): close.
+        let state = session
+            .process_new_packets()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        if state.plaintext_bytes_to_read() == 0 && !state.peer_has_closed() {
+            tcp.readable().await?;
         }
+        Ok(())
     }
 }
 
