@@ -417,45 +417,69 @@ async fn ranges_teed_from_a_corrupt_fill_are_aborted_too() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fill_that_fails_before_any_byte_could_go_is_a_502_naming_upstream_and_digest() {
+    let env = Env::start().await;
+    let one = env.hub.add_blob("library/alpine", vec![7u8]);
+    let small = env.hub.add_blob("library/alpine", pseudo_random(15, 1000));
+    env.hub.corrupt(&one.digest);
+    env.hub.corrupt(&small.digest);
+    // The last byte of a range waits for the digest check: a 1-byte blob,
+    // or a 1-byte range, has nothing to send before the verdict. Before the
+    // head waited for the first bytes, the client got a closed connection.
+    for (blob, range) in [(&one, None), (&small, Some("bytes=0-0"))] {
+        let mut req = env
+            .mirror
+            .client
+            .get(env.mirror.url(&blob_path("alpine", &blob.digest)));
+        if let Some(range) = range {
+            req = req.header("Range", range);
+        }
+        let resp = req
+            .send()
+            .await
+            .expect("an answer, not a closed connection");
+        let status = resp.status().as_u16();
+        let body = resp.bytes().await.unwrap();
+        check_oci_error(status, &body, 502, &["UNAVAILABLE"]);
+        let text = String::from_utf8_lossy(&body);
+        assert!(
+            text.contains(&blob.digest) && text.contains("docker.io") && text.contains("digest"),
+            "the error names the blob, the upstream and what failed: {text}"
+        );
+    }
+    assert_eq!(env.hub.blob_gets(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corrupt_small_blob_is_aborted_and_not_cached() {
     // One chunk: every byte reaches hoard before it can know.
     let (env, blob) = env_with_blob(10, 1000).await;
     let path = blob_path("alpine", &blob.digest);
     env.hub.corrupt(&blob.digest);
     for attempt in 1..=2 {
-        // A fill that fails aborts its readers' connections (src/body.rs);
-        // when every byte came in one piece that can happen before the
-        // headers went out, so a failed send is one of the right answers.
-        let sent = env.mirror.client.get(env.mirror.url(&path)).send().await;
-        if let Ok(resp) = sent {
-            let status = resp.status();
-            let body = resp.bytes().await;
-            assert!(
-                !(status.is_success() && body.is_ok()),
-                "attempt {attempt}: complete {status} for corrupt bytes"
-            );
-        }
+        // A fill that fails aborts its readers' connections (src/body.rs)
+        // once bytes went out, and is a 502 when none could: either way an
+        // answer, never a connection closed without one.
+        let resp = env.mirror.get(&path).await;
+        let status = resp.status();
+        let body = resp.bytes().await;
+        assert!(
+            !(status.is_success() && body.is_ok()),
+            "attempt {attempt}: complete {status} for corrupt bytes"
+        );
         assert_eq!(
             env.hub.blob_gets(),
             attempt,
             "attempt {attempt} must go upstream (nothing cached)"
         );
     }
-    let sent = env
-        .mirror
-        .client
-        .get(env.mirror.url(&path))
-        .header("Range", "bytes=0-9")
-        .send()
-        .await;
-    if let Ok(resp) = sent {
-        let status = resp.status();
-        let body = resp.bytes().await;
-        assert!(
-            !(status.is_success() && body.is_ok()),
-            "a Range of a corrupt fill was served ({status})"
-        );
-    }
+    let resp = env.mirror.get_range(&path, "bytes=0-9").await;
+    let status = resp.status();
+    let body = resp.bytes().await;
+    assert!(
+        !(status.is_success() && body.is_ok()),
+        "a Range of a corrupt fill was served ({status})"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -163,10 +163,37 @@ async fn miss(
         end,
     };
     let stream = policy::read(fill, read, reg.metrics.clone());
-    Ok(Some((
-        response(digest, size, range, body::stream(stream)),
-        outcome,
-    )))
+    let body = first_bytes(Box::pin(stream), digest, target.upstream.name()).await?;
+    Ok(Some((response(digest, size, range, body), outcome)))
+}
+
+/// How long a cold response's head waits for its first bytes.
+const FIRST_BYTES_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// The body of a cold response, once its first bytes are there (or
+/// [`FIRST_BYTES_WAIT`] has passed). A fill that fails before any byte can
+/// be sent (a small blob whose digest check failed: the last byte is held
+/// back until it passes; an upstream that broke off at once) is answered
+/// with a 502 naming the upstream and the digest. Once the head is out, a
+/// failure can only abort the connection, which a client sees as a closed
+/// connection without an answer when no byte came before it.
+async fn first_bytes<S>(mut stream: S, digest: &Digest, upstream: &str) -> Result<Body, ApiError>
+where
+    S: futures_util::Stream<Item = std::io::Result<bytes::Bytes>> + Send + Unpin + 'static,
+{
+    use futures_util::StreamExt;
+    // `next` is cancel-safe: the read in progress stays in the stream.
+    match tokio::time::timeout(FIRST_BYTES_WAIT, stream.next()).await {
+        Ok(Some(Err(e))) => Err(ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "UNAVAILABLE",
+            format!("fetching {digest} from {upstream} failed: {e}"),
+        )),
+        Ok(Some(Ok(first))) => Ok(body::stream(
+            futures_util::stream::once(std::future::ready(Ok(first))).chain(stream),
+        )),
+        Ok(None) | Err(_) => Ok(body::stream(stream)),
+    }
 }
 
 /// Whether the requested repository holds the blob (issue 14, defect 3):
