@@ -174,9 +174,9 @@ const FIRST_BYTES_WAIT: std::time::Duration = std::time::Duration::from_millis(5
 /// [`FIRST_BYTES_WAIT`] has passed). A fill that fails before any byte can
 /// be sent (a small blob whose digest check failed: the last byte is held
 /// back until it passes; an upstream that broke off at once) is answered
-/// with a 502 naming the upstream and the digest. Once the head is out, a
-/// failure can only abort the connection, which a client sees as a closed
-/// connection without an answer when no byte came before it.
+/// with a 502 naming the upstream and the digest, not a `200` cut off at
+/// its first byte. Once the head is out, a failure can only cut the body
+/// short (`crate::body` flushes the head and the bytes before it first).
 async fn first_bytes<S>(mut stream: S, digest: &Digest, upstream: &str) -> Result<Body, ApiError>
 where
     S: futures_util::Stream<Item = std::io::Result<bytes::Bytes>> + Send + Unpin + 'static,
