@@ -7,25 +7,10 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use hoard::storage::s3::{S3Blobs, S3Records};
-use hoard::storage::{BlobStore, RecordKey, Records};
+use hoard::storage::s3::S3Records;
+use hoard::storage::{RecordKey, Records};
 
 const MIB: usize = 1024 * 1024;
-
-/// The digests of every blob in the bucket, sorted.
-async fn in_bucket(weed: &Weed, prefix: &str) -> Vec<String> {
-    let blobs = S3Blobs::new(weed.bucket(prefix).await);
-    let mut found: Vec<String> = blobs
-        .list()
-        .await
-        .unwrap()
-        .blobs
-        .into_iter()
-        .map(|b| b.digest.to_string())
-        .collect();
-    found.sort();
-    found
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_replica_keeps_mirrored_content_in_the_bucket_within_its_budget() {
@@ -77,7 +62,7 @@ async fn one_replica_keeps_mirrored_content_in_the_bucket_within_its_budget() {
     want.sort();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let now = in_bucket(&weed, "budget").await;
+        let now = blob_digests(&weed.bucket("budget").await).await;
         if now == want {
             break;
         }

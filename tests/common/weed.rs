@@ -9,7 +9,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::Instant;
 
 use hoard::config::StorageConfig;
-use hoard::storage::s3::{self, Bucket};
+use hoard::storage::s3::{self, Bucket, S3Blobs};
+use hoard::storage::BlobStore;
 
 use super::mirror::client;
 
@@ -222,6 +223,43 @@ impl Weed {
             .await
             .expect("connect to weed mini")
     }
+}
+
+/// The digests of every blob object under `bucket`'s prefix, sorted.
+#[allow(dead_code)]
+pub async fn blob_digests(bucket: &Bucket) -> Vec<String> {
+    let listing = S3Blobs::new(bucket.clone()).list().await.unwrap();
+    let mut found: Vec<String> = listing
+        .blobs
+        .into_iter()
+        .map(|b| b.digest.to_string())
+        .collect();
+    found.sort();
+    found
+}
+
+/// As [`blob_digests`], each object checked: its bytes hash to the digest
+/// its key names.
+#[allow(dead_code)]
+pub async fn check_every_blob(bucket: &Bucket) -> Vec<String> {
+    let found = blob_digests(bucket).await;
+    for digest in &found {
+        let key = bucket.blob(&digest.parse().unwrap());
+        let bytes = bucket
+            .store()
+            .get(&key)
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        assert_eq!(
+            &super::sha256_digest(&bytes),
+            digest,
+            "object of {digest} has other bytes"
+        );
+    }
+    found
 }
 
 /// The `[storage]` section of a config text.
