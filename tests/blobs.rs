@@ -417,6 +417,21 @@ async fn ranges_teed_from_a_corrupt_fill_are_aborted_too() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_blob_is_served_cold_and_warm() {
+    // Images do reference the empty blob (sha256:e3b0c442...): its fill
+    // ends before the first read, so the cold response has no first bytes.
+    let (env, blob) = env_with_blob(16, 0).await;
+    let path = blob_path("alpine", &blob.digest);
+    for round in ["miss", "hit"] {
+        let resp = env.mirror.get(&path).await;
+        assert_eq!(resp.status(), 200, "{round}");
+        assert_eq!(header(&resp, "Content-Length"), "0", "{round}");
+        assert!(resp.bytes().await.unwrap().is_empty(), "{round}");
+    }
+    assert_eq!(env.hub.blob_gets(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fill_that_fails_before_any_byte_could_go_is_a_502_naming_upstream_and_digest() {
     let env = Env::start().await;
     let one = env.hub.add_blob("library/alpine", vec![7u8]);

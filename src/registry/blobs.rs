@@ -192,7 +192,9 @@ where
         Ok(Some(Ok(first))) => Ok(body::stream(
             futures_util::stream::once(std::future::ready(Ok(first))).chain(stream),
         )),
-        Ok(None) | Err(_) => Ok(body::stream(stream)),
+        // An empty range: the stream has ended and must not be polled again.
+        Ok(None) => Ok(body::empty()),
+        Err(_) => Ok(body::stream(stream)),
     }
 }
 
