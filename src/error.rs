@@ -335,10 +335,17 @@ impl ApiError {
             FillError::Origin(origin) => origin.origin(),
             _ => upstream,
         };
+        ApiError::fetch_failed(digest, from, &e)
+    }
+
+    /// 502: fetching `digest` from `from` failed, and why. For a fill's
+    /// error ([`ApiError::fill`]) and for a read of the fill that broke
+    /// before its first byte went out.
+    pub fn fetch_failed(digest: &Digest, from: &str, why: &dyn std::fmt::Display) -> ApiError {
         ApiError::new(
             StatusCode::BAD_GATEWAY,
             "UNAVAILABLE",
-            format!("fetching {digest} from {from} failed: {e}"),
+            format!("fetching {digest} from {from} failed: {why}"),
         )
     }
 }

@@ -184,11 +184,7 @@ where
     use futures_util::StreamExt;
     // `next` is cancel-safe: the read in progress stays in the stream.
     match tokio::time::timeout(FIRST_BYTES_WAIT, stream.next()).await {
-        Ok(Some(Err(e))) => Err(ApiError::new(
-            StatusCode::BAD_GATEWAY,
-            "UNAVAILABLE",
-            format!("fetching {digest} from {upstream} failed: {e}"),
-        )),
+        Ok(Some(Err(e))) => Err(ApiError::fetch_failed(digest, upstream, &e)),
         Ok(Some(Ok(first))) => Ok(body::stream(
             futures_util::stream::once(std::future::ready(Ok(first))).chain(stream),
         )),
