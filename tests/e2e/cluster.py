@@ -209,6 +209,11 @@ class Suite:
         def containerds():
             for n in NODES:
                 self.containerds[n] = self.containerd(n)
+            # Each replica's hosts dir is written here, once, before any pull: pulls run in
+            # parallel threads, and one that found the directory made but its hosts.toml not
+            # yet written fell back to docker.io's own server (a CI failure, stop 21).
+            for r in self.replicas.values():
+                write_hosts_dir(self.path(f"hosts-{r.name}"), r.url, self.dead)
 
         require("setup a private containerd per replica", containerds, self.logs)
 
@@ -248,10 +253,8 @@ refresh = "5s"
         return ctd.start()
 
     def hosts_dir(self, r):
-        path = self.path(f"hosts-{r.name}")
-        if not os.path.exists(path):
-            write_hosts_dir(path, r.url, self.dead)
-        return path
+        """containerd's hosts dir for replica `r`, written in setup."""
+        return self.path(f"hosts-{r.name}")
 
     def skopeo(self, r, label):
         self.serial += 1
