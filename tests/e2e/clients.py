@@ -16,9 +16,13 @@ REGISTRY_BIN = "/usr/bin/docker-registry"
 
 
 def write(path, text):
+    """Writes `text` to `path` (making its directories) so that a reader sees the old file or
+    the whole new one, never a part: a client started meanwhile reads its config from here."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w") as f:
+    part = f"{path}.part"
+    with open(part, "w") as f:
         f.write(text)
+    os.replace(part, path)
     return path
 
 
