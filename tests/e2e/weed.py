@@ -8,24 +8,20 @@ TMPDIR ignored) and removes them only on a clean exit, so `stop` removes those o
 itself after a SIGKILL.
 
 SeaweedFS without configured identities accepts unsigned requests, so the bucket is listed
-and read here with plain HTTP (ListObjectsV2), stdlib only.
+and read back unsigned (bucket.py).
 """
 
 import glob
-import hashlib
 import os
 import subprocess
 import sys
-import urllib.parse
-import urllib.request
-import xml.etree.ElementTree as ET
 
+from bucket import Bucket
 from clients import write
 from harness import Daemon, free_port, http, wait_until
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ACCESS_KEY, SECRET_KEY = "hoard", "hoard-e2e-bucket-secret"
-_S3 = "{http://s3.amazonaws.com/doc/2006-03-01/}"
 GRPC_FLAGS = ("master.port.grpc", "volume.port.grpc", "filer.port.grpc", "s3.port.grpc", "admin.port.grpc")
 
 
@@ -41,14 +37,14 @@ def weed_binary():
     return weed
 
 
-class Weed:
+class Weed(Bucket):
     """`weed mini` on ephemeral loopback ports with one bucket, warmed up by a first write."""
 
     def __init__(self, sup, workdir, env, bucket):
-        self.bucket = bucket
         self.home = os.path.join(workdir, "weed")
         os.makedirs(self.home)
         self.port = free_port()
+        super().__init__(f"http://127.0.0.1:{self.port}", bucket)
         args = [f"-dir={self.home}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-bucket={bucket}",
                 f"-s3.port={self.port}", "-admin.ui=false", "-webdav=false", "-s3.port.iceberg=0",
                 "-s3.port.lance=0", f"-filer.localSocket={self.home}/filer.sock",
@@ -77,52 +73,6 @@ class Weed:
         self.credentials = write(os.path.join(self.home, "credentials"),
                                  f"[default]\naws_access_key_id = {ACCESS_KEY}\n"
                                  f"aws_secret_access_key = {SECRET_KEY}\n")
-
-    @property
-    def endpoint(self):
-        return f"http://127.0.0.1:{self.port}"
-
-    def storage_toml(self, prefix):
-        """hoard's `[storage]` table for this bucket under `prefix`."""
-        return f"""
-[storage]
-kind = "s3"
-endpoint = "{self.endpoint}"
-bucket = "{self.bucket}"
-prefix = "{prefix}"
-credentials_file = "{self.credentials}"
-"""
-
-    def has(self, key):
-        return http("HEAD", f"{self.endpoint}/{self.bucket}/{key}", timeout=10).status == 200
-
-    def keys(self, prefix):
-        """Every key under `prefix` with its size (ListObjectsV2, page by page)."""
-        out, token = {}, None
-        while True:
-            query = {"list-type": "2", "prefix": prefix, "max-keys": "1000"}
-            if token:
-                query["continuation-token"] = token
-            resp = http("GET", f"{self.endpoint}/{self.bucket}?{urllib.parse.urlencode(query)}", timeout=30)
-            if resp.status != 200:
-                raise RuntimeError(f"listing {prefix} answered {resp.status}: {resp.body[:300]!r}")
-            root = ET.fromstring(resp.body)
-            for item in root.iter(f"{_S3}Contents"):
-                out[item.find(f"{_S3}Key").text] = int(item.find(f"{_S3}Size").text)
-            if root.findtext(f"{_S3}IsTruncated") != "true":
-                return out
-            token = root.findtext(f"{_S3}NextContinuationToken")
-
-    def sha256_of(self, key):
-        """sha256 hex of the object at `key`, streamed."""
-        url = f"{self.endpoint}/{self.bucket}/{urllib.parse.quote(key)}"
-        # The harness's http() reads whole bodies; this streams a blob of any size.
-        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-        h = hashlib.sha256()
-        with opener.open(url, timeout=120) as resp:
-            for chunk in iter(lambda: resp.read(1 << 20), b""):
-                h.update(chunk)
-        return h.hexdigest()
 
     def remove_grpc_sockets(self):
         """The /tmp/seaweedfs-<role>-grpc-<port>.sock files of this weed's ports."""
