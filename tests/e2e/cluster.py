@@ -65,8 +65,14 @@ BUCKET, PREFIX = "hoard-e2e", "cluster"
 CLUSTER_SECRET = "hoard-e2e-cluster-secret-0123456789"
 NODES = ("hoard-0", "hoard-1", "hoard-2")
 CLIENTS = 32
-# The S3 servers the bucket can live on (--store): what the setup check calls it, its class.
-STORES = {"weed": ("weed mini", Weed), "rgw": ("Ceph RGW (one monitor, one memstore OSD)", Rgw)}
+# The S3 servers the bucket can live on (--store): what the setup check calls it, its class,
+# and what hoard's start-up probe must find there (docs/cluster.md's table). RGW 16.2 fails an
+# If-Match that quotes the ETag, so hoard sends it bare there.
+STORES = {
+    "weed": ("weed mini", Weed, "create_only=true compare_and_swap=true bare_if_match=false"),
+    "rgw": ("Ceph RGW (one monitor, one memstore OSD)", Rgw,
+            "create_only=true compare_and_swap=true bare_if_match=true"),
+}
 
 
 def owner(key, members):
@@ -91,7 +97,7 @@ def probed(log_path):
     with open(log_path, errors="replace") as f:
         for line in f:
             if "object store probed" in line:
-                return " ".join(w for w in line.split() if w.startswith(("create_only=", "compare_and_swap=")))
+                return " ".join(w for w in line.split() if w.startswith(("create_only=", "compare_and_swap=", "bare_if_match=")))
     return None
 
 
@@ -218,9 +224,10 @@ class Suite:
                 wait_until(lambda r=r: len(self.members_seen(r)) == len(NODES), 30,
                            f"{r.name} to see every member")
             # What hoard's start-up probe found this server to guarantee (docs/cluster.md's table).
+            name, _, expected = STORES[self.store_kind]
             found = {probed(r.daemon.log_path) for r in self.replicas.values()}
-            ensure(len(found) == 1 and None not in found, f"the replicas' object store probes differ: {found}")
-            self.figure(f"{STORES[self.store_kind][0]}: hoard's probe found {found.pop()}")
+            self.figure(f"{name}: hoard's probe found {', '.join(sorted(map(str, found)))}")
+            ensure(found == {expected}, f"hoard's object store probe found {found}, not {expected}")
 
         require("setup three hoard replicas ([storage] s3, [cluster] static peers)", replicas, self.logs)
 

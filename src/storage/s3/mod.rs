@@ -12,12 +12,15 @@
 //!
 //! What hoard relies on, and what it does when a server lacks it, is
 //! decided once at start by [`probe`]: create-only writes (`If-None-Match:
-//! *`) and compare-and-swap (`If-Match: <etag>`). Completing a multipart
-//! upload conditionally is never relied on (SeaweedFS and Ceph RGW ignore
-//! it): a blob's key is checked with a `HEAD` before its upload completes,
-//! and since keys are content addresses, two replicas racing past that
-//! check write identical, verified bytes.
+//! *`) and compare-and-swap (`If-Match: <etag>`, the ETag bare where the
+//! server wants it so). Completing a multipart upload conditionally is
+//! never relied on (SeaweedFS and Ceph RGW ignore it): a blob's key is
+//! checked with a `HEAD` before its upload completes, and since keys are
+//! content addresses, two replicas racing past that check write identical,
+//! verified bytes.
 
+#[cfg(test)]
+mod bare_if_match;
 mod blobs;
 mod connect;
 mod presign;
@@ -43,6 +46,10 @@ pub struct Guarantees {
     pub create_only: bool,
     /// A `PUT` with a stale `If-Match` ETag fails.
     pub compare_and_swap: bool,
+    /// `If-Match` must carry the ETag without its quotes. Ceph RGW 16.2
+    /// compares the bare value and fails every quoted one, even the ETag
+    /// it returned itself, though RFC 9110 quotes it.
+    pub bare_if_match: bool,
 }
 
 impl Guarantees {
@@ -50,7 +57,16 @@ impl Guarantees {
     pub const FULL: Guarantees = Guarantees {
         create_only: true,
         compare_and_swap: true,
+        bare_if_match: false,
     };
+
+    /// `e_tag` (as the server returned it) as an `If-Match` for this server.
+    pub fn if_match(&self, e_tag: &str) -> String {
+        match self.bare_if_match {
+            true => e_tag.trim_matches('"').to_owned(),
+            false => e_tag.to_owned(),
+        }
+    }
 }
 
 /// A bucket (or a prefix of one) and what its server guarantees.
@@ -150,56 +166,46 @@ fn random_id() -> io::Result<String> {
 
 /// Finds out which conditional writes the server honours, on a scratch
 /// key it deletes again: a create-only `PUT` twice (the second must fail)
-/// and an `If-Match` `PUT` with a stale ETag (must fail) and the current
-/// one (must succeed). Logs the answer once; the stores built on the
-/// returned [`Bucket`] fall back where a guarantee is missing.
+/// and `If-Match` `PUT`s with a stale ETag (must fail) and the current one
+/// (must succeed), the ETag quoted as the server returned it and, should
+/// that fail, bare (see [`Guarantees::bare_if_match`]). Logs the answer
+/// once; the stores built on the returned [`Bucket`] fall back where a
+/// guarantee is missing.
 pub async fn probe(store: Arc<dyn ObjectStore>, prefix: Option<&str>) -> io::Result<Bucket> {
-    use object_store::{PutMode, PutOptions, UpdateVersion};
+    use object_store::PutMode;
     let bucket = Bucket::new(store, prefix, Guarantees::FULL);
     let key = bucket.path(&format!("probe/{}", random_id()?));
     let s = bucket.store();
-    let opts = |mode| PutOptions {
-        mode,
-        ..Default::default()
-    };
-    let first = s
-        .put_opts(&key, "1".into(), opts(PutMode::Create))
+    s.put_opts(&key, "1".into(), PutMode::Create.into())
         .await
         .map_err(io_error)?;
     let create_only = matches!(
-        s.put_opts(&key, "2".into(), opts(PutMode::Create)).await,
+        s.put_opts(&key, "2".into(), PutMode::Create.into()).await,
         Err(object_store::Error::AlreadyExists { .. })
     );
-    let now = s
-        .put_opts(&key, "3".into(), opts(PutMode::Overwrite))
-        .await
-        .map_err(io_error)?;
-    let stale = s
-        .put_opts(&key, "4".into(), opts(PutMode::Update(first.into())))
-        .await;
-    let current = s
-        .put_opts(
-            &key,
-            "5".into(),
-            opts(PutMode::Update(UpdateVersion {
-                e_tag: now.e_tag.clone(),
-                version: None,
-            })),
-        )
-        .await;
-    let compare_and_swap = now.e_tag.is_some()
-        && matches!(stale, Err(object_store::Error::Precondition { .. }))
-        && current.is_ok();
+    let mut guarantees = Guarantees {
+        create_only,
+        compare_and_swap: false,
+        bare_if_match: false,
+    };
+    for bare_if_match in [false, true] {
+        let tried = Guarantees {
+            compare_and_swap: true,
+            bare_if_match,
+            ..guarantees
+        };
+        if swaps(s, &key, tried).await? {
+            guarantees = tried;
+            break;
+        }
+    }
     if let Err(e) = s.delete(&key).await {
         tracing::warn!(error = %e, key = %key, "could not delete the probe object");
     }
-    let guarantees = Guarantees {
-        create_only,
-        compare_and_swap,
-    };
     tracing::info!(
-        create_only,
-        compare_and_swap,
+        create_only = guarantees.create_only,
+        compare_and_swap = guarantees.compare_and_swap,
+        bare_if_match = guarantees.bare_if_match,
         conditional_multipart = "not relied on",
         "object store probed: {}",
         describe(guarantees)
@@ -208,6 +214,27 @@ pub async fn probe(store: Arc<dyn ObjectStore>, prefix: Option<&str>) -> io::Res
         guarantees,
         ..bucket
     })
+}
+
+/// Whether `If-Match` `PUT`s of `key`, with the ETag sent as `g` says,
+/// fail on a stale ETag and succeed on the current one.
+async fn swaps(s: &Arc<dyn ObjectStore>, key: &Path, g: Guarantees) -> io::Result<bool> {
+    use object_store::{PutMode, UpdateVersion};
+    let overwrite = |body: &'static str| s.put_opts(key, body.into(), PutMode::Overwrite.into());
+    let old = overwrite("3").await.map_err(io_error)?.e_tag;
+    let now = overwrite("4").await.map_err(io_error)?.e_tag;
+    let (Some(old), Some(now)) = (old, now) else {
+        return Ok(false);
+    };
+    let update = |e_tag: &str| {
+        PutMode::Update(UpdateVersion {
+            e_tag: Some(g.if_match(e_tag)),
+            version: None,
+        })
+    };
+    let stale = s.put_opts(key, "5".into(), update(&old).into()).await;
+    let current = s.put_opts(key, "6".into(), update(&now).into()).await;
+    Ok(matches!(stale, Err(object_store::Error::Precondition { .. })) && current.is_ok())
 }
 
 /// The probe's verdict in words, for the log line.
@@ -239,5 +266,20 @@ mod tests {
         assert_eq!(p.as_ref(), "hoard/tags/ab/c.json");
         assert_eq!(bucket.key_of(&p), Some("tags/ab/c.json"));
         assert_eq!(bucket.key_of(&Path::from("other/tags/x")), None);
+    }
+
+    /// Ceph RGW 16.2 fails every quoted `If-Match`: the probe finds that
+    /// the bare ETag works instead of giving compare-and-swap up.
+    #[tokio::test]
+    async fn a_server_that_wants_a_bare_if_match_is_found_out() {
+        let store: Arc<dyn ObjectStore> = Arc::new(bare_if_match::BareIfMatch::default());
+        let bucket = probe(store, None).await.unwrap();
+        let g = bucket.guarantees();
+        assert!(
+            g.create_only && g.compare_and_swap && g.bare_if_match,
+            "{g:?}"
+        );
+        assert_eq!(g.if_match("\"abc\""), "abc");
+        assert_eq!(Guarantees::FULL.if_match("\"abc\""), "\"abc\"");
     }
 }

@@ -167,9 +167,10 @@ impl Records for S3Records {
         expected: &'a Version,
     ) -> BoxFuture<'a, Result<Version, RecordError>> {
         Box::pin(async move {
-            if self.bucket.guarantees().compare_and_swap {
+            let g = self.bucket.guarantees();
+            if g.compare_and_swap {
                 let version = UpdateVersion {
-                    e_tag: Some(expected.0.clone()),
+                    e_tag: Some(g.if_match(&expected.0)),
                     version: None,
                 };
                 return self.write(key, value, PutMode::Update(version)).await;
@@ -210,20 +211,31 @@ impl Records for S3Records {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::storage::s3::Guarantees;
+    use crate::storage::s3::bare_if_match::BareIfMatch;
+    use crate::storage::s3::{probe, Guarantees};
     use object_store::memory::InMemory;
+    use object_store::ObjectStore;
     use std::sync::Arc;
 
-    /// The same contract, with the server's conditional writes and with
-    /// the fallback.
+    /// The same contract, with the server's conditional writes, with the
+    /// fallback, and with the bare `If-Match` Ceph RGW 16.2 wants.
     #[tokio::test]
     async fn create_is_create_only_and_replace_is_compare_and_swap() {
         let none = Guarantees {
             create_only: false,
             compare_and_swap: false,
+            bare_if_match: false,
         };
-        for g in [Guarantees::FULL, none] {
-            let bucket = Bucket::new(Arc::new(InMemory::new()), None, g);
+        let in_memory = || -> Arc<dyn ObjectStore> { Arc::new(InMemory::new()) };
+        // Ceph RGW 16.2's If-Match, with what the probe finds on it.
+        let rgw: Arc<dyn ObjectStore> = Arc::new(BareIfMatch::default());
+        let rgw_found = probe(rgw.clone(), None).await.unwrap().guarantees();
+        for (store, g) in [
+            (in_memory(), Guarantees::FULL),
+            (in_memory(), none),
+            (rgw, rgw_found),
+        ] {
+            let bucket = Bucket::new(store, None, g);
             let records = S3Records::new(bucket);
             let key = RecordKey::local(&Digest::of(b"repo"));
             let v1 = records.create(&key, "one".into()).await.unwrap();
