@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Three real hoard replicas on one SeaweedFS bucket, with real clients (issue 13).
+"""Three real hoard replicas on one S3 bucket (SeaweedFS or Ceph RGW), with real clients (issue 13).
 
     tests/e2e/cluster.py --hoard target/debug/hoard [--big-mib 256] [--keep] [--store weed|rgw]
 
@@ -97,7 +97,8 @@ def probed(log_path):
     with open(log_path, errors="replace") as f:
         for line in f:
             if "object store probed" in line:
-                return " ".join(w for w in line.split() if w.startswith(("create_only=", "compare_and_swap=", "bare_if_match=")))
+                fields = ("create_only=", "compare_and_swap=", "bare_if_match=")
+                return " ".join(w for w in line.split() if w.startswith(fields))
     return None
 
 

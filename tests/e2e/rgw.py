@@ -60,7 +60,8 @@ class Rgw(Bucket):
         # radosgw: it makes its pools on start, then answers S3.
         self._start(sup, "radosgw", ["radosgw", "-c", self.conf, "-n", "client.rgw", "-f"],
                     os.path.join(log, "rgw.out"))
-        wait_until(lambda: http("GET", f"{self.endpoint}/", timeout=5).status == 200, 120, "radosgw to answer S3")
+        wait_until(lambda: self.daemon.ensure_alive() and http("GET", f"{self.endpoint}/", timeout=5).status == 200,
+                   120, "radosgw to answer S3")
         run(["radosgw-admin", "-c", self.conf, "user", "create", "--uid=hoard-e2e",
              "--display-name=hoard e2e", f"--access-key={ACCESS_KEY}", f"--secret-key={SECRET_KEY}"], timeout=60)
         self.signed("PUT", "")
