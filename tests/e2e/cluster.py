@@ -93,7 +93,8 @@ def sha256_file(path):
 
 
 def probed(log_path):
-    """The guarantees hoard's object store probe logged (`create_only=.. compare_and_swap=..`)."""
+    """The guarantees hoard's object store probe logged (`create_only=.. compare_and_swap=..
+    bare_if_match=..`), None before it has logged them."""
     with open(log_path, errors="replace") as f:
         for line in f:
             if "object store probed" in line:
@@ -161,7 +162,8 @@ class Replica:
 class Suite:
     def __init__(self, report, sup, workdir, dead, hoard_bin, big_mib, store_kind):
         self.report, self.sup, self.workdir, self.dead = report, sup, workdir, dead
-        self.store_kind = store_kind
+        # What the setup calls the S3 server, its class, what hoard's probe must find there.
+        self.store_name, self.store_class, self.store_probe = STORES[store_kind]
         self.hoard_bin = hoard_bin
         self.env = client_env(dead)
         self.fixtures = build_fixtures(8 << 20)
@@ -207,9 +209,9 @@ class Suite:
         require("setup upstream (distribution, token auth, seeded, behind the relay)", upstream, self.logs)
 
         def bucket():
-            self.store = STORES[self.store_kind][1](self.sup, self.workdir, self.env, BUCKET)
+            self.store = self.store_class(self.sup, self.workdir, self.env, BUCKET)
 
-        require(f"setup {STORES[self.store_kind][0]} with a bucket", bucket, self.logs)
+        require(f"setup {self.store_name} with a bucket", bucket, self.logs)
 
         self.ports = {n: free_port() for n in NODES}
         for n in NODES:
@@ -225,10 +227,9 @@ class Suite:
                 wait_until(lambda r=r: len(self.members_seen(r)) == len(NODES), 30,
                            f"{r.name} to see every member")
             # What hoard's start-up probe found this server to guarantee (docs/cluster.md's table).
-            name, _, expected = STORES[self.store_kind]
             found = {probed(r.daemon.log_path) for r in self.replicas.values()}
-            self.figure(f"{name}: hoard's probe found {', '.join(sorted(map(str, found)))}")
-            ensure(found == {expected}, f"hoard's object store probe found {found}, not {expected}")
+            self.figure(f"{self.store_name}: hoard's probe found {', '.join(sorted(map(str, found)))}")
+            ensure(found == {self.store_probe}, f"hoard's object store probe found {found}, not {self.store_probe}")
 
         require("setup three hoard replicas ([storage] s3, [cluster] static peers)", replicas, self.logs)
 
